@@ -1,0 +1,85 @@
+"""Where the code runs: quick vs full mode, the device, and the Colab set-up.
+
+Every chapter has one parameters cell that calls :func:`book_mode`. Quick mode
+runs the same code paths as full mode, on the synthetic ``ContextScenes`` data
+and a tiny backbone, so that CI (a 2-core CPU) executes each chapter in minutes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+
+MODES = ("quick", "full")
+MODE_ENV = "ENCNET_MODE"
+
+# The one place the repository's address lives. Every chapter's first cell is
+# a copy of :func:`colab_install_source`; a test keeps those copies identical.
+REPO_URL = "https://github.com/encnet-lite/encnet-lite"
+REPO_REF = "main"
+
+
+def in_colab() -> bool:
+    """True inside a Google Colab runtime."""
+    return "google.colab" in sys.modules
+
+
+def get_device() -> torch.device:
+    """The CUDA device when one is visible, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def book_mode(dataset_root: Optional[Union[str, Path]] = None) -> str:
+    """Return ``"quick"`` or ``"full"``.
+
+    ``ENCNET_MODE`` wins when set. Otherwise full mode needs a CUDA GPU and, for
+    chapters that read a real dataset, that ``dataset_root`` exists; anything
+    else is quick mode.
+    """
+    forced = os.environ.get(MODE_ENV, "").strip().lower()
+    if forced:
+        if forced not in MODES:
+            raise ValueError(
+                f"{MODE_ENV}={forced!r} is not a mode; set it to one of {MODES} or unset it."
+            )
+        return forced
+    if not torch.cuda.is_available():
+        return "quick"
+    if dataset_root is not None and not Path(dataset_root).is_dir():
+        return "quick"
+    return "full"
+
+
+def describe_mode(mode: str, full_does: str = "") -> str:
+    """One plain sentence for a chapter's output: which mode ran, what full would do."""
+    device = get_device()
+    if mode == "quick":
+        text = f"QUICK mode on {device.type}: synthetic ContextScenes data, tiny backbone, short runs."
+        if full_does:
+            text += f" Full mode ({MODE_ENV}=full, a CUDA GPU) would {full_does}."
+        return text
+    return f"FULL mode on {device.type}" + (f": {full_does}." if full_does else ".")
+
+
+def colab_install_source(url: str = REPO_URL, ref: str = REPO_REF) -> str:
+    """The source of every chapter's first cell.
+
+    On Colab it pip-installs this repository at ``ref`` with ``--no-deps``, so the
+    preinstalled torch and IPython stay as they are (reinstalling torch costs
+    gigabytes; upgrading IPython crash-loops the runtime). Elsewhere it does nothing.
+    """
+    return (
+        "# Colab only: install encnet_lite from the repository (does nothing elsewhere).\n"
+        "import subprocess\n"
+        "import sys\n"
+        "\n"
+        'if "google.colab" in sys.modules:\n'
+        f'    REPO, REF = "{url}", "{ref}"\n'
+        "    # --no-deps: Colab already has torch, numpy, matplotlib, scipy, tqdm; never reinstall them.\n"
+        "    cmd = [sys.executable, \"-m\", \"pip\", \"install\", \"-q\", \"--no-deps\"]\n"
+        "    subprocess.run(cmd + [f\"encnet-lite @ git+{REPO}@{REF}\"], check=True)\n"
+    )

@@ -1,0 +1,105 @@
+"""Repository-wide invariants: notebooks, table of contents, environment files."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from encnet_lite import runtime
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
+
+
+def _toc_files(node) -> list[str]:
+    files = []
+    if isinstance(node, dict):
+        if "file" in node:
+            files.append(node["file"])
+        if "root" in node:
+            files.append(node["root"])
+        for value in node.values():
+            files += _toc_files(value)
+    elif isinstance(node, list):
+        for item in node:
+            files += _toc_files(item)
+    return files
+
+
+def test_there_are_chapters():
+    assert NOTEBOOKS, "no notebooks under book/"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_committed_without_outputs(path):
+    nb = json.loads(path.read_text())
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] == "code":
+            assert cell.get("outputs") == [], f"{path.name} cell {i} has outputs: clear them"
+            assert cell.get("execution_count") is None, f"{path.name} cell {i} has a count"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_first_cell_is_the_colab_install_cell(path):
+    nb = json.loads(path.read_text())
+    first = "".join(nb["cells"][0]["source"])
+    assert first == runtime.colab_install_source(), (
+        f"{path.name}: the first cell must be encnet_lite.runtime.colab_install_source()"
+    )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_has_one_parameters_cell_that_sets_the_mode(path):
+    nb = json.loads(path.read_text())
+    tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, f"{path.name}: expected one cell tagged 'parameters'"
+    assert "book_mode(" in "".join(tagged[0]["source"])
+
+
+def test_every_notebook_is_in_the_toc_and_every_toc_file_exists():
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    listed = _toc_files(toc)
+    for entry in listed:
+        matches = [p for p in (ROOT / f"{entry}.ipynb", ROOT / f"{entry}.md") if p.exists()]
+        assert matches, f"_toc.yml lists {entry}, which does not exist"
+    for path in NOTEBOOKS:
+        assert f"book/{path.stem}" in listed, f"{path.name} is missing from _toc.yml"
+
+
+def _requirement_names(reqs: list[str]) -> dict[str, str]:
+    out = {}
+    for req in reqs:
+        name = re.split(r"[<>=!~\[ ]", req, maxsplit=1)[0].lower()
+        out[name] = req.replace(" ", "")
+    return out
+
+
+def test_environment_yml_mirrors_pyproject():
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python < 3.11
+        import tomli as tomllib
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = list(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        wanted += extra
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    listed = [r for r in pip_section if not r.startswith("-e")]
+    assert _requirement_names(listed) == _requirement_names(wanted)
+
+
+def test_constraints_pin_torch_and_pyproject_stays_loose():
+    constraints = (ROOT / "constraints.txt").read_text()
+    assert "torch==2.14.1" in constraints and "torchvision==0.29.1" in constraints
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert '"torch>=2.1"' in pyproject
+
+
+def test_colab_links_point_at_this_repository():
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert config["repository"]["url"] == runtime.REPO_URL
+    assert config["repository"]["branch"] == runtime.REPO_REF
+    assert config["launch_buttons"]["colab_url"] == "https://colab.research.google.com"
