@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-$(HASH)
 JOBS   ?= 2
 JB     := $(BIN)/jupyter-book build . -W -n --keep-going
 
-.PHONY: help venv book test lint unit notebooks book-check clean
+.PHONY: help venv chromium book test lint unit notebooks book-check site-check clean
 
 help:
 	@echo "make book   build the site into _build/html, executing every chapter"
@@ -24,15 +24,27 @@ $(STAMP):
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-book: $(STAMP)
+# Debian's Chromium for the browser check of the site; installed when missing
+# and apt is usable, otherwise that check is skipped with its reason.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+			echo "installing chromium (apt) for the site check"; \
+			apt-get update -qq >/dev/null 2>&1; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+				chromium >/dev/null 2>&1 || echo "apt could not install chromium: site check skipped"; \
+		else echo "no chromium and no usable apt: the site check will be skipped"; fi; }
+
+book: $(STAMP) chromium
 	$(JB) --all
+	ENCNET_SITE=_build/html $(BIN)/python -m pytest -q -p no:cacheprovider -m site tests/test_site.py
 	@echo "The site is at file://$(CURDIR)/_build/html/index.html"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest -n $(JOBS) tests
+	$(BIN)/python -m pytest -p no:cacheprovider -n $(JOBS) -m "not site" tests
 
 # Every chapter, top to bottom, in quick mode; a failing cell fails the run.
 notebooks: $(STAMP)
@@ -48,7 +60,10 @@ book-check: $(STAMP)
 		yaml.safe_dump(c, open('_build/_config_noexec.yml', 'w'))"
 	$(JB) --all --config _build/_config_noexec.yml --path-output _build/check
 
-test: lint unit notebooks book-check
+site-check: $(STAMP) chromium
+	ENCNET_SITE=_build/check/_build/html $(BIN)/python -m pytest -p no:cacheprovider -m site tests/test_site.py
+
+test: lint book-check site-check unit notebooks
 
 clean:
 	rm -rf _build .pytest_cache

@@ -48,6 +48,10 @@ def test_first_cell_is_the_colab_install_cell(path):
     assert first == runtime.colab_install_source(), (
         f"{path.name}: the first cell must be encnet_lite.runtime.colab_install_source()"
     )
+    # Hidden on the built site (it does nothing there), visible on Colab.
+    assert "remove-cell" in nb["cells"][0].get("metadata", {}).get("tags", []), (
+        f"{path.name}: tag the install cell 'remove-cell'"
+    )
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
