@@ -1,0 +1,233 @@
+"""What every dataset here shares: normalisation, palettes, checked file loading, atomic writes.
+
+Every dataset returns ``(image, mask)`` with ``image: (3, H, W)`` float32 normalised with the
+ImageNet statistics and ``mask: (H, W)`` int64 holding class ids ``0..num_classes-1`` or
+``IGNORE_INDEX`` (255). Bad files fail loudly, naming the file: a corrupt image or mask, an
+image and mask of different sizes, or label values outside the class range.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+PathLike = Union[str, Path]
+
+# ImageNet channel statistics: the backbones are (or may be) ImageNet-pretrained.
+MEAN: Tuple[float, float, float] = (0.485, 0.456, 0.406)
+STD: Tuple[float, float, float] = (0.229, 0.224, 0.225)
+IGNORE_INDEX = 255
+
+
+class DataError(ValueError):
+    """A dataset file is unusable (corrupt, wrong size, labels out of range)."""
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset root is missing or was only partly prepared."""
+
+
+def normalize(image: Union[np.ndarray, torch.Tensor, Image.Image]) -> torch.Tensor:
+    """RGB image -> ``(3, H, W)`` float32 tensor, ``(x - MEAN) / STD``.
+
+    Accepts a PIL image, a ``(H, W, 3)`` uint8 array (0..255) or a ``(H, W, 3)`` float
+    array/tensor already in [0, 1].
+    """
+    if isinstance(image, torch.Tensor):
+        x = image.float().div(255.0) if image.dtype == torch.uint8 else image.float()
+        mean = torch.tensor(MEAN, dtype=x.dtype, device=x.device)
+        std = torch.tensor(STD, dtype=x.dtype, device=x.device)
+        return ((x - mean) / std).permute(2, 0, 1).contiguous()
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    # NumPy, not torch: single-threaded, so data-loading never fights the model for cores.
+    x = np.asarray(image)
+    x = x.astype(np.float32) * np.float32(1 / 255) if x.dtype == np.uint8 else x.astype(np.float32)
+    x = (x - np.array(MEAN, np.float32)) * np.array([1 / s for s in STD], np.float32)
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+
+def denormalize(image: torch.Tensor) -> torch.Tensor:
+    """Undo :func:`normalize`: ``(3, H, W)`` or ``(B, 3, H, W)`` -> same shape in [0, 1]."""
+    mean = torch.tensor(MEAN, dtype=image.dtype, device=image.device).view(3, 1, 1)
+    std = torch.tensor(STD, dtype=image.dtype, device=image.device).view(3, 1, 1)
+    return (image * std + mean).clamp(0.0, 1.0)
+
+
+def voc_palette(num_classes: int = 256) -> np.ndarray:
+    """The PASCAL VOC colour map, ``(num_classes, 3)`` uint8 (bits of the id spread over RGB)."""
+    palette = np.zeros((num_classes, 3), dtype=np.uint8)
+    for i in range(num_classes):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette[i] = (r, g, b)
+    return palette
+
+
+def colorize(mask: Union[np.ndarray, torch.Tensor], palette: np.ndarray,
+             ignore_color: Sequence[int] = (255, 255, 255)) -> np.ndarray:
+    """``(H, W)`` class ids -> ``(H, W, 3)`` uint8 colours; ignored pixels get ``ignore_color``."""
+    mask = np.asarray(mask)
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    lut[: len(palette)] = palette[:256]
+    lut[IGNORE_INDEX] = ignore_color
+    return lut[np.clip(mask, 0, 255).astype(np.uint8)]
+
+
+# --------------------------------------------------------------------------- checked loading
+
+def load_image(path: PathLike) -> np.ndarray:
+    """Read an image file as ``(H, W, 3)`` uint8 RGB; a corrupt file raises :class:`DataError`."""
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now, so a truncated file fails here and not later
+            return np.array(img.convert("RGB"))
+    except FileNotFoundError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"corrupt or unreadable image file {path}: {err}") from err
+
+
+def load_mask(path: Union[PathLike, io.BytesIO], name: Optional[str] = None) -> np.ndarray:
+    """Read a label PNG (mode L or P) as ``(H, W)`` uint8 class ids (``name``: for errors)."""
+    name = name or str(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode not in ("L", "P"):
+                raise DataError(f"mask {name} has mode {img.mode}; expected a single-channel "
+                                "label image (mode L or P) of class ids")
+            return np.asarray(img)
+    except FileNotFoundError:
+        raise
+    except DataError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"corrupt or unreadable annotation file {name}: {err}") from err
+
+
+def check_same_size(image_hw: Tuple[int, int], mask_hw: Tuple[int, int],
+                    image_name: object, mask_name: object) -> None:
+    """Raise :class:`DataError` naming both files when an image and its mask differ in size."""
+    if tuple(image_hw) != tuple(mask_hw):
+        raise DataError(f"image {image_name} is {image_hw[0]}x{image_hw[1]} (HxW) but its mask "
+                        f"{mask_name} is {mask_hw[0]}x{mask_hw[1]}")
+
+
+def check_labels(mask: np.ndarray, num_classes: int, name: object,
+                 ignore_index: int = IGNORE_INDEX) -> None:
+    """Raise :class:`DataError` listing every value outside ``0..num_classes-1`` and ignore."""
+    values = np.unique(mask)
+    bad = [int(v) for v in values if not (0 <= v < num_classes or v == ignore_index)]
+    if bad:
+        raise DataError(f"{name}: label values {bad} are outside 0..{num_classes - 1} "
+                        f"(and {ignore_index} = ignore)")
+
+
+def check_pair_sizes(pairs: Sequence[Tuple[Path, Path]], progress: bool = False) -> None:
+    """Check every ``(image file, mask file)`` pair has one size, reading headers only."""
+    from tqdm.auto import tqdm
+
+    for image_path, mask_path in tqdm(pairs, desc="check sizes", unit="pair",
+                                      disable=not progress):
+        sizes = []
+        for path, kind in ((image_path, "image"), (mask_path, "annotation")):
+            try:
+                with Image.open(path) as img:
+                    sizes.append(img.size[::-1])
+            except FileNotFoundError:
+                raise
+            except Exception as err:
+                raise DataError(f"corrupt or unreadable {kind} file {path}: {err}") from err
+        check_same_size(sizes[0], sizes[1], image_path, mask_path)
+
+
+class SegmentationFiles(torch.utils.data.Dataset):
+    """A list of ``(image file, mask file)`` pairs, loaded, checked and normalised.
+
+    ``ds[i] -> (image (3,H,W) float32, mask (H,W) int64)``; ``transform(image, mask)`` (a joint
+    transform from :mod:`encnet_lite.data.transforms`) runs on those tensors.
+    """
+
+    classes: List[str] = []
+    palette: np.ndarray = np.zeros((0, 3), dtype=np.uint8)
+    ignore_index = IGNORE_INDEX
+
+    def __init__(self, pairs: Sequence[Tuple[Path, Path]],
+                 transform: Optional[Callable] = None):
+        self.pairs = list(pairs)
+        self.transform = transform
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def load(self, i: int) -> Tuple[np.ndarray, np.ndarray]:
+        """The raw pair: ``(H, W, 3)`` uint8 image and ``(H, W)`` uint8 mask, checked."""
+        image_path, mask_path = self.pairs[i]
+        image = load_image(image_path)
+        mask = load_mask(mask_path)
+        check_same_size(image.shape[:2], mask.shape, image_path, mask_path)
+        check_labels(mask, self.num_classes, mask_path, self.ignore_index)
+        return image, mask
+
+    def mask(self, i: int) -> np.ndarray:
+        """The ``(H, W)`` uint8 label map of item ``i`` alone (no image decoding, no
+        transform), e.g. for class statistics."""
+        mask_path = self.pairs[i][1]
+        mask = load_mask(mask_path)
+        check_labels(mask, self.num_classes, mask_path, self.ignore_index)
+        return mask
+
+    def __getitem__(self, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.load(i)
+        x, y = normalize(image), torch.from_numpy(mask.astype(np.int64))
+        if self.transform is not None:
+            x, y = self.transform(x, y)
+        return x, y
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that ``path`` exists only once it is complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_mask_png(path: PathLike, mask: np.ndarray) -> None:
+    """Save ``(H, W)`` uint8 class ids as a single-channel PNG, atomically."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8)).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def read_id_list(path: PathLike) -> List[str]:
+    """Image ids of a split file, one per line (VOC ``ImageSets`` format)."""
+    return [line.split()[0] for line in Path(path).read_text().splitlines() if line.strip()]

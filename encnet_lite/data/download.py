@@ -1,0 +1,182 @@
+"""Fetch upstream archives: resumable HTTP downloads, progress bars, MD5 checks, atomic files.
+
+A :class:`Remote` names one upstream file (file name, URL, MD5). :func:`fetch` returns its
+local path in a download folder: a file already there (fetched earlier, or by hand) is
+verified and used; otherwise it is downloaded to ``<name>.part``, resumed with an HTTP
+``Range`` request after an interruption, verified, and only then renamed to ``<name>``.
+A verified file leaves a small ``.<name>.md5ok`` stamp (size, mtime) so reruns skip the hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import shutil
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from tqdm.auto import tqdm
+
+from .common import PathLike, atomic_write_text
+
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Remote:
+    """One upstream file. ``md5=None`` means no confirmed checksum: verification is skipped
+    with a printed warning."""
+
+    filename: str
+    url: str
+    md5: Optional[str]
+    size_hint: str = ""  # human-readable, for messages ("1.3 GB")
+
+
+class DownloadError(RuntimeError):
+    """A download failed or a file does not match its checksum."""
+
+
+def md5sum(path: PathLike, progress: bool = False) -> str:
+    digest = hashlib.md5()
+    path = Path(path)
+    with open(path, "rb") as f, tqdm(total=path.stat().st_size, unit="B", unit_scale=True,
+                                     desc=f"md5 {path.name}", disable=not progress,
+                                     leave=False) as bar:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            digest.update(block)
+            bar.update(len(block))
+    return digest.hexdigest()
+
+
+def _stamp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.md5ok")
+
+
+def _stamp_value(path: Path, md5: str) -> str:
+    st = path.stat()
+    return json.dumps({"md5": md5, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+
+
+def verify(path: PathLike, remote: Remote, progress: bool = True, strict: bool = True) -> bool:
+    """Check ``path`` against ``remote.md5``. Returns True when verified (or already stamped),
+    False when there is no checksum to check. A mismatch raises :class:`DownloadError`
+    (or only warns when ``strict`` is False)."""
+    path = Path(path)
+    if remote.md5 is None:
+        print(f"WARNING: no confirmed MD5 for {remote.filename}; using {path} unverified.")
+        return False
+    stamp = _stamp_path(path)
+    if stamp.exists() and stamp.read_text() == _stamp_value(path, remote.md5):
+        return True
+    actual = md5sum(path, progress)
+    if actual != remote.md5:
+        msg = (f"{path} has MD5 {actual}, expected {remote.md5}: the file is incomplete or "
+               f"corrupt. Delete it and run again (or fetch it by hand from {remote.url}).")
+        if strict:
+            raise DownloadError(msg)
+        print(f"WARNING: {msg} Continuing because verification is off.")
+        return False
+    atomic_write_text(stamp, _stamp_value(path, remote.md5))
+    return True
+
+
+def download(url: str, dest: PathLike, progress: bool = True, retries: int = 3,
+             timeout: float = 60.0, backoff: float = 1.0) -> Path:
+    """Download ``url`` to ``dest`` via ``dest.part``, resuming an existing ``.part``.
+
+    Resumes with ``Range: bytes=N-``; a server that ignores it (status 200) restarts the file.
+    Connection errors are retried ``retries`` times, each time resuming where it stopped.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    for attempt in range(retries + 1):
+        try:
+            _download_once(url, part, progress, timeout)
+            part.replace(dest)
+            return dest
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
+            if isinstance(err, urllib.error.HTTPError) and err.code not in (408, 429, 500, 502,
+                                                                          503, 504):
+                raise DownloadError(f"downloading {url} failed: HTTP {err.code}") from err
+            if attempt == retries:
+                raise DownloadError(
+                    f"downloading {url} failed after {retries + 1} attempts ({err}); the part "
+                    f"already fetched is kept in {part} and the next run resumes from it. "
+                    f"You can also fetch the file by hand and pass its folder as "
+                    f"--download-dir.") from err
+            print(f"download interrupted ({err}); resuming (attempt {attempt + 2})")
+            time.sleep(min(backoff * 2.0**attempt, 30.0))
+    raise AssertionError("unreachable")
+
+
+def _download_once(url: str, part: Path, progress: bool, timeout: float) -> None:
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": "encnet-lite"})
+    if have and url.startswith(("http://", "https://")):
+        request.add_header("Range", f"bytes={have}-")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        status = getattr(response, "status", None) or response.getcode()
+        if status == 206:  # partial content: append
+            mode = "ab"
+            length = response.headers.get("Content-Length")
+            total = have + int(length) if length else None
+        else:  # 200 (or file://): the server sends the whole file; start again
+            mode, have = "wb", 0
+            length = response.headers.get("Content-Length")
+            total = int(length) if length else None
+        with open(part, mode) as out, tqdm(total=total, initial=have, unit="B",
+                                           unit_scale=True, desc=part.name[:-5],
+                                           disable=not progress) as bar:
+            while True:
+                block = response.read(CHUNK)
+                if not block:
+                    break
+                out.write(block)
+                bar.update(len(block))
+    if total is not None and part.stat().st_size != total:
+        raise ConnectionError(f"connection closed after {part.stat().st_size} of {total} bytes")
+
+
+def fetch(remote: Remote, download_dir: PathLike, skip_download: bool = False,
+          progress: bool = True, strict: bool = True) -> Path:
+    """Local, verified copy of ``remote`` in ``download_dir`` (downloading it if needed)."""
+    download_dir = Path(download_dir)
+    path = download_dir / remote.filename
+    if not path.exists():
+        if skip_download:
+            raise DownloadError(
+                f"{path} is missing and --skip-download is set. Fetch {remote.filename}"
+                f"{' (' + remote.size_hint + ')' if remote.size_hint else ''} by hand from "
+                f"{remote.url} into {download_dir}, or drop --skip-download.")
+        print(f"downloading {remote.url} -> {path}")
+        download(remote.url, path, progress=progress)
+        try:
+            verify(path, remote, progress, strict)
+        except DownloadError:
+            # A fresh download that fails its checksum is useless: remove it.
+            bad = path.with_name(path.name + ".bad")
+            shutil.move(str(path), bad)
+            raise DownloadError(f"{remote.url} was downloaded but fails its MD5 check; moved "
+                                f"to {bad}. Try again later or fetch it by hand.") from None
+        return path
+    verify(path, remote, progress, strict)
+    return path
+
+
+def locate(remote: Remote, download_dir: PathLike, extracted: str, skip_download: bool = False,
+           progress: bool = True, strict: bool = True) -> Path:
+    """The source to read ``remote`` from: the archive in ``download_dir`` (verified), else a
+    folder ``download_dir/extracted`` holding it already unpacked (then ``download_dir`` is
+    returned), else the archive freshly downloaded."""
+    download_dir = Path(download_dir)
+    if not (download_dir / remote.filename).exists() and (download_dir / extracted).is_dir():
+        print(f"using the extracted folder {download_dir / extracted} for {remote.filename}")
+        return download_dir
+    return fetch(remote, download_dir, skip_download, progress, strict)

@@ -1,0 +1,229 @@
+"""Download and convert PASCAL-Context into the layout :class:`PascalContext` reads.
+
+Usage (``data_scripts/prepare_pcontext.py`` runs the same ``main``)::
+
+    python -m encnet_lite.data.prepare_pcontext --root data/pcontext
+    python -m encnet_lite.data.prepare_pcontext --root data/pcontext \\
+        --download-dir ~/Downloads --skip-download          # files fetched by hand, offline
+
+Upstream files (official sources, no ``detail`` package needed):
+
+- ``VOCtrainval_03-May-2010.tar`` (1.3 GB): the PASCAL VOC 2010 images and the
+  ``ImageSets/Main/{train,val}.txt`` lists, whose images with a PASCAL-Context annotation
+  give the standard 4,998 / 5,105 split;
+- ``trainval.tar.gz`` (31 MB): PASCAL-Context's ``trainval/<id>.mat`` files (key
+  ``LabelMap``, 459-class ids) and ``labels.txt``.
+
+Steps: fetch (resume, MD5), convert every ``LabelMap`` to a 59-class PNG (0..58, background
+= 255 ignore; ``--classes 60``/``both`` also writes the 60-class variant, background = 0),
+extract only the annotated JPEGs, check every image/mask pair has one size, write the split
+lists, and finally ``prepared.json``. Every file is written atomically and existing outputs
+are kept, so an interrupted run resumes and a finished one returns at once (``--force`` redoes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Sequence
+
+import numpy as np
+import scipy.io
+from tqdm.auto import tqdm
+
+from . import pcontext as pc
+from .archive import describe, iter_files, read_files
+from .common import (
+    DataError,
+    PathLike,
+    atomic_write_bytes,
+    atomic_write_text,
+    check_pair_sizes,
+    save_mask_png,
+)
+from .download import Remote, locate
+
+VOC2010 = Remote(
+    "VOCtrainval_03-May-2010.tar",
+    "http://host.robots.ox.ac.uk/pascal/VOC/voc2010/VOCtrainval_03-May-2010.tar",
+    # Same value in torchvision's VOC table and many dataset scripts.
+    "da459979d0c395079b5c75ee67908abb",
+    "1.3 GB",
+)
+CONTEXT = Remote(
+    "trainval.tar.gz",
+    "https://cs.stanford.edu/~roozbeh/pascal-context/trainval.tar.gz",
+    # Published in one public dataset script (tf-image-segmentation's PASCAL config) and not
+    # confirmed elsewhere. If a clean download mismatches, run with --no-verify and report it.
+    "df034edb2c12aa7d33b42b20bb1796e3",
+    "31 MB",
+)
+REMOTES = {"voc2010": VOC2010, "context": CONTEXT}
+VOC_DIR = "VOCdevkit/VOC2010"
+_MAT = re.compile(r"(?:^|/)trainval/([^/]+)\.mat$")
+
+
+def read_label_map(data: bytes, name: str) -> np.ndarray:
+    """``LabelMap`` of one PASCAL-Context ``.mat`` file (bytes); errors name the file."""
+    try:
+        mat = scipy.io.loadmat(io.BytesIO(data))
+    except Exception as err:  # scipy raises several types for a damaged file
+        raise DataError(f"corrupt annotation file {name}: {err}") from err
+    if "LabelMap" not in mat:
+        raise DataError(f"annotation file {name} has no 'LabelMap' "
+                        f"(keys: {sorted(k for k in mat if not k.startswith('__'))})")
+    return mat["LabelMap"]
+
+
+def check_labels_txt(text: str, name: str) -> None:
+    """Warn if ``labels.txt`` does not name the 59 kept ids as expected (a different release)."""
+    names = {}
+    for line in text.splitlines():
+        if ":" in line:
+            key, value = line.split(":", 1)
+            if key.strip().isdigit():
+                names[int(key)] = value.strip()
+    wrong = [(i, names.get(i), c) for i, c in zip(pc.LABEL_IDS, pc.CLASSES_59)
+             if names.get(i, "").replace(" ", "").lower() != c]
+    if wrong:
+        print(f"WARNING: {name} differs from the expected label list at {len(wrong)} of the 59 "
+              f"kept ids, e.g. {wrong[:3]} (id, found, expected).")
+
+
+def prepare_pcontext(root: PathLike, download_dir: Optional[PathLike] = None,
+                     skip_download: bool = False, variants: Sequence[int] = (59,),
+                     force: bool = False, verify: bool = True, progress: bool = True,
+                     remotes: Optional[Mapping[str, Remote]] = None) -> Dict:
+    """Prepare PASCAL-Context at ``root``; returns the contents of ``prepared.json``.
+
+    ``remotes`` overrides the upstream files (keys ``"voc2010"``, ``"context"``), e.g. to
+    point at a mirror or, in the tests, at fabricated miniatures.
+    """
+    root = Path(root).expanduser()
+    variants = sorted(set(int(v) for v in variants))
+    for v in variants:
+        pc.label_lut(v)  # validates
+    download_dir = Path(download_dir).expanduser() if download_dir else root / "downloads"
+    remotes = {**REMOTES, **(remotes or {})}
+    marker = root / pc.MARKER
+    if marker.is_file() and not force:
+        info = json.loads(marker.read_text())
+        if set(variants) <= set(info.get("variants", [])):
+            print(f"PASCAL-Context already prepared at {root} ({info['train']} train / "
+                  f"{info['val']} val images); nothing to do (--force redoes it).")
+            return info
+        variants = sorted(set(variants) | set(info.get("variants", [])))
+    marker.unlink(missing_ok=True)  # the root is incomplete until the end
+
+    voc = locate(remotes["voc2010"], download_dir, VOC_DIR, skip_download, progress, verify)
+    ctx = locate(remotes["context"], download_dir, "trainval", skip_download, progress, verify)
+
+    # 1) annotations: .mat (459 ids) -> one PNG per variant.
+    ids = []
+    bar = tqdm(desc="convert annotations", unit="mask", disable=not progress)
+    for name, data in iter_files(ctx, lambda n: bool(_MAT.search(n)) or n.endswith("labels.txt")):
+        if name.endswith("labels.txt"):
+            check_labels_txt(data.decode("utf-8", "replace"), describe(ctx, name))
+            continue
+        image_id = _MAT.search(name).group(1)
+        ids.append(image_id)
+        outs = {v: root / pc.mask_dir(v) / f"{image_id}.png" for v in variants}
+        outs = {v: p for v, p in outs.items() if force or not p.exists()}  # only what is missing
+        if outs:
+            label_map = read_label_map(data, describe(ctx, name))
+            for v, path in outs.items():
+                save_mask_png(path, pc.convert_label_map(label_map, v, describe(ctx, name)))
+        bar.update()
+    bar.close()
+    if not ids:
+        raise DataError(f"no trainval/*.mat annotation found in {ctx}")
+    annotated = set(ids)
+
+    # 2) images: only the annotated JPEGs, plus the VOC2010 Main train/val lists.
+    lists = {s: f"{VOC_DIR}/ImageSets/Main/{s}.txt" for s in pc.SPLITS}
+    list_text = read_files(voc, lists.values())
+    missing_lists = [n for n in lists.values() if n not in list_text]
+    if missing_lists:
+        raise DataError(f"{voc} lacks {missing_lists}: is it VOCtrainval_03-May-2010.tar?")
+    jpeg = re.compile(rf"(?:^|/){re.escape(VOC_DIR)}/JPEGImages/([^/]+)\.jpg$")
+    images = root / "JPEGImages"
+    have = {p.stem for p in images.glob("*.jpg")} if images.is_dir() and not force else set()
+    todo = annotated - have
+
+    def wanted(name: str) -> bool:
+        m = jpeg.search(name)
+        return bool(m) and m.group(1) in todo
+
+    bar = tqdm(total=len(todo), desc="extract images", unit="img", disable=not progress)
+    if todo:
+        for name, data in iter_files(voc, wanted):
+            atomic_write_bytes(images / f"{jpeg.search(name).group(1)}.jpg", data)
+            bar.update()
+    bar.close()
+
+    # 3) splits: the VOC2010 Main lists restricted to annotated images.
+    splits = {}
+    for split, member in lists.items():
+        listed = [line.split()[0] for line in list_text[member].decode().splitlines()
+                  if line.strip()]
+        splits[split] = [i for i in listed if i in annotated]
+    in_split = set(splits["train"]) | set(splits["val"])
+    missing = sorted(i for i in in_split if not (images / f"{i}.jpg").exists())
+    if missing:
+        raise DataError(f"{len(missing)} annotated images are not in {voc}, e.g. {missing[:5]}")
+    unlisted = annotated - in_split
+    if unlisted:
+        print(f"note: {len(unlisted)} annotations belong to no train/val image and are unused")
+
+    # 4) every image and mask must have one size (headers only: fast).
+    check_pair_sizes([(images / f"{i}.jpg", root / pc.mask_dir(v) / f"{i}.png")
+                      for i in sorted(in_split) for v in variants], progress)
+
+    for split, split_ids in splits.items():
+        atomic_write_text(root / "ImageSets" / f"{split}.txt", "".join(f"{i}\n" for i in split_ids))
+    info = {"dataset": "pascal-context", "format": 1, "variants": variants,
+            "train": len(splits["train"]), "val": len(splits["val"])}
+    for split, n in pc.EXPECTED_SPLIT_SIZES.items():
+        if info[split] != n:
+            print(f"note: {info[split]} {split} images; the full release gives {n}.")
+    atomic_write_text(marker, json.dumps(info, indent=2) + "\n")
+    print(f"PASCAL-Context ready at {root}: {info['train']} train / {info['val']} val images, "
+          f"{', '.join(str(v) for v in variants)}-class masks.")
+    return info
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="prepare_pcontext.py",
+        description="Download (resumable, MD5-checked) and convert PASCAL-Context to 59-class "
+                    "label PNGs for encnet_lite.data.PascalContext.")
+    parser.add_argument("--root", default="data/pcontext", help="output folder")
+    parser.add_argument("--download-dir", default=None,
+                        help="where the upstream archives are (or go); default ROOT/downloads. "
+                             "Files fetched by hand, or their extracted folders, work too.")
+    parser.add_argument("--skip-download", action="store_true",
+                        help="never download; fail with instructions if a file is missing")
+    parser.add_argument("--classes", choices=("59", "60", "both"), default="59",
+                        help="59: background ignored (255), the common protocol; 60: background "
+                             "is class 0")
+    parser.add_argument("--force", action="store_true", help="redo every step")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="warn instead of failing on an MD5 mismatch")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    variants = (59, 60) if args.classes == "both" else (int(args.classes),)
+    try:
+        prepare_pcontext(args.root, args.download_dir, args.skip_download, variants, args.force,
+                         verify=not args.no_verify, progress=not args.quiet)
+    except (DataError, RuntimeError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

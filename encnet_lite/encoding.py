@@ -1,0 +1,167 @@
+"""The encoding layer of EncNet (Zhang et al., CVPR 2018; Deep TEN, CVPR 2017).
+
+N descriptors ``x_i`` in R^D are softly assigned to K learnable codewords ``c_k``
+and the residuals ``x_i - c_k`` are summed per codeword:
+
+    a_ik = softmax_k(scale_k * ||x_i - c_k||^2),    e_k = sum_i a_ik (x_i - c_k).
+
+``scale`` follows the official code's sign convention: it is the *negative* of the
+paper's smoothing factor s_k (scale = -s), initialised uniform in (-1, 0).
+
+Shapes: ``x: (B, N, D)``, ``codewords: (K, D)``, ``scale: (K,)``, ``e: (B, K, D)``.
+
+:func:`residual_encoding` (the default) never builds the (B, N, K, D) residual
+tensor; :func:`residual_encoding_reference` writes the equations literally and is
+kept for teaching and tests.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "Encoding",
+    "hard_assignment",
+    "pairwise_sq_distances",
+    "residual_encoding",
+    "residual_encoding_reference",
+    "soft_assignment",
+    "vlad",
+]
+
+
+def _check_shapes(x: Tensor, codewords: Tensor, scale: Tensor) -> None:
+    """Raise ValueError unless x: (B, N, D), codewords: (K, D), scale: (K,)."""
+    if codewords.dim() != 2:
+        raise ValueError(f"codewords must be (K, D); got shape {tuple(codewords.shape)}")
+    k, d = codewords.shape
+    if x.dim() != 3 or x.shape[2] != d:
+        raise ValueError(f"x must be (B, N, D) with D={d}; got shape {tuple(x.shape)}")
+    if scale.shape != (k,):
+        raise ValueError(f"scale must be (K,) with K={k}; got shape {tuple(scale.shape)}")
+
+
+def _compute_dtype(*tensors: Tensor) -> torch.dtype:
+    """float32, or float64 when any input is float64: never half precision."""
+    dtype = torch.float32
+    for t in tensors:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+def pairwise_sq_distances(x: Tensor, codewords: Tensor) -> Tensor:
+    """||x_i - c_k||^2 as ||x_i||^2 - 2 x_i.c_k + ||c_k||^2, clamped at 0.
+
+    x: (B, N, D), codewords: (K, D) -> (B, N, K). Costs O(N(K+D)) memory, not
+    O(NKD). Rounding can make the expansion slightly negative when x_i ~ c_k,
+    hence the clamp. Callers pass float32/float64 tensors (see ``_compute_dtype``).
+    """
+    x_sq = x.pow(2).sum(-1, keepdim=True)  # (B, N, 1)
+    c_sq = codewords.pow(2).sum(-1)  # (K,)
+    dots = x @ codewords.t()  # (B, N, K)
+    return (x_sq - 2.0 * dots + c_sq).clamp_min(0.0)
+
+
+def soft_assignment(x: Tensor, codewords: Tensor, scale: Tensor) -> Tensor:
+    """a_ik = softmax over k of scale_k * ||x_i - c_k||^2.
+
+    x: (B, N, D), codewords: (K, D), scale: (K,) -> (B, N, K), rows sum to 1.
+    Computed in float32 (float64 for float64 inputs), also under autocast: the
+    distance expansion cancels badly in half precision. ``torch.softmax``
+    subtracts the row maximum first, so huge distances cannot overflow.
+    """
+    _check_shapes(x, codewords, scale)
+    dtype = _compute_dtype(x, codewords, scale)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x, codewords, scale = x.to(dtype), codewords.to(dtype), scale.to(dtype)
+        return torch.softmax(scale * pairwise_sq_distances(x, codewords), dim=-1)
+
+
+def residual_encoding(x: Tensor, codewords: Tensor, scale: Tensor) -> Tensor:
+    """e_k = sum_i a_ik (x_i - c_k), without materialising the residuals.
+
+    x: (B, N, D), codewords: (K, D), scale: (K,) -> (B, K, D).
+    Uses sum_i a_ik (x_i - c_k) = (A^T X)_k - (sum_i a_ik) c_k: two matrix
+    products and O(N(K+D)) memory instead of O(NKD). Computed in float32 (or
+    float64) even under autocast; the output has that dtype.
+    """
+    assign = soft_assignment(x, codewords, scale)  # (B, N, K), checks shapes
+    dtype = assign.dtype
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x, codewords = x.to(dtype), codewords.to(dtype)
+        weighted_sum = assign.transpose(1, 2) @ x  # (B, K, D) = A^T X
+        mass = assign.sum(1).unsqueeze(-1)  # (B, K, 1) = sum_i a_ik
+        return weighted_sum - mass * codewords
+
+
+def residual_encoding_reference(x: Tensor, codewords: Tensor, scale: Tensor) -> Tensor:
+    """The paper's equations written literally, with a (B, N, K, D) residual tensor.
+
+    For teaching and tests only: memory grows as B*N*K*D (3.8 GB per tensor in
+    float32 at B=16, N=60*60, K=32, D=512).
+    """
+    _check_shapes(x, codewords, scale)
+    residuals = x.unsqueeze(2) - codewords  # r_ik = x_i - c_k: (B, N, K, D)
+    assign = torch.softmax(scale * residuals.pow(2).sum(-1), dim=2)  # a_ik: (B, N, K)
+    return (assign.unsqueeze(-1) * residuals).sum(1)  # e_k: (B, K, D)
+
+
+def hard_assignment(x: Tensor, codewords: Tensor) -> Tensor:
+    """One-hot assignment of each x_i to its nearest codeword (bag of words).
+
+    x: (B, N, D), codewords: (K, D) -> (B, N, K) with a single 1 per row.
+    """
+    dtype = _compute_dtype(x, codewords)
+    dist = pairwise_sq_distances(x.to(dtype), codewords.to(dtype))
+    nearest = dist.argmin(-1)  # (B, N)
+    return nn.functional.one_hot(nearest, codewords.shape[0]).to(x.dtype)
+
+
+def vlad(x: Tensor, codewords: Tensor) -> Tensor:
+    """VLAD: residuals to the nearest codeword, summed per codeword (no normalisation).
+
+    x: (B, N, D), codewords: (K, D) -> (B, K, D). The limit of
+    :func:`residual_encoding` when every scale_k -> -infinity.
+    """
+    assign = hard_assignment(x, codewords)  # (B, N, K)
+    return assign.transpose(1, 2) @ x - assign.sum(1).unsqueeze(-1) * codewords
+
+
+class Encoding(nn.Module):
+    """Residual encoding layer with K learnable codewords and smoothing factors.
+
+    ``Encoding(channels=D, num_codes=K)``; ``forward(x)`` takes a feature map
+    (B, D, H, W) or descriptors (B, N, D) and returns (B, K, D).
+    Parameters: ``codewords`` (K, D), ``scale`` (K,) (scale = -s of the paper).
+    """
+
+    def __init__(self, channels: int, num_codes: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self.num_codes = num_codes
+        self.codewords = nn.Parameter(torch.empty(num_codes, channels))
+        self.scale = nn.Parameter(torch.empty(num_codes))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The official initialisation: c ~ U(+-1/sqrt(K*D)), scale ~ U(-1, 0)."""
+        bound = 1.0 / math.sqrt(self.num_codes * self.channels)
+        nn.init.uniform_(self.codewords, -bound, bound)
+        nn.init.uniform_(self.scale, -1.0, 0.0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, D, H, W) or (B, N, D) -> e: (B, K, D)."""
+        d = self.channels
+        if x.dim() == 4 and x.shape[1] == d:
+            x = x.flatten(2).transpose(1, 2)  # (B, D, H, W) -> (B, H*W, D), a view
+        elif not (x.dim() == 3 and x.shape[2] == d):
+            raise ValueError(
+                f"Encoding expected (B, {d}, H, W) or (B, N, {d}); got shape {tuple(x.shape)}"
+            )
+        return residual_encoding(x, self.codewords, self.scale)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, num_codes={self.num_codes}"
