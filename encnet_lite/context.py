@@ -1,0 +1,143 @@
+"""The Context Encoding Module: encoded scene context -> channel attention + SE logits.
+
+From a feature map ``x: (B, C, H, W)`` the module computes, as the official EncNet code does:
+
+1. ``e: (B, C)``: 1x1 conv + BN + ReLU, the :class:`~encnet_lite.encoding.Encoding` layer
+   ``(B, K, C)``, BatchNorm1d over the K codewords, ReLU, mean over K;
+2. ``gamma = sigmoid(Linear(e)): (B, C)``, one gate per channel, conditioned on the scene;
+3. the attended map ``relu(x + x * gamma)`` (residual form; ``x * gamma`` is the paper's
+   equation, available with ``residual=False``);
+4. optionally, SE logits ``Linear(e): (B, num_classes)`` for the Semantic Encoding loss.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .encoding import Encoding, soft_assignment
+
+
+class ContextOutput(NamedTuple):
+    """Everything the module computes, by name (chapters plot ``gamma`` and ``e``)."""
+
+    x: Tensor  # attended feature map (B, C, H, W)
+    e: Tensor  # encoded context (B, C)
+    gamma: Tensor  # channel gates in (0, 1): (B, C)
+    se: Tensor | None  # SE logits (B, num_classes), or None without num_classes
+
+
+def apply_attention(x: Tensor, gamma: Tensor, residual: bool = True) -> Tensor:
+    """Gate the channels of ``x: (B, C, H, W)`` with ``gamma: (B, C)``.
+
+    ``residual=True`` gives the official ``relu(x + x * gamma)``: a channel is scaled by
+    ``1 + gamma`` in [1, 2], so a gate near 0 leaves the FCN feature intact instead of
+    erasing it. ``residual=False`` gives the paper's ``x * gamma``.
+    """
+    scaled = x * gamma[:, :, None, None]
+    return F.relu(x + scaled) if residual else scaled
+
+
+class ContextEncoding(nn.Module):
+    """Context Encoding Module.
+
+    Args:
+        in_channels: C, channels of the input map (also the codeword dimension D).
+        num_codes: K, number of codewords (32 in the paper).
+        num_classes: when given, also predict SE logits (class presence) from ``e``.
+        residual: ``relu(x + x * gamma)`` (official) if True, else ``x * gamma``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_codes: int = 32,
+        num_classes: int | None = None,
+        residual: bool = True,
+    ) -> None:
+        super().__init__()
+        self.residual = residual
+        self.project = nn.Sequential(
+            nn.Conv2d(in_channels, in_channels, kernel_size=1, bias=False),
+            nn.BatchNorm2d(in_channels),
+            nn.ReLU(inplace=True),
+        )
+        self.encoding = Encoding(in_channels, num_codes)
+        # BatchNorm1d on (B, K, C) normalises each codeword's aggregate separately.
+        self.code_norm = nn.BatchNorm1d(num_codes)
+        self.fc_gamma = nn.Linear(in_channels, in_channels)
+        self.fc_se = nn.Linear(in_channels, num_classes) if num_classes else None
+
+    def encode(self, x: Tensor) -> Tensor:
+        """The encoded context ``e: (B, C)`` of ``x: (B, C, H, W)``."""
+        codes = self.encoding(self.project(x))  # (B, K, C)
+        return F.relu(self.code_norm(codes)).mean(dim=1)
+
+    def assignments(self, x: Tensor) -> Tensor:
+        """Soft assignments ``(B, H*W, K)`` of the projected descriptors to the codewords."""
+        feats = self.project(x).flatten(2).transpose(1, 2)  # (B, H*W, C)
+        return soft_assignment(feats, self.encoding.codewords, self.encoding.scale)
+
+    def forward(self, x: Tensor) -> ContextOutput:
+        e = self.encode(x)
+        gamma = torch.sigmoid(self.fc_gamma(e))
+        se = self.fc_se(e) if self.fc_se is not None else None
+        return ContextOutput(apply_attention(x, gamma, self.residual), e, gamma, se)
+
+
+# --- analysis helpers (chapters measure how well gamma / e tell scene kinds apart) ------
+
+
+def separation_ratio(features: Tensor, labels: Tensor) -> float:
+    """Between-group over within-group variance of ``features: (N, D)`` grouped by
+    ``labels: (N,)`` (both summed over the D dimensions; a Fisher-style ratio).
+
+    0 when every group has the same mean; large when groups are tight and far apart.
+    """
+    features = features.detach().double()
+    mean = features.mean(0)
+    between = within = features.new_zeros(())
+    for g in labels.unique():
+        part = features[labels == g]
+        between = between + len(part) * (part.mean(0) - mean).pow(2).sum()
+        within = within + (part - part.mean(0)).pow(2).sum()
+    return float(between / within.clamp_min(1e-12))
+
+
+def nearest_centroid_accuracy(train_features: Tensor, train_labels: Tensor,
+                              test_features: Tensor, test_labels: Tensor) -> float:
+    """Accuracy of classifying ``test_features: (M, D)`` by the nearest group mean of
+    ``train_features: (N, D)``: how well a vector identifies its group on held-out data."""
+    groups = train_labels.unique()
+    centroids = torch.stack([train_features[train_labels == g].mean(0) for g in groups])
+    pred = groups[torch.cdist(test_features.float(), centroids.float()).argmin(1)]
+    return float((pred == test_labels).float().mean())
+
+
+@torch.no_grad()
+def collect_context(model: nn.Module, dataset, num_images: int | None = None,
+                    keys: Sequence[str] = ("gamma", "e", "se"),
+                    batch_size: int = 32) -> Dict[str, Tensor]:
+    """Run ``model`` (eval mode) over the first ``num_images`` of ``dataset`` and stack the
+    per-image outputs named in ``keys`` (those the model returns), each ``(N, ...)``, on the
+    CPU. Adds ``"kind"`` ``(N,)`` when the dataset has ``scene_kind_index`` (ContextScenes).
+    """
+    n = len(dataset) if num_images is None else min(num_images, len(dataset))
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    parts: Dict[str, list] = {}
+    for start in range(0, n, batch_size):
+        images = torch.stack([dataset[i][0] for i in range(start, min(start + batch_size, n))])
+        out = model(images.to(device))
+        for key in keys:
+            if key in out:
+                parts.setdefault(key, []).append(out[key].float().cpu())
+    model.train(was_training)
+    result = {key: torch.cat(chunks) for key, chunks in parts.items()}
+    if hasattr(dataset, "scene_kind_index"):
+        result["kind"] = torch.tensor([dataset.scene_kind_index(i) for i in range(n)])
+    return result
