@@ -1,0 +1,124 @@
+"""Segmentation metrics from a confusion matrix accumulated over a whole split.
+
+With ``M[t, p]`` = number of labelled pixels of true class ``t`` predicted as ``p``
+(pixels whose target is ``ignore_index`` are not counted):
+
+- pixAcc = sum_c M[c, c] / sum M (correct labelled pixels / labelled pixels);
+- IoU_c = M[c, c] / (sum_p M[c, p] + sum_t M[t, c] - M[c, c]) (intersection / union);
+- mIoU = mean of IoU_c over the classes, as the paper (PASCAL-Context: 59 classes).
+
+A class absent from both the targets and the predictions has no IoU (NaN) and is left out
+of the mean, as torchmetrics' ``MulticlassJaccardIndex`` does. The official EncNet code
+counts such a class as 0; over a whole validation split every class occurs, so the two
+agree there and differ only on small subsets.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+__all__ = ["ConfusionMatrix"]
+
+
+class ConfusionMatrix:
+    """Accumulates ``matrix: (num_classes, num_classes)`` int64, rows = target, cols = pred.
+
+    ``update`` takes label maps on any device (the matrix lives on the first one it sees);
+    ``merge`` adds another matrix, ``all_reduce`` sums over ``torch.distributed``
+    processes, so each process can score its shard of a split.
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.matrix: Optional[Tensor] = None
+
+    def _ensure(self, device: torch.device) -> Tensor:
+        if self.matrix is None:
+            n = self.num_classes
+            self.matrix = torch.zeros(n, n, dtype=torch.int64, device=device)
+        return self.matrix
+
+    def reset(self) -> None:
+        self.matrix = None
+
+    @torch.no_grad()
+    def update(self, pred: Tensor, target: Tensor) -> ConfusionMatrix:
+        """Count ``pred`` vs ``target``: label maps of equal shape, e.g. ``(B, H, W)``.
+
+        ``pred`` may also be scores with a class axis after the batch one,
+        ``(B, classes, H, W)``: its argmax is used.
+        """
+        if pred.dim() == target.dim() + 1:
+            pred = pred.argmax(1)
+        if pred.shape != target.shape:
+            raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
+        matrix = self._ensure(target.device)
+        pred = pred.to(matrix.device).flatten().long()
+        target = target.to(matrix.device).flatten().long()
+        keep = target != self.ignore_index
+        pred, target = pred[keep], target[keep]
+        n = self.num_classes
+        if target.numel() and (int(target.min()) < 0 or int(target.max()) >= n):
+            raise ValueError(f"target labels must be in [0, {n}) or {self.ignore_index}")
+        if pred.numel() and (int(pred.min()) < 0 or int(pred.max()) >= n):
+            raise ValueError(f"predicted labels must be in [0, {n})")
+        matrix += torch.bincount(target * n + pred, minlength=n * n).reshape(n, n)
+        return self
+
+    def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
+        """Add ``other``'s counts to this matrix (same number of classes)."""
+        if other.num_classes != self.num_classes:
+            raise ValueError("cannot merge confusion matrices of different sizes")
+        if other.matrix is not None:
+            matrix = self._ensure(other.matrix.device)
+            matrix += other.matrix.to(matrix.device)
+        return self
+
+    def all_reduce(self) -> ConfusionMatrix:
+        """Sum the matrix over all processes (no-op without an initialised process group).
+
+        Every process must call it. The matrix travels to this process's GPU under NCCL,
+        to the CPU under gloo, and stays there.
+        """
+        if dist.is_available() and dist.is_initialized():
+            nccl = dist.get_backend() == "nccl"
+            device = torch.device("cuda", torch.cuda.current_device()) if nccl else \
+                torch.device("cpu")
+            self.matrix = self._ensure(device).to(device)
+            dist.all_reduce(self.matrix, op=dist.ReduceOp.SUM)
+        return self
+
+    # ----------------------------------------------------------------- scores
+
+    def _float(self) -> Tensor:
+        return self._ensure(torch.device("cpu")).double()
+
+    def pixel_accuracy(self) -> float:
+        """Correct labelled pixels / labelled pixels (NaN before any pixel was counted)."""
+        m = self._float()
+        total = m.sum()
+        return float(m.diag().sum() / total) if total > 0 else float("nan")
+
+    def iou_per_class(self) -> Tensor:
+        """``(num_classes,)`` float64 IoU per class; NaN where the union is empty."""
+        m = self._float()
+        inter = m.diag()
+        union = m.sum(0) + m.sum(1) - inter
+        return torch.where(union > 0, inter / union.clamp_min(1), torch.full_like(inter, float("nan")))
+
+    def mean_iou(self) -> float:
+        """Mean IoU over the classes that occur (in targets or predictions)."""
+        return float(self.iou_per_class().nanmean())
+
+    def summary(self) -> Dict[str, float]:
+        """``{"pixAcc": ..., "mIoU": ...}``."""
+        return {"pixAcc": self.pixel_accuracy(), "mIoU": self.mean_iou()}
+
+    def __repr__(self) -> str:
+        counted = 0 if self.matrix is None else int(self.matrix.sum())
+        return f"ConfusionMatrix(num_classes={self.num_classes}, pixels={counted})"

@@ -1,0 +1,163 @@
+"""Looking inside the models: receptive fields, tensor shapes, parameter counts."""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .segmentation import FCN, EncNet
+
+__all__ = ["conv_macs", "count_parameters", "input_support", "receptive_field", "trace_shapes"]
+
+
+def _pair(v: Union[int, Sequence[int]]) -> int:
+    """Square kernels only: the first of a pair."""
+    return v if isinstance(v, int) else v[0]
+
+
+def _chain_receptive_field(module: nn.Module, rf: int = 1, jump: int = 1) -> Tuple[int, int]:
+    """Walk convs and pools in registration order (= forward order in these models) and
+    grow ``rf`` by ``(k - 1) * dilation * jump`` per layer; ``jump`` is the product of the
+    strides so far. Residual shortcuts (``downsample``) are skipped: they run in parallel
+    to the main path and cover a subset of its window."""
+    for name, m in module.named_modules():
+        if "downsample" in name.split("."):
+            continue
+        if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+            k, s = _pair(m.kernel_size), _pair(m.stride)
+            d = _pair(getattr(m, "dilation", 1))
+            rf += (k - 1) * d * jump
+            jump *= s
+    return rf, jump
+
+
+def receptive_field(model_or_backbone: nn.Module) -> Union[int, float]:
+    """Theoretical receptive field (px, one side of the square window) of the stride-8 map.
+
+    - a backbone: of its last feature map ``c4``;
+    - an :class:`FCN`: of the head's logits (backbone + the head's 3x3 conv), before the
+      bilinear upsampling, which mixes the 2x2 nearest cells and so widens the window by up
+      to one output stride (see :func:`input_support` for the exact pixels);
+    - an :class:`EncNet`: ``math.inf``: the encoding layer sums over the whole image.
+
+    The tiny FCN: 44 px. The dilated ResNet-50 (output stride 8): far larger than any
+    training crop.
+    """
+    if isinstance(model_or_backbone, EncNet):
+        return math.inf
+    if isinstance(model_or_backbone, FCN):
+        rf, jump = _chain_receptive_field(model_or_backbone.backbone)
+        return _chain_receptive_field(model_or_backbone.head, rf, jump)[0]
+    return _chain_receptive_field(model_or_backbone)[0]
+
+
+@torch.no_grad()
+def _make_positive(model: nn.Module) -> None:
+    """Positive weights, identity BatchNorm: every activation of a positive input is
+    positive, so no ReLU hides a dependency and the gradient is nonzero exactly where
+    the output depends on the input."""
+    for m in model.modules():
+        if isinstance(m, _BatchNorm):
+            m.reset_running_stats()
+            m.reset_parameters()
+        elif isinstance(m, (nn.Conv2d, nn.Linear)):
+            m.weight.abs_().add_(1e-3)
+            if m.bias is not None:
+                m.bias.abs_()
+
+
+def input_support(model: nn.Module, size: Tuple[int, int] = (128, 128),
+                  pixel: Optional[Tuple[int, int]] = None) -> Tensor:
+    """The input pixels that one output pixel depends on: a ``(H, W)`` bool mask.
+
+    Measured on a copy of ``model`` with positive weights (eval mode) by backpropagating
+    the output pixel ``pixel = (row, col)`` (default: the centre) of ``main`` (or of a
+    plain tensor output) to a ``size`` input. The model itself is not modified.
+    Meant for convolutional models (backbones, FCN): in EncNet the saturating sigmoid
+    and softmax of a positive-weight copy hide dependencies (its true support is the
+    whole image: ``receptive_field(encnet) == inf``).
+    """
+    probe = copy.deepcopy(model).float().cpu().eval()
+    _make_positive(probe)
+    x = torch.ones(1, 3, *size, requires_grad=True)
+    out = probe(x)
+    out = out["main"] if isinstance(out, dict) else out
+    row, col = pixel if pixel is not None else (size[0] // 2, size[1] // 2)
+    out[0, :, row, col].sum().backward()
+    return x.grad[0].abs().sum(0) > 0
+
+
+def _shapes(value: Any) -> Any:
+    """Shapes of a module's output: a tuple, or a dict of them for named outputs."""
+    if isinstance(value, Tensor):
+        return tuple(value.shape)
+    if isinstance(value, dict):
+        return {k: _shapes(v) for k, v in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # NamedTuple
+        return {k: _shapes(v) for k, v in zip(value._fields, value) if v is not None}
+    if isinstance(value, (tuple, list)):
+        return [_shapes(v) for v in value]
+    return None
+
+
+def trace_shapes(model: nn.Module, images: Tensor,
+                 names: Sequence[str]) -> List[Tuple[str, Any]]:
+    """Run ``model(images)`` and record the output shape of each named submodule.
+
+    ``names`` are qualified names (``"backbone.layer3"``, ``"head.encode.encoding"``).
+    Returns ``[(name, shape), ...]`` in call order, then ``("output", {key: shape})``.
+    A module called twice appears twice.
+    """
+    modules = dict(model.named_modules())
+    missing = [n for n in names if n not in modules]
+    if missing:
+        raise KeyError(f"no submodules named {missing}")
+    rows: List[Tuple[str, Any]] = []
+    hooks = [modules[n].register_forward_hook(
+        lambda _m, _inp, out, n=n: rows.append((n, _shapes(out)))) for n in names]
+    try:
+        with torch.no_grad():
+            out = model(images)
+    finally:
+        for h in hooks:
+            h.remove()
+    rows.append(("output", _shapes(out)))
+    return rows
+
+
+def count_parameters(module: Optional[nn.Module]) -> int:
+    """Number of parameters of ``module`` (0 for None)."""
+    return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+
+def conv_macs(model: nn.Module, images: Tensor) -> int:
+    """Multiply-accumulates of every conv and linear layer in ``model(images)``.
+
+    Counted from the output shapes (``out.numel() * in_channels / groups * k_h * k_w``), so
+    it also works on the ``meta`` device for modules that support it (backbones, FCN).
+    Elementwise work, pooling and the encoding layer's matrix products are not counted.
+    """
+    total = 0
+
+    def hook(m: nn.Module, _inp, out: Tensor) -> None:
+        nonlocal total
+        if isinstance(m, nn.Conv2d):
+            k = m.kernel_size[0] * m.kernel_size[1]
+            total += out.numel() * (m.in_channels // m.groups) * k
+        else:
+            total += out.numel() * m.in_features
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules()
+             if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            model(images)
+    finally:
+        for h in hooks:
+            h.remove()
+    return total

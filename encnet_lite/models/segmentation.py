@@ -1,0 +1,188 @@
+"""EncNet and the FCN baseline, and their builders.
+
+Both models map ``images: (B, 3, H, W)`` (any H, W) to a dict of named outputs, logits
+upsampled bilinearly to ``(H, W)``:
+
+================  =====================  ==========================================
+key               shape                  when
+================  =====================  ==========================================
+``main``          (B, classes, H, W)     always
+``aux``           (B, classes, H, W)     training mode, ``aux=True`` (stage-3 FCN head)
+``se``            (B, classes)           EncNet with ``se_loss=True`` (train and eval)
+``gamma``, ``e``  (B, head_channels)     EncNet (channel gates and encoded context)
+================  =====================  ==========================================
+
+``se`` is returned in eval mode too (it costs one small linear layer): chapters read the
+predicted class presence ``sigmoid(se)`` at test time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Optional, Union
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .backbones import ResNetBackbone, TinyBackbone
+from .heads import EncHead, FCNHead
+
+__all__ = [
+    "FCN", "EncNet", "SegmentationModel",
+    "encnet_resnet50", "encnet_resnet101", "encnet_tiny",
+    "fcn_resnet50", "fcn_resnet101", "fcn_tiny",
+]
+
+PathLike = Optional[Union[str, Path]]
+
+
+def upsample(logits: Tensor, size) -> Tensor:
+    """Bilinear upsampling of ``(B, C, h, w)`` logits to ``size = (H, W)``."""
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+class SegmentationModel(nn.Module):
+    """What FCN and EncNet share: ``backbone``, ``head``, optional ``aux`` head on ``c3``."""
+
+    backbone: nn.Module
+    head: nn.Module
+    aux: Optional[nn.Module]
+
+    def param_groups(self, lr: Optional[float] = None,
+                     head_lr_mult: float = 10.0) -> List[Dict]:
+        """Optimizer groups ``[{"name": "backbone", ...}, {"name": "head", ...}]``.
+
+        "head" holds every non-backbone parameter (head and auxiliary head). With ``lr``,
+        each group also gets its ``lr`` (the head ``lr * head_lr_mult``, the official 10x),
+        ready for ``torch.optim.SGD(model.param_groups(lr), lr=lr, ...)``.
+        """
+        backbone_ids = {id(p) for p in self.backbone.parameters()}
+        groups = [
+            {"name": "backbone", "params": [p for p in self.backbone.parameters()]},
+            {"name": "head", "params": [p for p in self.parameters()
+                                        if id(p) not in backbone_ids]},
+        ]
+        if lr is not None:
+            groups[0]["lr"], groups[1]["lr"] = lr, lr * head_lr_mult
+        return groups
+
+    def _aux(self, feats: Dict[str, Tensor], out: Dict[str, Tensor], size) -> None:
+        if self.training and self.aux is not None:
+            out["aux"] = upsample(self.aux(feats["c3"]), size)
+
+
+class FCN(SegmentationModel):
+    """The FCN baseline: dilated backbone + :class:`FCNHead` on ``c4`` (+ aux on ``c3``).
+
+    ``forward(images: (B, 3, H, W)) -> {"main"[, "aux"]}`` (see the module docstring).
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, aux: bool = True) -> None:
+        super().__init__()
+        ch = backbone.out_channels
+        self.num_classes = num_classes
+        self.backbone = backbone
+        self.head = FCNHead(ch["c4"], num_classes)
+        self.aux = FCNHead(ch["c3"], num_classes) if aux else None
+
+    def forward(self, images: Tensor) -> Dict[str, Tensor]:
+        size = images.shape[-2:]
+        feats = self.backbone(images)
+        out = {"main": upsample(self.head(feats["c4"]), size)}
+        self._aux(feats, out, size)
+        return out
+
+
+class EncNet(SegmentationModel):
+    """EncNet: dilated backbone + :class:`EncHead` on ``c4`` (+ auxiliary FCN head on ``c3``).
+
+    Args:
+        backbone: returns ``{"c2", "c3", "c4"}`` and has ``out_channels``.
+        num_classes: classes of the segmentation (and of the SE branch).
+        aux: auxiliary FCN head on ``c3`` (training mode only).
+        se_loss: SE branch predicting class presence from the encoded context.
+        lateral: lateral connections from ``c2`` and ``c3`` into the head.
+        num_codes: K, codewords of the encoding layer.
+        head_channels: width of the head; ``gamma`` and ``e`` have this size.
+
+    ``forward(images: (B, 3, H, W)) -> {"main", "gamma", "e"[, "se"][, "aux"]}``.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, aux: bool = True,
+                 se_loss: bool = True, lateral: bool = False, num_codes: int = 32,
+                 head_channels: int = 512) -> None:
+        super().__init__()
+        ch = backbone.out_channels
+        self.num_classes = num_classes
+        self.backbone = backbone
+        self.head = EncHead(ch["c4"], num_classes, channels=head_channels, num_codes=num_codes,
+                            se_loss=se_loss,
+                            lateral_channels=(ch["c2"], ch["c3"]) if lateral else None)
+        self.aux = FCNHead(ch["c3"], num_classes) if aux else None
+
+    def forward(self, images: Tensor) -> Dict[str, Tensor]:
+        size = images.shape[-2:]
+        feats = self.backbone(images)
+        logits, ctx = self.head(feats)
+        out = {"main": upsample(logits, size), "gamma": ctx.gamma, "e": ctx.e}
+        if ctx.se is not None:
+            out["se"] = ctx.se
+        self._aux(feats, out, size)
+        return out
+
+    def assignments(self, images: Tensor) -> Tensor:
+        """Soft assignments of the head's descriptors to the K codewords.
+
+        ``images: (B, 3, H, W) -> (B, h, w, K)`` with ``(h, w)`` the stride-8 grid; each
+        position's K weights sum to 1.
+        """
+        x = self.head.features(self.backbone(images))
+        b, _, h, w = x.shape
+        return self.head.encode.assignments(x).reshape(b, h, w, -1)
+
+
+# ---------------------------------------------------------------------------- builders
+
+
+def _resnet(depth: int, pretrained_backbone: bool, weights_path: PathLike,
+            output_stride: int) -> ResNetBackbone:
+    return ResNetBackbone(depth, output_stride=output_stride, pretrained=pretrained_backbone,
+                          weights_path=weights_path)
+
+
+def encnet_resnet50(num_classes: int, pretrained_backbone: bool = False,
+                    weights_path: PathLike = None, output_stride: int = 8, **kwargs) -> EncNet:
+    """EncNet on a dilated ResNet-50. ``pretrained_backbone=True``: ImageNet weights via
+    torchvision (a clear error offline; ``weights_path=`` reads a local file instead).
+    ``kwargs`` go to :class:`EncNet` (``aux``, ``se_loss``, ``lateral``, ``num_codes``...)."""
+    return EncNet(_resnet(50, pretrained_backbone, weights_path, output_stride), num_classes,
+                  **kwargs)
+
+
+def encnet_resnet101(num_classes: int, pretrained_backbone: bool = False,
+                     weights_path: PathLike = None, output_stride: int = 8, **kwargs) -> EncNet:
+    """EncNet on a dilated ResNet-101 (see :func:`encnet_resnet50`)."""
+    return EncNet(_resnet(101, pretrained_backbone, weights_path, output_stride), num_classes,
+                  **kwargs)
+
+
+def fcn_resnet50(num_classes: int, pretrained_backbone: bool = False,
+                 weights_path: PathLike = None, output_stride: int = 8, aux: bool = True) -> FCN:
+    """The FCN baseline on a dilated ResNet-50 (see :func:`encnet_resnet50`)."""
+    return FCN(_resnet(50, pretrained_backbone, weights_path, output_stride), num_classes, aux)
+
+
+def fcn_resnet101(num_classes: int, pretrained_backbone: bool = False,
+                  weights_path: PathLike = None, output_stride: int = 8, aux: bool = True) -> FCN:
+    """The FCN baseline on a dilated ResNet-101 (see :func:`encnet_resnet50`)."""
+    return FCN(_resnet(101, pretrained_backbone, weights_path, output_stride), num_classes, aux)
+
+
+def encnet_tiny(num_classes: int, head_channels: int = 64, **kwargs) -> EncNet:
+    """EncNet on :class:`TinyBackbone` (trains on a CPU); ``kwargs`` go to :class:`EncNet`."""
+    return EncNet(TinyBackbone(), num_classes, head_channels=head_channels, **kwargs)
+
+
+def fcn_tiny(num_classes: int, aux: bool = True) -> FCN:
+    """The FCN baseline on :class:`TinyBackbone`: the context-blind reference."""
+    return FCN(TinyBackbone(), num_classes, aux)

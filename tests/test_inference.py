@@ -1,0 +1,95 @@
+"""predict(): single scale, multi-scale + flip, sliding windows, any input size."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from encnet_lite.inference import MS_SCALES, predict, sliding_window_starts
+from encnet_lite.models import encnet_tiny
+
+CLASSES = 4
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # 2 shared cores: avoid oversubscription
+    yield
+    torch.set_num_threads(n)
+
+
+def pointwise_model() -> nn.Module:
+    """A 1x1 conv on the pixels: resizing, mirroring and cropping commute with it, so it is
+    scale-, flip- and translation-equivariant by construction."""
+    torch.manual_seed(0)
+    return nn.Conv2d(3, CLASSES, 1).eval()
+
+
+def smooth_image(h: int, w: int) -> torch.Tensor:
+    """Low-frequency content that bilinear resampling preserves almost exactly."""
+    y = (torch.arange(h) + 0.5) / h
+    x = (torch.arange(w) + 0.5) / w
+    yy, xx = torch.meshgrid(y, x, indexing="ij")
+    return torch.stack([torch.cos(math.pi * yy), torch.cos(math.pi * xx),
+                        torch.cos(math.pi * yy) * torch.cos(math.pi * xx)])[None]
+
+
+def test_single_scale_is_the_model():
+    model, image = pointwise_model(), torch.randn(2, 3, 37, 53)
+    torch.testing.assert_close(predict(model, image, CLASSES), model(image))
+
+
+def test_flip_of_an_equivariant_model_changes_nothing():
+    model, image = pointwise_model(), torch.randn(1, 3, 37, 53)
+    torch.testing.assert_close(predict(model, image, CLASSES, flip=True), model(image))
+
+
+@pytest.mark.parametrize("size", [(97, 131), (40, 131), (131, 40)])
+def test_sliding_windows_of_a_local_model_equal_one_pass(size):
+    # Windows of 48 px at stride 32, padding where a side is shorter than the crop.
+    model, image = pointwise_model(), torch.randn(1, 3, *size)
+    scores = predict(model, image, CLASSES, crop_size=48, stride=32, flip=True)
+    torch.testing.assert_close(scores, model(image))
+
+
+def test_multi_scale_of_a_scale_equivariant_model_equals_single_scale():
+    model = pointwise_model()
+    constant = torch.tensor([0.3, -1.2, 0.7]).reshape(1, 3, 1, 1).expand(1, 3, 61, 83)
+    single = predict(model, constant, CLASSES)
+    multi = predict(model, constant, CLASSES, scales=MS_SCALES, flip=True)
+    torch.testing.assert_close(multi, single)  # resampling a constant is exact
+    smooth = smooth_image(96, 128)
+    single = predict(model, smooth, CLASSES)
+    multi = predict(model, smooth, CLASSES, scales=MS_SCALES, flip=True, crop_size=100)
+    assert (multi - single).abs().max() < 2e-3 * single.abs().max()
+
+
+def test_misaligned_views_would_be_caught():
+    # The smooth-image tolerance above is sharp enough to see a one-pixel shift.
+    model, smooth = pointwise_model(), smooth_image(96, 128)
+    single = predict(model, smooth, CLASSES)
+    shifted = single[..., :, 1:] - single[..., :, :-1]  # scores moved by one pixel
+    assert shifted.abs().max() > 5 * 2e-3 * single.abs().max()
+
+
+def test_any_size_with_a_real_model():
+    model = encnet_tiny(CLASSES, num_codes=4).eval()
+    image = torch.randn(3, 45, 71)  # (3, H, W) is accepted
+    scores = predict(model, image, CLASSES, scales=(0.5, 1.0, 1.75), flip=True, crop_size=64)
+    assert scores.shape == (1, CLASSES, 45, 71) and scores.dtype == torch.float32
+    assert torch.isfinite(scores).all()
+    assert model.training is False
+
+
+def test_sliding_window_starts_cover_the_image():
+    assert sliding_window_starts(480, 480, 320) == [0]
+    assert sliding_window_starts(500, 480, 320) == [0, 20]
+    for size, crop, stride in [(1000, 480, 320), (97, 48, 32), (49, 48, 1)]:
+        starts = sliding_window_starts(size, crop, stride)
+        covered = torch.zeros(size, dtype=torch.bool)
+        for s in starts:
+            covered[s:s + crop] = True
+        assert covered.all() and starts[-1] + crop == size
+        assert all(b - a <= stride for a, b in zip(starts, starts[1:]))

@@ -1,0 +1,270 @@
+"""Models: output names and shapes, parameter counts, receptive field, weights loading."""
+
+import math
+import urllib.error
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from encnet_lite import models
+from encnet_lite.context import ContextEncoding
+from encnet_lite.models import (
+    FCN,
+    EncNet,
+    count_parameters,
+    encnet_resnet50,
+    encnet_resnet101,
+    encnet_tiny,
+    fcn_resnet50,
+    fcn_resnet101,
+    fcn_tiny,
+    input_support,
+    receptive_field,
+)
+
+CLASSES = 7
+ODD = (97, 131)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on 2 shared cores, torch's spinning threads oversubscribe
+    (a 10-100x slowdown when other processes run)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+TINY_BUILDERS = {
+    "fcn_tiny": lambda: fcn_tiny(CLASSES),
+    "encnet_tiny": lambda: encnet_tiny(CLASSES),
+    "encnet_tiny_lateral": lambda: encnet_tiny(CLASSES, lateral=True, num_codes=4),
+    "encnet_tiny_plain": lambda: encnet_tiny(CLASSES, aux=False, se_loss=False),
+}
+
+
+def expected_keys(model, training: bool) -> set:
+    keys = {"main"}
+    if isinstance(model, EncNet):
+        keys |= {"gamma", "e"} | ({"se"} if model.head.encode.fc_se is not None else set())
+    if training and model.aux is not None:
+        keys.add("aux")
+    return keys
+
+
+def check_outputs(model, out, batch: int, size, training: bool) -> None:
+    assert set(out) == expected_keys(model, training)
+    assert out["main"].shape == (batch, CLASSES, *size)
+    if "aux" in out:
+        assert out["aux"].shape == (batch, CLASSES, *size)
+    if "se" in out:
+        assert out["se"].shape == (batch, CLASSES)
+    if "gamma" in out:
+        width = model.head.conv[0].out_channels
+        assert out["gamma"].shape == out["e"].shape == (batch, width)
+        assert bool(((out["gamma"] > 0) & (out["gamma"] < 1)).all())
+
+
+@pytest.mark.parametrize("name", sorted(TINY_BUILDERS))
+@pytest.mark.parametrize("training", [True, False])
+def test_tiny_output_names_and_shapes_for_odd_sizes(name, training):
+    torch.manual_seed(0)
+    model = TINY_BUILDERS[name]().train(training)
+    for size in [ODD, (33, 40)]:
+        out = model(torch.randn(2, 3, *size))
+        check_outputs(model, out, 2, size, training)
+
+
+@pytest.mark.parametrize("builder", [fcn_resnet50, encnet_resnet50, fcn_resnet101,
+                                     encnet_resnet101])
+def test_resnet_output_shapes_for_odd_sizes(builder):
+    torch.manual_seed(0)
+    model = builder(CLASSES, lateral=True) if builder is encnet_resnet50 else builder(CLASSES)
+    with torch.no_grad():
+        check_outputs(model, model.train()(torch.randn(2, 3, *ODD)), 2, ODD, True)
+        check_outputs(model, model.eval()(torch.randn(1, 3, *ODD)), 1, ODD, False)
+
+
+def test_resnet_output_stride_16():
+    backbone = models.ResNetBackbone(50, output_stride=16).eval()
+    with torch.no_grad():
+        feats = backbone(torch.randn(1, 3, 64, 96))
+        assert feats["c2"].shape == (1, 512, 8, 12)
+        assert feats["c3"].shape == (1, 1024, 4, 6)
+        assert feats["c4"].shape == (1, 2048, 4, 6)
+        model = EncNet(backbone, CLASSES, lateral=True).eval()
+        assert model(torch.randn(1, 3, 49, 67))["main"].shape == (1, CLASSES, 49, 67)
+
+
+def test_dilation_replaces_stride_in_stages_3_and_4():
+    backbone = models.ResNetBackbone(50)
+    with torch.no_grad():
+        feats = backbone.eval()(torch.randn(1, 3, 64, 96))
+    assert {k: tuple(v.shape) for k, v in feats.items()} == {
+        "c2": (1, 512, 8, 12), "c3": (1, 1024, 8, 12), "c4": (1, 2048, 8, 12)}
+    for name, stride, dilation in [("layer3", 1, 2), ("layer4", 1, 4)]:
+        last = getattr(backbone, name)[-1].conv2
+        assert last.stride == (stride, stride) and last.dilation == (dilation, dilation)
+    assert backbone.layer2[0].conv2.stride == (2, 2)
+
+
+def test_tiny_backbone_interface():
+    backbone = models.TinyBackbone()
+    assert count_parameters(backbone) < 1_000_000
+    feats = backbone(torch.randn(1, 3, 128, 96))
+    assert {k: tuple(v.shape[1:]) for k, v in feats.items()} == {
+        k: (c, 16, 12) for k, c in backbone.out_channels.items()}
+    assert backbone.output_stride == 8
+
+
+def test_parameter_counts():
+    with torch.device("meta"):  # no memory, no initialisation cost
+        fcn, enc = fcn_resnet50(59), encnet_resnet50(59)
+        enc_lat, enc101 = encnet_resnet50(59, lateral=True), encnet_resnet101(59)
+    assert count_parameters(fcn.backbone) == 23_508_032  # torchvision ResNet-50 minus fc
+    assert 35e6 < count_parameters(fcn) < 36e6
+    # The Context Encoding Module: 1x1 conv 512^2, 32 codewords, two small FC layers.
+    extra = count_parameters(enc) - count_parameters(fcn)
+    assert extra == count_parameters(enc.head.encode)
+    assert 0.5e6 < extra < 0.7e6
+    # Lateral connections add 1x1 convs from c2/c3 and a 3x3 fusion conv: ~8M more.
+    assert 7e6 < count_parameters(enc_lat) - count_parameters(enc) < 9e6
+    assert 54e6 < count_parameters(enc101) < 56e6
+    assert count_parameters(encnet_tiny(59)) < 1e6 and count_parameters(fcn_tiny(59)) < 1e6
+
+
+def test_head_layout_follows_the_paper():
+    model = encnet_resnet50(CLASSES, num_codes=16)
+    assert isinstance(model.head.encode, ContextEncoding)
+    assert model.head.encode.encoding.codewords.shape == (16, 512)
+    assert model.head.conv[0].in_channels == 2048 and model.head.conv[0].kernel_size == (3, 3)
+    assert model.aux[0][0].in_channels == 1024 and model.aux[0][0].out_channels == 256
+    assert model.head.classifier[0].p == pytest.approx(0.1)
+
+
+def test_eval_outputs_are_deterministic():
+    torch.manual_seed(0)
+    model = encnet_tiny(CLASSES, lateral=True).eval()
+    x = torch.randn(2, 3, *ODD)
+    a, b = model(x), model(x)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_training_step_reaches_every_parameter():
+    torch.manual_seed(0)
+    model = encnet_tiny(CLASSES, lateral=True).train()
+    out = model(torch.randn(2, 3, 64, 64))
+    loss = out["main"].mean() + out["aux"].mean() + out["se"].mean()
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing
+
+
+def test_param_groups_split_backbone_and_heads():
+    model = encnet_tiny(CLASSES)
+    groups = model.param_groups(lr=0.01)
+    assert [g["name"] for g in groups] == ["backbone", "head"]
+    assert groups[0]["lr"] == 0.01 and groups[1]["lr"] == pytest.approx(0.1)
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))
+    assert {id(p) for p in model.backbone.parameters()} == {id(p) for p in groups[0]["params"]}
+    torch.optim.SGD(groups, lr=0.01)  # usable as is
+
+
+def test_assignments_shape_and_normalisation():
+    model = encnet_tiny(CLASSES, num_codes=4).eval()
+    a = model.assignments(torch.randn(2, 3, 64, 96))
+    assert a.shape == (2, 8, 12, 4)
+    torch.testing.assert_close(a.sum(-1), torch.ones(2, 8, 12))
+
+
+def test_trace_shapes():
+    model = encnet_tiny(CLASSES).eval()
+    rows = dict(models.trace_shapes(model, torch.randn(1, 3, 128, 128),
+                                    ["backbone.layer4", "head.encode.encoding", "head.encode"]))
+    assert rows["backbone.layer4"] == (1, 256, 16, 16)
+    assert rows["head.encode.encoding"] == (1, 32, 64)
+    assert rows["head.encode"]["gamma"] == (1, 64)
+    assert rows["output"]["main"] == (1, CLASSES, 128, 128)
+
+
+# ---------------------------------------------------------------------------- receptive field
+
+
+class StrideEightLogits(nn.Module):
+    """The tiny FCN's logits before upsampling."""
+
+    def __init__(self, fcn: FCN) -> None:
+        super().__init__()
+        self.fcn = fcn
+
+    def forward(self, x):
+        return self.fcn.head(self.fcn.backbone(x)["c4"])
+
+
+def test_receptive_field_theory():
+    assert receptive_field(fcn_tiny(CLASSES)) == 44 <= 61
+    assert receptive_field(models.TinyBackbone()) == 28
+    assert receptive_field(models.ResNetBackbone(50)) == 427  # same as the strided ResNet-50
+    assert receptive_field(encnet_tiny(CLASSES)) == math.inf
+
+
+def test_receptive_field_measured_by_input_gradients():
+    torch.manual_seed(0)
+    fcn = fcn_tiny(CLASSES)
+    # Stride-8 logits: an interior cell sees exactly the theoretical window.
+    support = input_support(StrideEightLogits(fcn), size=(80, 80), pixel=(4, 4))
+    rows, cols = support.any(1).nonzero().flatten(), support.any(0).nonzero().flatten()
+    assert len(rows) == len(cols) == receptive_field(fcn) == 44
+    assert support.sum() == 44 * 44  # a full square, no holes
+    # Full-resolution output: bilinear upsampling mixes 2x2 cells; every output pixel
+    # still depends only on pixels within +-29 px (the data rely on +-30 px).
+    worst = 0
+    for r in range(32, 40):  # every phase of the stride-8 grid
+        support = input_support(fcn, size=(80, 80), pixel=(r, r + 3))
+        ys, xs = support.nonzero(as_tuple=True)
+        worst = max(worst, int((ys - r).abs().max()), int((xs - r - 3).abs().max()))
+    assert worst == 29
+
+
+# ---------------------------------------------------------------------------- weights
+
+
+def test_pretrained_download_failure_says_what_to_do(monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(RuntimeError) as info:
+        fcn_resnet50(CLASSES, pretrained_backbone=True)
+    message = str(info.value)
+    assert "pretrained_backbone=False" in message and "weights_path=" in message
+    assert "resnet50-" in message  # names the file to fetch
+
+
+def test_pretrained_weights_through_the_hub_api(monkeypatch):
+    reference = torchvision.models.resnet50().state_dict()
+    calls = []
+
+    def fake_download(url, *args, **kwargs):
+        calls.append(url)
+        return reference
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fake_download)
+    model = fcn_resnet50(CLASSES, pretrained_backbone=True)
+    assert calls == [torchvision.models.ResNet50_Weights.IMAGENET1K_V1.url]
+    assert torch.equal(model.backbone.layer4[2].conv3.weight, reference["layer4.2.conv3.weight"])
+
+
+def test_local_weights_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", None)  # never download
+    reference = torchvision.models.resnet50().state_dict()
+    path = tmp_path / "resnet50.pth"
+    torch.save({"state_dict": reference}, path)
+    model = encnet_resnet50(CLASSES, weights_path=path)
+    assert torch.equal(model.backbone.conv1.weight, reference["conv1.weight"])
+    assert torch.equal(model.backbone.bn1.running_var, reference["bn1.running_var"])
+    with pytest.raises(FileNotFoundError):
+        encnet_resnet50(CLASSES, weights_path=tmp_path / "missing.pth")
