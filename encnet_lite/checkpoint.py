@@ -1,0 +1,153 @@
+"""Checkpoints: atomic writes, RNG states, and compatibility checks on load.
+
+A checkpoint is a plain dict saved with ``torch.save``; it loads with ``weights_only=True``
+(only tensors, numbers, strings, lists and dicts inside), so opening one never runs code.
+
+Keys: ``format``, ``config`` (``TrainConfig.to_dict()``), ``num_classes``, ``classes``,
+``model`` (state dict), ``optimizer``, ``scheduler``, ``scaler``, ``epoch`` (completed
+epochs), ``iteration`` (completed optimizer steps), ``rng`` (one entry per process),
+``history`` (per-epoch metrics so far), ``best_miou``. ``best.pt`` holds only ``format``,
+``config``, ``num_classes``, ``classes``, ``model``, ``epoch``, ``iteration``, ``metrics``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Union
+
+import numpy as np
+import torch
+
+FORMAT = "encnet_lite.checkpoint/1"
+PathLike = Union[str, Path]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or does not fit the run that loads it."""
+
+
+class IncompatibleCheckpointError(CheckpointError, ValueError):
+    """The checkpoint was made for another model or another number of classes."""
+
+
+def save_atomic(obj: Any, path: PathLike) -> Path:
+    """``torch.save(obj)`` to ``path`` so that ``path`` is never half written.
+
+    The data goes to a temporary file in the same folder, is flushed to disk, then renamed
+    over ``path`` (an atomic replace on POSIX and Windows). If anything fails (a full disk,
+    a kill), the temporary file is removed, the previous ``path`` is untouched, and a
+    :class:`CheckpointError` says why.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        free_mib = shutil.disk_usage(path.parent).free / 2**20
+        # torch's zip writer reports a full disk as RuntimeError("... unexpected pos ...").
+        full = (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or free_mib < 64
+        why = "disk full" if full else f"{type(exc).__name__}: {exc}"
+        raise CheckpointError(
+            f"{why} while writing {path} ({free_mib:.0f} MiB free); the previous checkpoint "
+            f"there (if any) is intact. Free some space and resume with --resume {path}"
+        ) from exc
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (POSIX only; a no-op where folders can't be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
+    """Load a checkpoint dict; a clear error for a missing or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated file, pickle from elsewhere, ...
+        raise CheckpointError(f"{path} is not a readable encnet_lite checkpoint: {exc}") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an encnet_lite checkpoint (format {FORMAT})")
+    return ckpt
+
+
+def check_compatible(ckpt: Mapping[str, Any], config: Mapping[str, Any],
+                     num_classes: int, keys: tuple = ()) -> None:
+    """Raise :class:`IncompatibleCheckpointError` if ``ckpt`` was trained for another
+    number of classes or with different values of the ``keys`` of ``config``."""
+    problems = []
+    if ckpt.get("num_classes") != num_classes:
+        problems.append(f"num_classes {ckpt.get('num_classes')} != {num_classes}")
+    saved = ckpt.get("config", {})
+    for key in keys:
+        if key in saved and saved[key] != config.get(key):
+            problems.append(f"{key} {saved[key]!r} != {config.get(key)!r}")
+    if problems:
+        raise IncompatibleCheckpointError(
+            "checkpoint does not match this run: " + "; ".join(problems))
+
+
+# --- random number generators -----------------------------------------------------------
+
+def rng_state() -> Dict[str, Any]:
+    """The state of every global RNG this process uses, as weights_only-safe objects."""
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state: Dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_name, torch.from_numpy(np_keys.astype(np.int64)), int(np_pos),
+                  int(np_has_gauss), float(np_gauss)],
+        "python": _to_lists(random.getstate()),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Inverse of :func:`rng_state`."""
+    torch.set_rng_state(state["torch"].cpu())
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(_to_tuples(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def _to_lists(obj: Any) -> Any:
+    return [_to_lists(o) for o in obj] if isinstance(obj, (tuple, list)) else obj
+
+
+def _to_tuples(obj: Any) -> Any:
+    return tuple(_to_tuples(o) for o in obj) if isinstance(obj, list) else obj
+
+
+def find_resume(path_or_dir: PathLike) -> Optional[Path]:
+    """``last.pt`` inside a run folder, or the file itself; None if there is none."""
+    path = Path(path_or_dir)
+    if path.is_dir():
+        path = path / "last.pt"
+    return path if path.is_file() else None

@@ -1,0 +1,318 @@
+"""The pieces of a training run: model, data, optimizer, schedule, one step, validation.
+
+:func:`encnet_lite.train.train` assembles them; chapters can also call them one by one
+(e.g. :func:`train_step` in a hand-written loop, :func:`validate` on a trained model).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .distributed import SINGLE, DistInfo, all_reduce_sum
+from .presets import TrainConfig
+
+# ---------------------------------------------------------------------------- device, AMP
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``"auto"``: the CUDA device when present (this process's GPU under torchrun), else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' was asked for but no CUDA GPU is visible")
+    if name == "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(name)
+
+
+def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype for ``amp`` on ``device``, or None for full fp32.
+
+    ``"auto"`` is off on CPU (bf16 autocast there is slower than fp32 on most CPUs) and on
+    for CUDA; ``"on"`` picks bf16 where the hardware has it, else fp16 (with a grad scaler).
+    """
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp in ("auto", "on"):
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def resolve_channels_last(value: str, device: torch.device) -> bool:
+    return value == "on" or (value == "auto" and device.type == "cuda")
+
+
+def make_scaler(amp_dtype: Optional[torch.dtype], device: torch.device) -> torch.amp.GradScaler:
+    """A grad scaler, enabled only for fp16 (bf16 has fp32's exponent range)."""
+    return torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+
+# ---------------------------------------------------------------------------- model
+
+
+def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    """The model named by ``cfg.model`` + ``cfg.backbone`` (e.g. ``encnet_resnet50``)."""
+    from . import models
+
+    name = f"{cfg.model}_{cfg.backbone}"
+    builder = getattr(models, name, None)
+    if builder is None:
+        raise ValueError(f"encnet_lite.models has no builder {name!r}")
+    kwargs: Dict[str, Any] = {"aux": cfg.aux}
+    if cfg.model == "encnet":
+        kwargs.update(num_codes=cfg.num_codes, se_loss=cfg.se_loss, lateral=cfg.lateral)
+    if cfg.backbone != "tiny":
+        kwargs["pretrained_backbone"] = cfg.pretrained_backbone
+        kwargs["weights_path"] = cfg.backbone_weights or None
+    return builder(num_classes, **kwargs)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside ``torch.compile`` and ``DistributedDataParallel`` wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def param_groups(model: nn.Module, lr: float, head_lr_mult: float = 10.0) -> List[Dict]:
+    """Optimizer groups: the backbone at ``lr``, everything else (head, auxiliary head) at
+    ``lr * head_lr_mult``, as the official recipe does (the backbone starts pretrained, the
+    heads from scratch). Each group records its ``lr_mult`` for logging."""
+    model = unwrap(model)
+    if hasattr(model, "param_groups"):  # encnet_lite models know their parts
+        groups = model.param_groups(lr, head_lr_mult)
+    else:  # any model with a .backbone: the rest is "head"
+        backbone = getattr(model, "backbone", None)
+        ids = {id(p) for p in backbone.parameters()} if backbone is not None else set()
+        groups = [{"name": "backbone", "params": [p for p in model.parameters() if id(p) in ids],
+                   "lr": lr},
+                  {"name": "head", "params": [p for p in model.parameters() if id(p) not in ids],
+                   "lr": lr * head_lr_mult}]
+    for g in groups:
+        g["params"] = [p for p in g["params"] if p.requires_grad]
+        g["lr_mult"] = g["lr"] / lr
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+    """SGD, momentum 0.9, weight decay 1e-4 (on every parameter, as the official code)."""
+    return torch.optim.SGD(param_groups(model, cfg.lr, cfg.head_lr_mult), lr=cfg.lr,
+                           momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, total_iters: int,
+                    power: float = 0.9) -> torch.optim.lr_scheduler.LRScheduler:
+    """Poly schedule, stepped once per iteration: ``lr_t = lr_0 (1 - t / T) ** power``."""
+    return torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=total_iters,
+                                                 power=power)
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def build_datasets(cfg: TrainConfig) -> Tuple[Dataset, Dataset]:
+    """``(train, val)`` datasets with the recipe's joint transforms.
+
+    Raises :class:`encnet_lite.data.DatasetNotFoundError` (with the command that prepares
+    the data) when a PASCAL root is missing.
+    """
+    from . import data
+
+    if cfg.dataset == "scenes":
+        # Flip only: a random rescale would shrink the cue-object gap the task relies on.
+        train = data.ContextScenes(cfg.num_train_images, size=cfg.image_size, seed=cfg.data_seed,
+                                   split="train", transform=data.RandomHorizontalFlip(0.5))
+        val = data.ContextScenes(cfg.num_val_images, size=cfg.image_size, seed=cfg.data_seed,
+                                 split="val")
+        return train, val
+    root = cfg.data_root or f"data/{cfg.dataset}"
+    cls = data.PascalContext if cfg.dataset == "pcontext" else data.PascalVOC
+    train = cls(root, split=cfg.train_split,
+                transform=data.train_transform(cfg.crop_size, cfg.base_size))
+    val = cls(root, split="val", transform=data.val_transform(cfg.crop_size))
+    return train, val
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of sample ``index``'s augmentation in ``epoch`` (a fixed 63-bit mix)."""
+    return ((seed * 1_000_003 + epoch) * 998_244_353 + index) % (2**63 - 1)
+
+
+class SeededSamples(Dataset):
+    """Wraps a dataset so that ``ds[(index, seed)]`` runs its random transforms under
+    ``torch.manual_seed(seed)`` without touching the caller's RNG.
+
+    The augmentation of a sample is then a function of (run seed, epoch, index) only: the
+    same with 0 or 8 loader workers, after a resume mid-epoch, and on whichever process
+    of a multi-process run loads it.
+    """
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: Tuple[int, int]) -> Any:
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
+
+
+class TrainSampler(Sampler):
+    """This process's share of a seeded shuffle, iteration-aligned across processes.
+
+    Epoch ``e`` shuffles all indices with ``seed + e`` and cuts them into global batches of
+    ``global_batch`` (the incomplete last batch is dropped). Global batch ``t`` is
+    ``perm[t*B : (t+1)*B]``; process ``r`` of ``W`` loads the ``r``-th contiguous slice of
+    ``B / W`` of it, so ``W`` processes together see exactly the batches one process would.
+    :meth:`set_epoch` chooses the epoch and how many batches to skip (resume mid-epoch).
+    Yields ``(index, augmentation seed)`` for :class:`SeededSamples`.
+    """
+
+    def __init__(self, num_samples: int, global_batch: int, seed: int = 0,
+                 info: DistInfo = SINGLE):
+        if global_batch % info.world_size:
+            raise ValueError(f"batch_size {global_batch} is not divisible by the "
+                             f"{info.world_size} processes")
+        if num_samples < global_batch:
+            raise ValueError(f"{num_samples} training images are fewer than one batch "
+                             f"({global_batch})")
+        self.num_samples, self.global_batch, self.seed, self.info = (
+            num_samples, global_batch, seed, info)
+        self.local_batch = global_batch // info.world_size
+        self.batches_per_epoch = num_samples // global_batch
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip_batches
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch - self.skip) * self.local_batch
+
+    def __iter__(self) -> Iterator[Tuple[int, int]]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        perm = torch.randperm(self.num_samples, generator=g).tolist()
+        lo = self.info.rank * self.local_batch
+        for t in range(self.skip, self.batches_per_epoch):
+            start = t * self.global_batch + lo
+            for index in perm[start : start + self.local_batch]:
+                yield index, sample_seed(self.seed, self.epoch, index)
+
+
+def train_loader(dataset: Dataset, sampler: TrainSampler, workers: int,
+                 pin_memory: bool = False) -> DataLoader:
+    """The DataLoader over :class:`SeededSamples`. Its own ``generator`` keeps it from
+    drawing from the global RNG (which would shift dropout masks after a resume)."""
+    return DataLoader(SeededSamples(dataset), batch_size=sampler.local_batch, sampler=sampler,
+                      num_workers=workers, pin_memory=pin_memory, drop_last=True,
+                      persistent_workers=workers > 0, generator=torch.Generator())
+
+
+class ShardSampler(Sampler):
+    """Indices ``rank, rank + W, ...``: a split of the validation set with no repeats (unlike
+    ``DistributedSampler``, which pads and so would count some images twice)."""
+
+    def __init__(self, num_samples: int, info: DistInfo = SINGLE):
+        self.indices = list(range(info.rank, num_samples, info.world_size))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+
+def val_loader(dataset: Dataset, batch_size: int, workers: int, info: DistInfo = SINGLE,
+               pin_memory: bool = False) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), info),
+                      num_workers=workers, pin_memory=pin_memory)
+
+
+# ---------------------------------------------------------------------------- one step
+
+
+def forward_context(device: torch.device, amp_dtype: Optional[torch.dtype]):
+    """``torch.autocast`` for ``amp_dtype`` (a no-op context for fp32)."""
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=amp_dtype)
+
+
+def to_device(images: Tensor, masks: Tensor, device: torch.device,
+              channels_last: bool = False) -> Tuple[Tensor, Tensor]:
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, masks.to(device, non_blocking=True)
+
+
+def train_step(model: nn.Module, images: Tensor, masks: Tensor, loss_fn: Callable,
+               optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               amp_dtype: Optional[torch.dtype] = None) -> Tensor:
+    """One SGD step on ``images: (B, 3, H, W)``, ``masks: (B, H, W)``.
+
+    Returns the detached loss terms ``(total, main, aux, se)`` as one fp32 tensor of 4.
+    """
+    with forward_context(images.device, amp_dtype):
+        outputs = model(images)
+    # The loss in fp32: cross-entropy over many pixels is where fp16/bf16 would lose bits.
+    outputs = {k: v.float() if torch.is_tensor(v) else v for k, v in outputs.items()}
+    terms = loss_fn(outputs, masks)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(terms.total).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return torch.stack([t.detach().float() for t in terms])
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+@torch.no_grad()
+def validate(model: nn.Module, loader: DataLoader, num_classes: int, device: torch.device,
+             info: DistInfo = SINGLE, amp_dtype: Optional[torch.dtype] = None,
+             channels_last: bool = False, ignore_index: int = 255,
+             progress: bool = False) -> Dict[str, Any]:
+    """Single-scale pixAcc / mIoU over ``loader`` (every process its shard; the confusion
+    matrices are summed over processes). Returns ``pixAcc``, ``mIoU``, ``iou`` (per class).
+    """
+    from tqdm.auto import tqdm
+
+    from .metrics import ConfusionMatrix
+
+    was_training = model.training
+    model.eval()
+    cm = ConfusionMatrix(num_classes, ignore_index=ignore_index)
+    for images, masks in tqdm(loader, desc="val", leave=False,
+                              disable=not (progress and info.is_main)):
+        images, masks = to_device(images, masks, device, channels_last)
+        with forward_context(device, amp_dtype):
+            logits = model(images)["main"]
+        cm.update(logits.argmax(1), masks)
+    if info.enabled:
+        cm = _all_reduce_confusion(cm, info)
+    model.train(was_training)
+    return {"pixAcc": float(cm.pixel_accuracy()), "mIoU": float(cm.mean_iou()),
+            "iou": [float(x) for x in cm.iou_per_class()]}
+
+
+def _all_reduce_confusion(cm: Any, info: DistInfo) -> Any:
+    if hasattr(cm, "all_reduce"):
+        cm.all_reduce()
+        return cm
+    all_reduce_sum(cm.matrix, info)
+    return cm
+

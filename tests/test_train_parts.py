@@ -1,0 +1,168 @@
+"""Unit tests of the training pieces: presets, CLI parsing, sampler, schedule, checkpoints."""
+
+import copy
+import errno
+
+import pytest
+import torch
+from torch import nn
+
+from encnet_lite import checkpoint as ckpt_io
+from encnet_lite import engine, presets
+from encnet_lite.distributed import CPUSyncBatchNorm, DistInfo, convert_sync_batchnorm
+from encnet_lite.train import build_parser, config_from_args
+
+
+def test_every_preset_builds_and_takes_overrides():
+    for name, fn in presets.PRESETS.items():
+        cfg = fn()
+        assert cfg.name == name
+        assert fn(epochs=3).epochs == 3
+    cfg = presets.pcontext_encnet_r50()
+    assert (cfg.crop_size, cfg.base_size, cfg.batch_size, cfg.lr, cfg.epochs) == (
+        480, 520, 16, 1e-3, 80)
+    assert (cfg.aux_weight, cfg.se_weight, cfg.momentum, cfg.weight_decay) == (
+        0.2, 0.2, 0.9, 1e-4)
+    assert presets.pcontext_fcn_r50().model == "fcn"
+
+
+def test_config_validates_and_accepts_booleans_for_switches():
+    assert presets.scenes_encnet_tiny(amp=False).amp == "off"
+    assert presets.scenes_encnet_tiny(channels_last=True).channels_last == "on"
+    with pytest.raises(ValueError, match="model"):
+        presets.TrainConfig(model="unet")
+    cfg = presets.scenes_fcn_tiny(seed=3)
+    assert presets.TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_cli_overrides_every_field_of_the_preset():
+    args = build_parser().parse_args(
+        ["--preset", "scenes_encnet_tiny", "--epochs", "3", "--aux", "false", "--lr", "0.1",
+         "--num-codes", "16", "--out", "/tmp/x"])
+    cfg = config_from_args(args)
+    assert (cfg.epochs, cfg.aux, cfg.lr, cfg.num_codes, cfg.out) == (3, False, 0.1, 16, "/tmp/x")
+    assert cfg.model == "encnet" and cfg.name == "scenes_encnet_tiny"
+    with pytest.raises(SystemExit):
+        config_from_args(build_parser().parse_args(["--preset", "scenes_fcn_tiny",
+                                                    "--aux", "maybe"]))
+
+
+def test_amp_and_channels_last_resolution():
+    cpu = torch.device("cpu")
+    assert engine.resolve_amp("auto", cpu) is None  # off on CPU by default
+    assert engine.resolve_amp("on", cpu) == torch.bfloat16
+    assert engine.resolve_amp("fp16", cpu) == torch.float16
+    assert not engine.resolve_channels_last("auto", cpu)
+    assert not engine.make_scaler(torch.bfloat16, cpu).is_enabled()
+
+
+def test_processes_together_see_the_single_process_batches():
+    one = engine.TrainSampler(40, 8, seed=1)
+    two = [engine.TrainSampler(40, 8, seed=1, info=DistInfo(r, 2)) for r in range(2)]
+    for s in [one, *two]:
+        s.set_epoch(3)
+    single = list(one)
+    parts = [list(s) for s in two]
+    assert len(single) == 40 and all(len(p) == 20 for p in parts)
+    for t in range(5):  # global batch t = rank 0's slice then rank 1's
+        assert single[8 * t: 8 * t + 8] == parts[0][4 * t: 4 * t + 4] + parts[1][4 * t: 4 * t + 4]
+    one.set_epoch(3, skip_batches=2)
+    assert list(one) == single[16:]  # resume mid-epoch: the same remaining order
+    one.set_epoch(4)
+    assert [i for i, _ in one] != [i for i, _ in single]  # a new shuffle each epoch
+    with pytest.raises(ValueError, match="divisible"):
+        engine.TrainSampler(40, 6, info=DistInfo(0, 4))
+
+
+def test_augmentation_depends_on_the_sample_seed_only():
+    class Noisy(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return torch.rand(3)
+
+    ds = engine.SeededSamples(Noisy())
+    a = ds[(1, 123)]
+    torch.manual_seed(999)
+    state = torch.get_rng_state()
+    assert torch.equal(ds[(1, 123)], a)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's RNG is untouched
+    assert not torch.equal(ds[(1, 124)], a)
+
+
+def test_poly_schedule_and_head_multiplier():
+    model = nn.Module()
+    model.backbone = nn.Linear(2, 2)
+    model.head = nn.Linear(2, 2)
+    cfg = presets.TrainConfig(lr=0.1)
+    opt = engine.build_optimizer(model, cfg)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.1, 1.0])
+    assert opt.defaults["momentum"] == 0.9 and opt.defaults["weight_decay"] == 1e-4
+    sched = engine.build_scheduler(opt, total_iters=10, power=0.9)
+    for t in range(1, 11):
+        opt.step()
+        sched.step()
+        expected = 0.1 * (1 - t / 10) ** 0.9
+        assert opt.param_groups[0]["lr"] == pytest.approx(expected, abs=1e-12)
+        assert opt.param_groups[1]["lr"] == pytest.approx(10 * expected, abs=1e-11)
+
+
+def test_atomic_save_survives_a_full_disk(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    ckpt_io.save_atomic({"format": ckpt_io.FORMAT, "step": 1}, path)
+    real_save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):
+        f.write(b"partial bytes")  # part of the file reaches the disk, then it is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(ckpt_io.CheckpointError, match="disk full"):
+        ckpt_io.save_atomic({"format": ckpt_io.FORMAT, "step": 2}, path)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert ckpt_io.load(path)["step"] == 1  # the last good checkpoint is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left
+
+
+def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(5)
+    np.random.seed(5)
+    random.seed(5)
+    path = ckpt_io.save_atomic({"format": ckpt_io.FORMAT, "rng": ckpt_io.rng_state()},
+                               tmp_path / "c.pt")
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    ckpt_io.set_rng_state(ckpt_io.load(path)["rng"])  # loads with weights_only=True
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(got[0], expected[0])
+    assert np.array_equal(got[1], expected[1]) and got[2] == expected[2]
+
+
+def test_load_rejects_foreign_files_and_other_models(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ckpt_io.CheckpointError):
+        ckpt_io.load(bad)
+    with pytest.raises(FileNotFoundError):
+        ckpt_io.load(tmp_path / "missing.pt")
+    saved = {"num_classes": 7, "config": {"model": "encnet", "num_codes": 32}}
+    ckpt_io.check_compatible(saved, {"model": "encnet", "num_codes": 32}, 7, ("model",))
+    with pytest.raises(ckpt_io.IncompatibleCheckpointError, match="num_classes"):
+        ckpt_io.check_compatible(saved, {"model": "encnet"}, 59)
+    with pytest.raises(ckpt_io.IncompatibleCheckpointError, match="model"):
+        ckpt_io.check_compatible(saved, {"model": "fcn"}, 7, ("model",))
+
+
+def test_cpu_sync_batchnorm_is_batchnorm_in_one_process():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Flatten(2),
+                        nn.BatchNorm1d(4))
+    synced = convert_sync_batchnorm(copy.deepcopy(net), "cpu")
+    assert sum(isinstance(m, CPUSyncBatchNorm) for m in synced.modules()) == 2
+    x = torch.randn(5, 3, 6, 6)
+    assert torch.allclose(net(x), synced(x))
+    assert torch.allclose(net[1].running_var, synced[1].running_var)
