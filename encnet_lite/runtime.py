@@ -33,6 +33,23 @@ def get_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def persistent_dir(name: str, local_root: Union[str, Path] = "..") -> Path:
+    """A folder that outlives the runtime: Google Drive on Colab, ``local_root/name`` elsewhere.
+
+    On Colab, datasets and checkpoints written here survive a disconnect, so a long
+    training run resumes where it stopped. Mounting Drive asks the user for permission.
+    """
+    if in_colab():
+        from google.colab import drive  # type: ignore[import-not-found]
+
+        drive.mount("/content/drive")
+        path = Path("/content/drive/MyDrive/encnet-lite") / name
+    else:
+        path = Path(local_root) / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def book_mode(dataset_root: Optional[Union[str, Path]] = None) -> str:
     """Return ``"quick"`` or ``"full"``.
 

@@ -59,3 +59,8 @@ def test_colab_cell_installs_the_repo_without_deps(monkeypatch):
     assert "--no-deps" in cmd
     assert f"encnet-lite @ git+{runtime.REPO_URL}@{runtime.REPO_REF}" in cmd
     assert not any(word.startswith(("torch", "ipython")) for word in cmd)
+
+
+def test_persistent_dir_is_local_outside_colab(tmp_path):
+    path = runtime.persistent_dir("runs/x", local_root=tmp_path)
+    assert path == tmp_path / "runs" / "x" and path.is_dir()
