@@ -385,37 +385,6 @@ def plot_encnet_outputs(image: torch.Tensor, outputs: dict, classes: Sequence[st
     return fig
 
 
-def plot_codeword_map(image: torch.Tensor, assignments: torch.Tensor,
-                      codeword: Optional[int] = None):
-    """Where the encoding layer's codewords sit on the image.
-
-    ``assignments: (h, w, K)`` soft assignments of one image. ``codeword=None``: the most
-    probable codeword of each cell; else the weight ``a_ik`` of that codeword per cell.
-    """
-    a = assignments.detach().float().cpu()
-    rgb = to_rgb(image)
-    extent = (-0.5, rgb.shape[1] - 0.5, rgb.shape[0] - 0.5, -0.5)
-    fig, axes = plt.subplots(1, 2, figsize=(7.0, 3.4))
-    axes[0].imshow(rgb)
-    axes[0].set_title("image", fontsize=10)
-    if codeword is None:
-        winner = a.argmax(-1).numpy()
-        axes[1].imshow(winner, cmap="tab20", vmin=0, vmax=max(19, a.shape[-1] - 1),
-                       interpolation="nearest", extent=extent)
-        used = len(np.unique(winner))
-        axes[1].set_title(f"most probable codeword per cell ({used} of {a.shape[-1]} used)",
-                          fontsize=10)
-    else:
-        im = axes[1].imshow(a[..., codeword].numpy(), cmap="magma", vmin=0,
-                            interpolation="nearest", extent=extent)
-        fig.colorbar(im, ax=axes[1], fraction=0.046)
-        axes[1].set_title(f"soft assignment to codeword {codeword}", fontsize=10)
-    for ax in axes:
-        ax.set_axis_off()
-    fig.tight_layout()
-    return fig
-
-
 # --- training (encnet_lite.train) ----------------------------------------------------------
 
 
@@ -481,33 +450,45 @@ def codeword_usage(assignments: torch.Tensor, masks: torch.Tensor, num_classes: 
     return sums / counts[:, None]
 
 
-def plot_codeword_maps(image: torch.Tensor, mask: torch.Tensor, assignments: torch.Tensor,
-                       palette, code: int = 0, alpha: float = 0.6, classes=None):
-    """Image | mask | per-pixel argmax_k of a_ik | codeword ``code``'s weights over the image.
+def plot_codeword_maps(image: torch.Tensor, assignments: torch.Tensor,
+                       mask: Optional[torch.Tensor] = None, palette=None,
+                       code: Optional[int] = None, alpha: float = 0.6):
+    """Where the encoding layer's codewords sit on an image.
 
-    ``image: (3, H, W)`` normalised, ``mask: (H, W)``, ``assignments: (h, w, K)``.
+    Panels: the image, its ground truth (when ``mask: (H, W)`` and ``palette`` are given),
+    the most probable codeword argmax_k a_ik of each stride-8 cell, and (when ``code`` is
+    given) codeword ``code``'s weights over the image. ``image: (3, H, W)`` normalised,
+    ``assignments: (h, w, K)`` for that image.
     """
     from .data import colorize
 
+    a = assignments.detach().float().cpu()
     rgb = to_rgb(image)
-    height, width = rgb.shape[:2]
-    k = assignments.shape[-1]
-    extent = (0, width, height, 0)
-    fig, axes = plt.subplots(1, 4, figsize=(12, 3.3))
-    axes[0].imshow(rgb)
-    axes[0].set_title("image", fontsize=10)
-    axes[1].imshow(colorize(mask.cpu().numpy(), palette), interpolation="nearest")
-    axes[1].set_title("ground truth", fontsize=10)
-    winner = assignments.argmax(-1).cpu().numpy()
-    axes[2].imshow(winner, cmap="tab20" if k <= 20 else "nipy_spectral", vmin=0, vmax=k - 1,
-                   interpolation="nearest", extent=extent)
-    axes[2].set_title(f"argmax$_k$ $a_{{ik}}$ (K={k})", fontsize=10)
-    axes[3].imshow(rgb)
-    heat = axes[3].imshow(assignments[..., code].cpu().numpy(), cmap="magma", vmin=0, vmax=1,
-                          alpha=alpha, interpolation="bilinear", extent=extent)
-    axes[3].set_title(f"$a_{{ik}}$ of codeword {code}", fontsize=10)
-    fig.colorbar(heat, ax=axes[3], fraction=0.046, pad=0.04)
-    for ax in axes:
+    k = a.shape[-1]
+    extent = (0, rgb.shape[1], rgb.shape[0], 0)
+    panels = 2 + (mask is not None) + (code is not None)
+    fig, axes = plt.subplots(1, panels, figsize=(3.1 * panels, 3.3))
+    axes = list(axes)
+    ax = axes.pop(0)
+    ax.imshow(rgb)
+    ax.set_title("image", fontsize=10)
+    if mask is not None:
+        ax = axes.pop(0)
+        ax.imshow(colorize(mask.cpu().numpy(), palette), interpolation="nearest")
+        ax.set_title("ground truth", fontsize=10)
+    winner = a.argmax(-1).numpy()
+    ax = axes.pop(0)
+    ax.imshow(winner, cmap="tab20" if k <= 20 else "nipy_spectral", vmin=0, vmax=max(k - 1, 1),
+              interpolation="nearest", extent=extent)
+    ax.set_title(f"argmax$_k$ $a_{{ik}}$ ({len(np.unique(winner))} of K={k} win)", fontsize=10)
+    if code is not None:
+        ax = axes.pop(0)
+        ax.imshow(rgb)
+        heat = ax.imshow(a[..., code].numpy(), cmap="magma", vmin=0, vmax=1, alpha=alpha,
+                         interpolation="bilinear", extent=extent)
+        ax.set_title(f"$a_{{ik}}$ of codeword {code}", fontsize=10)
+        fig.colorbar(heat, ax=ax, fraction=0.046, pad=0.04)
+    for ax in fig.axes[:panels]:
         ax.set_axis_off()
     fig.tight_layout()
     return fig
@@ -574,7 +555,7 @@ def codeword_explorer(images: torch.Tensor, masks: torch.Tensor, assignments: to
     import ipywidgets as widgets
 
     def show(image: int = 0, codeword: int = 0, opacity: float = 0.6):
-        fig = plot_codeword_maps(images[image], masks[image], assignments[image], palette,
+        fig = plot_codeword_maps(images[image], assignments[image], masks[image], palette,
                                  code=codeword, alpha=opacity)
         plt.show()
         return fig
