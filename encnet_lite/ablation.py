@@ -1,0 +1,252 @@
+"""Ablations: train named variants of one recipe over several seeds and collect the scores.
+
+The paper's ablation (FCN, + Context Encoding, + SE-loss) on ContextScenes::
+
+    from encnet_lite import ablation, presets
+
+    base = presets.scenes_encnet_tiny(progress=False, threads=1)
+    runs = ablation.run_grid(ablation.PAPER_VARIANTS, seeds=[0, 1, 2], base=base,
+                             out_root="runs/ablation")
+    runs["encnet"]["miou"]          # final val mIoU (percent) of each seed
+    ablation.mean_std(runs["encnet"]["miou"])
+
+Every variant uses the same budget (the ``base`` config: images, epochs, batch, lr); a
+variant only changes the fields in its overrides (model, ``se_loss``, ``num_codes``).
+The score of a run is its model's val split after the last epoch (no checkpoint picking),
+from a :class:`~encnet_lite.metrics.ConfusionMatrix` that is also returned, so per-class
+IoU and confusions between look-alike classes can be read off later.
+``benchmarks/ablation.py`` runs the full grid and writes ``benchmarks/results/ablation.json``;
+the ablation chapter calls the same functions.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
+
+import torch
+
+from .presets import TrainConfig
+
+__all__ = [
+    "PAPER_VARIANTS", "LABELS", "k_variants", "run_one", "run_grid", "paper_ablation",
+    "k_sweep", "summary", "mean_std", "format_mean_std", "restricted_confusion",
+]
+
+# The three rows of the paper's ablation. FCN + Context Encoding without the SE-loss is
+# EncNet with ``se_loss=False`` (the SE branch is not even built).
+PAPER_VARIANTS: Dict[str, Dict[str, Any]] = {
+    "fcn": {"model": "fcn", "se_loss": False},
+    "fcn_enc": {"model": "encnet", "se_loss": False},
+    "encnet": {"model": "encnet", "se_loss": True},
+}
+LABELS = {
+    "fcn": "FCN",
+    "fcn_enc": "FCN + Context Encoding",
+    "encnet": "FCN + Context Encoding + SE-loss (EncNet)",
+}
+
+
+def k_variants(ks: Sequence[int]) -> Dict[str, Dict[str, Any]]:
+    """EncNet (with SE-loss) with ``K`` codewords for each ``K >= 1`` in ``ks``:
+    ``{"encnet_k4": {"model": "encnet", "se_loss": True, "num_codes": 4}, ...}``.
+    ``K = 0`` (no encoding at all) is the FCN and is left to the caller."""
+    return {f"encnet_k{k}": {**PAPER_VARIANTS["encnet"], "num_codes": int(k)}
+            for k in ks if k >= 1}
+
+
+def run_one(cfg: TrainConfig) -> Dict[str, Any]:
+    """Train ``cfg`` and score the final model on its val split.
+
+    Returns ``miou``, ``pixacc`` (percent), ``iou`` (per class, percent; NaN for a class
+    absent from targets and predictions), ``confusion`` (rows = truth, cols = prediction,
+    pixel counts), ``loss`` (last epoch's mean training loss), ``seconds`` (wall time).
+    """
+    from .engine import build_datasets, resolve_device, val_loader
+    from .metrics import ConfusionMatrix
+    from .train import train
+
+    start = time.perf_counter()
+    result = train(cfg)
+    device = resolve_device(cfg.device)
+    _, val = build_datasets(cfg)
+    cm = ConfusionMatrix(result.num_classes, ignore_index=getattr(val, "ignore_index", 255))
+    with torch.no_grad():
+        for images, masks in val_loader(val, cfg.val_batch_size or cfg.batch_size, 0):
+            cm.update(result.model(images.to(device))["main"].argmax(1), masks.to(device))
+    iou = cm.iou_per_class().tolist()
+    return {
+        "seed": cfg.seed,
+        "miou": 100 * cm.mean_iou(),
+        "pixacc": 100 * cm.pixel_accuracy(),
+        "iou": [100 * v for v in iou],
+        "confusion": cm.matrix.cpu().tolist(),
+        "loss": result.history[-1]["loss"],
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _run_one_quietly(cfg: TrainConfig) -> Dict[str, Any]:
+    torch.set_num_threads(max(1, cfg.threads))  # a fresh worker process: keep it to its share
+    return run_one(cfg)
+
+
+def run_grid(variants: Mapping[str, Mapping[str, Any]],
+             seeds: Union[Sequence[int], Mapping[str, Sequence[int]]],
+             base: TrainConfig, out_root: Union[str, Path] = "runs/ablation", jobs: int = 1,
+             log: Optional[Callable[[str], None]] = print) -> Dict[str, Dict[str, Any]]:
+    """Train every variant with every seed under the same ``base`` budget.
+
+    Args:
+        variants: ``{name: config overrides}``, e.g. :data:`PAPER_VARIANTS`.
+        seeds: ``cfg.seed`` of the runs (initial weights, batch order, augmentation), or
+            ``{name: seeds}`` per variant; the synthetic data (``data_seed``) is the same
+            for every run.
+        base: the shared recipe; each run is ``base.replace(**overrides, seed=s,
+            out=out_root/name_s{s})``.
+        jobs: runs trained at once (separate processes; give ``base.threads`` so that
+            ``jobs * threads`` fits the cores). 1: in this process, one after the other.
+        log: called with one line per finished run (None: silent).
+
+    Returns ``{name: {"overrides", "seeds", "miou", "pixacc", "iou", "confusion", "loss",
+    "seconds"}}``: lists over seeds, in the order of ``seeds``.
+    """
+    out_root = Path(out_root)
+    per = {name: [int(s) for s in (seeds[name] if isinstance(seeds, Mapping) else seeds)]
+           for name in variants}
+    cfgs = [(name, base.replace(**dict(overrides), seed=s, name=f"{name}_s{s}",
+                                out=str(out_root / f"{name}_s{s}")))
+            for name, overrides in variants.items() for s in per[name]]
+    done: Dict[tuple, Dict[str, Any]] = {}
+
+    def note(name: str, rec: Dict[str, Any]) -> None:
+        done[(name, rec["seed"])] = rec
+        if log is not None:
+            log(f"{name:>12} seed {rec['seed']}: mIoU {rec['miou']:6.2f}  pixAcc "
+                f"{rec['pixacc']:6.2f}  ({rec['seconds']:.0f} s)")
+
+    if jobs <= 1:
+        for name, cfg in cfgs:
+            note(name, run_one(cfg))
+    else:
+        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+            futures = [(name, pool.submit(_run_one_quietly, cfg)) for name, cfg in cfgs]
+            for name, fut in futures:
+                note(name, fut.result())
+
+    keys = ("miou", "pixacc", "iou", "confusion", "loss", "seconds")
+    return {name: {"overrides": dict(overrides), "seeds": per[name],
+                   **{k: [done[(name, s)][k] for s in per[name]] for k in keys}}
+            for name, overrides in variants.items()}
+
+
+def paper_ablation(base: TrainConfig, seeds: Sequence[int] = (0, 1, 2),
+                   ks: Sequence[int] = (0, 4, 16, 32), k_seeds: Optional[Sequence[int]] = None,
+                   out_root: Union[str, Path] = "runs/ablation", jobs: int = 1,
+                   log: Optional[Callable[[str], None]] = print) -> Dict[str, Dict[str, Any]]:
+    """The paper's ablation under ``base``'s budget: :data:`PAPER_VARIANTS` with ``seeds``,
+    and EncNet with each K of ``ks`` other than 0 (the FCN) and ``base.num_codes`` (the
+    ``encnet`` run) with ``k_seeds`` (default: ``seeds``; must be among them).
+
+    Returns :func:`run_grid`'s dict: ``fcn``, ``fcn_enc``, ``encnet``, ``encnet_k{K}``;
+    :func:`k_sweep` reads the K rows out of it.
+    """
+    seeds = [int(s) for s in seeds]
+    k_seeds = seeds if k_seeds is None else [int(s) for s in k_seeds]
+    if not set(k_seeds) <= set(seeds):
+        raise ValueError(f"k_seeds {k_seeds} must be among seeds {seeds}: K = 0 and "
+                         f"K = {base.num_codes} reuse the fcn and encnet runs")
+    extra = k_variants(sorted({k for k in ks if k not in (0, base.num_codes)}))
+    variants = {**PAPER_VARIANTS, **extra}
+    per_seed = {name: k_seeds if name in extra else seeds for name in variants}
+    # One grid (one process pool) for every run, so that no job slot idles between parts.
+    return run_grid(variants, per_seed, base, out_root, jobs, log)
+
+
+def k_sweep(runs: Mapping[str, Mapping[str, Any]], ks: Sequence[int],
+            num_codes: int = 32) -> Dict[str, Dict[str, Any]]:
+    """Rows ``{str(K): {"source", "seeds", "miou", "pixacc", "iou"}}`` of the K sweep out of
+    :func:`paper_ablation`'s runs: K = 0 is the ``fcn`` run (no encoding), K = ``num_codes``
+    the ``encnet`` run, any other K its ``encnet_k{K}`` run; every row over the seeds of
+    the ``encnet_k{K}`` runs (all of ``encnet``'s if there are none)."""
+    extra = [f"encnet_k{k}" for k in ks if k not in (0, num_codes)]
+    seeds = list(runs[extra[0]]["seeds"]) if extra else list(runs["encnet"]["seeds"])
+    rows = {}
+    for k in ks:
+        source = "fcn" if k == 0 else "encnet" if k == num_codes else f"encnet_k{k}"
+        run = runs[source]
+        pick = [list(run["seeds"]).index(s) for s in seeds]
+        rows[str(k)] = {"source": source, "seeds": seeds,
+                        **{m: [run[m][i] for i in pick] for m in ("miou", "pixacc", "iou")}}
+    return rows
+
+
+def summary(runs: Mapping[str, Mapping[str, Any]], base: TrainConfig,
+            ks: Sequence[int] = ()) -> Dict[str, Any]:
+    """Everything a report needs about :func:`paper_ablation`'s ``runs`` (ContextScenes):
+    the classes, the look-alike (context) classes, the context-blind caps, every run under
+    its name with a ``label``, the K sweep (:func:`k_sweep`) and the shared config.
+    ``benchmarks/ablation.py`` writes it (plus the machine and the wall time) as JSON."""
+    from .data import ContextScenes
+
+    ds = ContextScenes(1, size=base.image_size)
+    confusion = torch.tensor(next(iter(runs.values()))["confusion"][0], dtype=torch.float64)
+    lookalike = float(confusion[ds.context_classes].sum() / confusion.sum())
+    out: Dict[str, Any] = {
+        "units": "percent (miou, pixacc, iou, caps); confusion in pixel counts, rows = truth",
+        "score": "val split after the last epoch, single scale",
+        "classes": ds.classes,
+        "context_classes": [ds.classes[c] for c in ds.context_classes],
+        "cue_classes": [ds.classes[c] for c in ds.cue_classes],
+        "lookalike_fraction": 100 * lookalike,  # share of the val split's pixels
+        "blind_caps": {k: 100 * v for k, v in ds.caps(lookalike).items()},
+    }
+    for name, run in runs.items():
+        label = LABELS.get(name, f"EncNet, K = {run['overrides'].get('num_codes')}")
+        out[name] = {"label": label, **run}
+    rows = k_sweep(runs, ks, base.num_codes) if ks else {}
+    out["k_ablation"] = {
+        "ks": list(ks),
+        "note": (f"K = 0 is the FCN row (no Context Encoding Module); K = {base.num_codes} "
+                 "is the encnet row; the others are EncNet (with SE-loss) with K codewords, "
+                 "same budget"),
+        "seeds": rows[str(ks[0])]["seeds"] if rows else [],
+        "rows": rows,
+    }
+    out["config"] = {k: v for k, v in base.to_dict().items()
+                     if k not in ("seed", "out", "name", "model", "se_loss")}
+    return out
+
+
+def mean_std(values: Sequence[float]) -> tuple:
+    """``(mean, sample standard deviation)``; the deviation is 0 for a single value."""
+    values = [float(v) for v in values if not math.isnan(v)]
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def format_mean_std(values: Sequence[float], digits: int = 1) -> str:
+    """``"mean ± std"`` of ``values`` (e.g. a metric over seeds)."""
+    mean, std = mean_std(values)
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def restricted_confusion(confusion: Sequence[Sequence[int]], rows: Sequence[int],
+                         normalize: bool = True) -> torch.Tensor:
+    """The confusion matrix of the classes ``rows`` among themselves, plus an "other"
+    column: ``(len(rows), len(rows) + 1)``; entry ``[i, j]`` = pixels of class ``rows[i]``
+    predicted as ``rows[j]`` (last column: as any other class). ``normalize``: each row
+    divided by its class's pixel count (rows sum to 1)."""
+    m = torch.as_tensor(confusion, dtype=torch.float64)
+    idx = torch.as_tensor(list(rows))
+    sub = m[idx][:, idx]
+    out = torch.cat([sub, (m[idx].sum(1) - sub.sum(1))[:, None]], dim=1)
+    if normalize:
+        out = out / out.sum(1, keepdim=True).clamp_min(1)
+    return out

@@ -1,0 +1,87 @@
+"""The ablation helpers, benchmarks/ablation.py (a seconds-long run) and its saved results."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from encnet_lite import ablation
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "ablation.py"
+RESULTS = ROOT / "benchmarks" / "results" / "ablation.json"
+ROWS = ("fcn", "fcn_enc", "encnet")
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("ablation_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def check_schema(result: dict) -> None:
+    assert "percent" in result["units"]
+    for name in ROWS:
+        run = result[name]
+        n = len(run["seeds"])
+        assert n >= 1 and len(run["miou"]) == len(run["pixacc"]) == n
+        assert all(0 <= v <= 100 for v in run["miou"] + run["pixacc"])
+        assert len(run["iou"]) == n and all(len(r) == len(result["classes"]) for r in run["iou"])
+        assert len(run["confusion"]) == n
+    assert set(result["context_classes"]) <= set(result["classes"])
+    rows = result["k_ablation"]["rows"]
+    assert rows["0"]["source"] == "fcn"
+    for row in rows.values():
+        assert len(row["miou"]) == len(row["seeds"])
+    assert result["seconds"] > 0
+
+
+def test_mean_std_and_format():
+    assert ablation.mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
+    assert ablation.mean_std([5.0]) == (5.0, 0.0)
+    assert ablation.format_mean_std([1.0, 2.0, 3.0]) == "2.0 ± 1.0"
+
+
+def test_restricted_confusion_rows_sum_to_one():
+    m = torch.tensor([[5, 1, 0], [2, 3, 1], [0, 4, 4]])
+    out = ablation.restricted_confusion(m, [1, 2])
+    assert out.shape == (2, 3)
+    assert torch.allclose(out.sum(1), torch.ones(2, dtype=torch.float64))
+    assert out[0].tolist() == pytest.approx([3 / 6, 1 / 6, 2 / 6])  # car->car, wagon, other
+
+
+def test_k_variants_skip_zero():
+    assert set(ablation.k_variants([0, 4, 16])) == {"encnet_k4", "encnet_k16"}
+    assert ablation.k_variants([4])["encnet_k4"]["num_codes"] == 4
+
+
+def test_script_quick_run_writes_the_schema(tmp_path):
+    """A seconds-long run of the real script: FCN, FCN + encoding, EncNet, and K = 4."""
+    out = tmp_path / "ablation.json"
+    assert load_script().main(["--quick", "--jobs", "1", "--seeds", "0", "--ks", "0", "4", "32",
+                               "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    check_schema(result)
+    assert list(result["k_ablation"]["rows"]) == ["0", "4", "32"]
+    assert result["k_ablation"]["rows"]["4"]["source"] == "encnet_k4"
+    assert result["encnet_k4"]["overrides"]["num_codes"] == 4
+    assert result["fcn_enc"]["overrides"] == {"model": "encnet", "se_loss": False}
+
+
+@pytest.mark.skipif(not RESULTS.is_file(), reason="no saved ablation results")
+def test_saved_results_show_the_context_gap():
+    result = json.loads(RESULTS.read_text())
+    check_schema(result)
+    assert all(len(result[name]["seeds"]) == 3 for name in ROWS)
+    fcn, encnet = (ablation.mean_std(result[k]["miou"])[0] for k in ("fcn", "encnet"))
+    assert encnet - fcn >= 10, "EncNet should beat the FCN by 10 mIoU points on ContextScenes"
+    # No context-blind model can pass the cap: the FCN must stay below it.
+    assert max(result["fcn"]["miou"]) <= result["blind_caps"]["miou"] + 1.0  # finite val split
+    look = [result["classes"].index(c) for c in result["context_classes"]]
+    gain = [sum(result["encnet"]["iou"][s][c] - result["fcn"]["iou"][s][c]
+                for c in look) / len(look) for s in range(3)]
+    assert all(g > 0 and not math.isnan(g) for g in gain)
