@@ -769,3 +769,15 @@ def plot_k_sweep(ks: Sequence[int], values: Sequence[Sequence[float]], ax=None,
     ax.grid(alpha=0.3)
     ax.figure.tight_layout()
     return ax.figure
+
+
+# --- tables ---------------------------------------------------------------------------------
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence]):
+    """Rows as a Markdown table: rendered as a real table in Jupyter and on the built site."""
+    from IPython.display import Markdown
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+    return Markdown("\n".join(lines))

@@ -120,7 +120,12 @@ def test_chapter_page(site, browser, stem):
 
     if page.locator("main .math").count() > 0:
         assert mathjax is not None, "pip install django-static-mathjax (the offline MathJax)"
-        page.wait_for_selector("main mjx-container", timeout=20_000)
+        # Every formula typeset (hidden ones too, e.g. inside a collapsed dropdown).
+        page.wait_for_function(
+            "() => document.querySelectorAll('main .math').length === "
+            "document.querySelectorAll('main .math mjx-container').length",
+            timeout=30_000,
+        )
         errors = page.locator("mjx-merror").count()
         assert errors == 0, f"{stem}.html: {errors} formulas MathJax could not typeset"
 
