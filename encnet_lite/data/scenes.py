@@ -18,7 +18,8 @@ of look-alike pixels to look-alike class ``j`` (kinds are balanced, so each clas
 ``1/K`` of those pixels), class ``j`` gets ``IoU_j = q_j / (1 + (K - 1) q_j)``; that is
 concave, so the best split is ``q_j = 1/K`` and
 
-- look-alike IoU <= 1 / (2K - 1) per class (K = 3: 0.200; K = 2: 0.333);
+- the look-alike classes' mean IoU <= 1 / (2K - 1) (K = 3: 0.200; K = 2: 0.333); a single
+  class can reach 1/K by taking more than its share, at the others' expense;
 - mIoU <= (C - K + K / (2K - 1)) / C with C classes, even if every other class is perfect
   (K = 3, C = 7: **65.7 %**; K = 2, C = 5: **73.3 %**); a constant guess gets
   (C - K + 1/K) / C (61.9 % and 70.0 %);
