@@ -9,9 +9,10 @@ HASH   := $(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-16)
 STAMP  := $(VENV)/.installed-$(HASH)
 JOBS   ?= 2
 JB     := $(BIN)/jupyter-book build . -W -n --keep-going
-# Tests and chapters run JOBS at a time on a small machine: one thread each, or torch's
-# OpenMP threads stall each other (measured: 35 s vs 8.5 min for the same training run).
-PARALLEL_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+# One torch thread per process on small CPU machines: with torch's default OpenMP threads,
+# the chapters' small models ran 10x slower here (07_pcontext: 608 s vs 55 s; a training
+# run: 8.5 min vs 35 s), whether or not other processes shared the cores.
+THREAD_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
 .PHONY: help venv chromium book test lint unit notebooks book-check site-check clean
 
@@ -39,7 +40,7 @@ chromium:
 		else echo "no chromium and no usable apt: the site check will be skipped"; fi; }
 
 book: $(STAMP) chromium
-	$(JB) --all
+	$(THREAD_ENV) $(JB) --all
 	ENCNET_SITE=_build/html $(BIN)/python -m pytest -q -p no:cacheprovider -m site tests/test_site.py
 	@echo "The site is at file://$(CURDIR)/_build/html/index.html"
 
@@ -47,11 +48,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 unit: $(STAMP)
-	$(PARALLEL_ENV) $(BIN)/python -m pytest -p no:cacheprovider -n $(JOBS) -m "not site" tests
+	$(THREAD_ENV) $(BIN)/python -m pytest -p no:cacheprovider -n $(JOBS) -m "not site" tests
 
 # Every chapter, top to bottom, in quick mode; a failing cell fails the run.
 notebooks: $(STAMP)
-	$(PARALLEL_ENV) ENCNET_MODE=quick $(BIN)/python -m pytest -p no:cacheprovider --nbval-lax \
+	$(THREAD_ENV) ENCNET_MODE=quick $(BIN)/python -m pytest -p no:cacheprovider --nbval-lax \
 		--nbval-current-env -n $(JOBS) --dist loadscope book
 
 # The site without executing the chapters: a broken toc entry, link or
