@@ -682,16 +682,13 @@ def plot_context_schemes(image: torch.Tensor, pixel: Sequence[int], window: int,
     return fig
 
 
-def _mean_std(values) -> tuple:
-    v = np.asarray(values, dtype=float)
-    return float(np.nanmean(v)), float(np.nanstd(v, ddof=1)) if v.size > 1 else 0.0
-
-
 def plot_ablation(runs: dict, labels: dict, metrics: Sequence[str] = ("miou", "pixacc"),
                   caps: Optional[dict] = None):
     """One panel per metric: mean over seeds (bar), standard deviation (error bar) and each
     seed (dot) for every run in ``runs = {name: {metric: [value per seed]}}``; ``caps =
     {metric: value}`` draws a dashed line (e.g. the context-blind cap)."""
+    from .ablation import mean_std
+
     names = list(runs)
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics) + 1.5, 3.4),
                              squeeze=False)
@@ -699,7 +696,7 @@ def plot_ablation(runs: dict, labels: dict, metrics: Sequence[str] = ("miou", "p
     for ax, metric in zip(axes[0], metrics):
         for i, name in enumerate(names):
             values = np.asarray(runs[name][metric], dtype=float)
-            mean, std = _mean_std(values)
+            mean, std = mean_std(values)
             ax.bar(i, mean, yerr=std, color=colors[i], alpha=0.75, capsize=4)
             ax.plot(np.full(len(values), i) + np.linspace(-0.15, 0.15, len(values)), values,
                     "k.", ms=5)
@@ -753,9 +750,11 @@ def plot_k_sweep(ks: Sequence[int], values: Sequence[Sequence[float]], ax=None,
                  cap: Optional[float] = None, ylabel: str = "mIoU (%)"):
     """A metric against the number of codewords K (categorical axis): mean and standard
     deviation over seeds, and each seed as a dot. ``cap``: a dashed reference line."""
+    from .ablation import mean_std
+
     if ax is None:
         _, ax = plt.subplots(figsize=(4.6, 3.2))
-    stats = [_mean_std(v) for v in values]
+    stats = [mean_std(v) for v in values]
     x = np.arange(len(ks))
     ax.errorbar(x, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=4)
     for i, v in enumerate(values):
