@@ -9,20 +9,22 @@ A verified file leaves a small ``.<name>.md5ok`` stamp (size, mtime) so reruns s
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import http.client
 import json
 import shutil
+import sys
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from tqdm.auto import tqdm
 
-from .common import PathLike, atomic_write_text
+from .common import DataError, PathLike, atomic_write_text
 
 CHUNK = 1 << 20
 
@@ -180,3 +182,32 @@ def locate(remote: Remote, download_dir: PathLike, extracted: str, skip_download
         print(f"using the extracted folder {download_dir / extracted} for {remote.filename}")
         return download_dir
     return fetch(remote, download_dir, skip_download, progress, strict)
+
+
+# --- the command line of the prepare scripts -------------------------------------------------
+
+
+def prepare_parser(prog: str, description: str, root: str) -> argparse.ArgumentParser:
+    """The options every ``prepare_*`` script shares; each adds its own after these."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--root", default=root, help="output folder")
+    parser.add_argument("--download-dir", default=None,
+                        help="where the upstream archives are (or go); default ROOT/downloads. "
+                             "Files fetched by hand, or their extracted folders, work too.")
+    parser.add_argument("--skip-download", action="store_true",
+                        help="never download; fail with instructions if a file is missing")
+    parser.add_argument("--force", action="store_true", help="redo every step")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="warn instead of failing on an MD5 mismatch")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def run_prepare(step: Callable[[], object]) -> int:
+    """Run a prepare step for a CLI: exit status 0, or 1 with the error on stderr."""
+    try:
+        step()
+    except (DataError, RuntimeError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0

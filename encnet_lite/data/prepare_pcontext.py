@@ -23,7 +23,6 @@ are kept, so an interrupted run resumes and a finished one returns at once (``--
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import re
@@ -45,7 +44,7 @@ from .common import (
     check_pair_sizes,
     save_mask_png,
 )
-from .download import Remote, locate
+from .download import Remote, locate, prepare_parser, run_prepare
 
 VOC2010 = Remote(
     "VOCtrainval_03-May-2010.tar",
@@ -197,32 +196,18 @@ def prepare_pcontext(root: PathLike, download_dir: Optional[PathLike] = None,
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="prepare_pcontext.py",
-        description="Download (resumable, MD5-checked) and convert PASCAL-Context to 59-class "
-                    "label PNGs for encnet_lite.data.PascalContext.")
-    parser.add_argument("--root", default="data/pcontext", help="output folder")
-    parser.add_argument("--download-dir", default=None,
-                        help="where the upstream archives are (or go); default ROOT/downloads. "
-                             "Files fetched by hand, or their extracted folders, work too.")
-    parser.add_argument("--skip-download", action="store_true",
-                        help="never download; fail with instructions if a file is missing")
+    parser = prepare_parser(
+        "prepare_pcontext.py",
+        "Download (resumable, MD5-checked) and convert PASCAL-Context to 59-class label PNGs "
+        "for encnet_lite.data.PascalContext.", root="data/pcontext")
     parser.add_argument("--classes", choices=("59", "60", "both"), default="59",
                         help="59: background ignored (255), the common protocol; 60: background "
                              "is class 0")
-    parser.add_argument("--force", action="store_true", help="redo every step")
-    parser.add_argument("--no-verify", action="store_true",
-                        help="warn instead of failing on an MD5 mismatch")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     variants = (59, 60) if args.classes == "both" else (int(args.classes),)
-    try:
-        prepare_pcontext(args.root, args.download_dir, args.skip_download, variants, args.force,
-                         verify=not args.no_verify, progress=not args.quiet)
-    except (DataError, RuntimeError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    return run_prepare(lambda: prepare_pcontext(
+        args.root, args.download_dir, args.skip_download, variants, args.force,
+        verify=not args.no_verify, progress=not args.quiet))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ atomic writes, idempotent reruns, errors that name the file.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import re
@@ -38,7 +37,7 @@ from .common import (
     load_mask,
     save_mask_png,
 )
-from .download import Remote, locate
+from .download import Remote, locate, prepare_parser, run_prepare
 
 VOC2012 = Remote(
     "VOCtrainval_11-May-2012.tar",
@@ -189,29 +188,16 @@ def prepare_voc(root: PathLike, download_dir: Optional[PathLike] = None, sbd: bo
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="prepare_voc.py",
-        description="Download (resumable, MD5-checked) and convert PASCAL VOC 2012 (+ SBD "
-                    "train_aug with --sbd) for encnet_lite.data.PascalVOC.")
-    parser.add_argument("--root", default="data/voc", help="output folder")
-    parser.add_argument("--download-dir", default=None,
-                        help="where the upstream archives are (or go); default ROOT/downloads")
+    parser = prepare_parser(
+        "prepare_voc.py",
+        "Download (resumable, MD5-checked) and convert PASCAL VOC 2012 (+ SBD train_aug with "
+        "--sbd) for encnet_lite.data.PascalVOC.", root="data/voc")
     parser.add_argument("--sbd", action="store_true",
                         help="also build the 10,582-image train_aug set from SBD")
-    parser.add_argument("--skip-download", action="store_true",
-                        help="never download; fail with instructions if a file is missing")
-    parser.add_argument("--force", action="store_true", help="redo every step")
-    parser.add_argument("--no-verify", action="store_true",
-                        help="warn instead of failing on an MD5 mismatch")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    try:
-        prepare_voc(args.root, args.download_dir, args.sbd, args.skip_download, args.force,
-                    verify=not args.no_verify, progress=not args.quiet)
-    except (DataError, RuntimeError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    return run_prepare(lambda: prepare_voc(
+        args.root, args.download_dir, args.sbd, args.skip_download, args.force,
+        verify=not args.no_verify, progress=not args.quiet))
 
 
 if __name__ == "__main__":
