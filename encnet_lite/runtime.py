@@ -50,6 +50,19 @@ def persistent_dir(name: str, local_root: Union[str, Path] = "..") -> Path:
     return path
 
 
+def benchmark_results(pattern: str) -> list:
+    """Committed benchmark JSON files matching ``pattern`` in ``benchmarks/results`` of the
+    checkout a chapter runs in (the working folder or one above it), sorted by name.
+
+    ``[]`` where there is no checkout, e.g. a pip-installed copy on Colab.
+    """
+    for root in (Path.cwd(), *Path.cwd().parents):
+        folder = root / "benchmarks" / "results"
+        if folder.is_dir():
+            return sorted(folder.glob(pattern))
+    return []
+
+
 def book_mode(dataset_root: Optional[Union[str, Path]] = None) -> str:
     """Return ``"quick"`` or ``"full"``.
 

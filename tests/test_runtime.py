@@ -64,3 +64,14 @@ def test_colab_cell_installs_the_repo_without_deps(monkeypatch):
 def test_persistent_dir_is_local_outside_colab(tmp_path):
     path = runtime.persistent_dir("runs/x", local_root=tmp_path)
     assert path == tmp_path / "runs" / "x" and path.is_dir()
+
+
+def test_benchmark_results_finds_the_checkout_folder_from_below(tmp_path, monkeypatch):
+    results = tmp_path / "benchmarks" / "results"
+    results.mkdir(parents=True)
+    (results / "models_cpu.json").write_text("{}")
+    (results / "ablation.json").write_text("{}")
+    (tmp_path / "book").mkdir()
+    monkeypatch.chdir(tmp_path / "book")
+    assert runtime.benchmark_results("models_*.json") == [results / "models_cpu.json"]
+    assert runtime.benchmark_results("missing.json") == []
