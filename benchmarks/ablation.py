@@ -21,7 +21,7 @@ Usage (from the repository root; 18 minutes on the shared 2-core CPU with two ru
 the default ``--jobs 2``: the ``seconds`` in the JSON)::
 
     .venv/bin/python benchmarks/ablation.py
-    .venv/bin/python benchmarks/ablation.py --quick --out /tmp/ablation.json  # seconds
+    .venv/bin/python benchmarks/ablation.py --quick --out "$(mktemp -d)/ablation.json"  # seconds
 """
 
 from __future__ import annotations

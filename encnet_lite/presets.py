@@ -4,7 +4,8 @@ A preset is a function returning a :class:`TrainConfig`; keyword arguments overr
 field, so a chapter writes ``presets.scenes_encnet_tiny(epochs=3, out="runs/x")`` and the
 CLI ``encnet-train --preset scenes_encnet_tiny --epochs 3 --out runs/x``.
 
-The PASCAL presets follow the official EncNet recipe (PAPER.md): SGD with momentum 0.9 and
+The PASCAL presets follow the EncNet recipe (Zhang et al., CVPR 2018, and the official
+PyTorch-Encoding code): SGD with momentum 0.9 and
 weight decay 1e-4, poly schedule (power 0.9) per iteration, base lr 1e-3 for a batch of 16
 (head and auxiliary head at 10x), crop 480 from a long side resized around 520, 80 epochs on
 PASCAL-Context, aux and SE weights 0.2. The ``scenes_*`` presets train the tiny backbone
@@ -135,7 +136,7 @@ def _pascal(name: str, **kw: Any) -> TrainConfig:
 
 
 def pcontext_encnet_r50(**overrides: Any) -> TrainConfig:
-    """PAPER.md's PASCAL-Context recipe, EncNet ResNet-50 (59 classes), with the official
+    """The paper's PASCAL-Context recipe, EncNet ResNet-50 (59 classes), with the official
     head's lateral connections."""
     return _pascal("pcontext_encnet_r50", dataset="pcontext", out="runs/pcontext_encnet_r50",
                    data_root="data/pcontext", lateral=True).replace(**overrides)
@@ -154,7 +155,7 @@ def pcontext_fcn_r50(**overrides: Any) -> TrainConfig:
 
 
 def voc_encnet_r50(**overrides: Any) -> TrainConfig:
-    """PASCAL VOC (21 classes). PAPER.md gives only PASCAL-Context's recipe; the epochs (50)
+    """PASCAL VOC (21 classes). The paper gives only PASCAL-Context's recipe; the epochs (50)
     and lr (1e-3) are the official code's defaults for the augmented VOC set (``train_aug``,
     which needs ``prepare_voc.py --sbd``; pass ``train_split="train"`` without it)."""
     return _pascal("voc_encnet_r50", dataset="voc", epochs=50, out="runs/voc_encnet_r50",

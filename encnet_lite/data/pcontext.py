@@ -36,7 +36,8 @@ from .common import (
     voc_palette,
 )
 
-# Ids in the 459-class list (labels.txt) of the 59 kept classes, in order (PAPER.md).
+# Ids in the 459-class list (labels.txt) of the 59 kept classes, in order
+# (the mapping of the official PyTorch-Encoding code).
 LABEL_IDS = (2, 9, 18, 19, 22, 23, 25, 31, 33, 34, 44, 45, 46, 59, 65, 68, 72, 80, 85, 98, 104,
              105, 113, 115, 144, 158, 159, 162, 187, 189, 207, 220, 232, 258, 259, 260, 284,
              295, 296, 308, 324, 326, 347, 349, 354, 355, 360, 366, 368, 397, 415, 416, 420,

@@ -1,4 +1,4 @@
-"""Joint image/mask transforms of the EncNet recipe (PAPER.md), on tensors.
+"""Joint image/mask transforms of the EncNet recipe (Zhang et al., CVPR 2018), on tensors.
 
 Every transform is called as ``transform(image, mask) -> (image, mask)`` with ``image: (3, H, W)``
 float, already normalised (datasets normalise with :func:`encnet_lite.data.normalize` before
