@@ -8,11 +8,16 @@ From a feature map ``x: (B, C, H, W)`` the module computes, as the official EncN
 3. the attended map ``relu(x + x * gamma)`` (residual form; ``x * gamma`` is the paper's
    equation, available with ``residual=False``);
 4. optionally, SE logits ``Linear(e): (B, num_classes)`` for the Semantic Encoding loss.
+
+It also measures how the codewords are used (a collapsed encoder assigns every position to
+one codeword): :func:`live_codewords`, :func:`assignment_perplexity`,
+:func:`largest_scale_share` on assignments ``(..., K)``, and :func:`codeword_health` on a
+whole model; :func:`codeword_usage` tabulates classes x codewords.
 """
 
 from __future__ import annotations
 
-from typing import Dict, NamedTuple, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -86,6 +91,98 @@ class ContextEncoding(nn.Module):
         gamma = torch.sigmoid(self.fc_gamma(e))
         se = self.fc_se(e) if self.fc_se is not None else None
         return ContextOutput(apply_attention(x, gamma, self.residual), e, gamma, se)
+
+
+# --- codeword health: is the encoder using its K codewords? ------------------------------
+
+
+def codeword_shares(assign: Tensor) -> Tensor:
+    """Share of positions each codeword wins (is the argmax of): ``assign: (..., K)`` soft
+    assignments -> ``(K,)`` float64, summing to 1."""
+    k = assign.shape[-1]
+    winners = assign.detach().reshape(-1, k).argmax(-1)
+    return torch.bincount(winners.cpu(), minlength=k).double() / max(winners.numel(), 1)
+
+
+def live_codewords(assign: Tensor, threshold: float = 0.01) -> int:
+    """Number of codewords that win at least ``threshold`` (default 1 %) of the positions
+    of ``assign: (..., K)``. 1 means the encoder has collapsed onto a single codeword."""
+    return int((codeword_shares(assign) >= threshold).sum())
+
+
+def assignment_perplexity(assign: Tensor) -> float:
+    """``exp(H(p))`` of the mean assignment ``p_k = mean_i a_ik`` of ``assign: (..., K)``:
+    the effective number of codewords the positions' weight is spread over (1 to K)."""
+    k = assign.shape[-1]
+    p = assign.detach().reshape(-1, k).double().mean(0).cpu()
+    p = p / p.sum()
+    entropy = -(p * p.clamp_min(1e-300).log()).sum()
+    return float(entropy.exp())
+
+
+def largest_scale_share(assign: Tensor, scale: Tensor) -> float:
+    """Share of the positions of ``assign: (..., K)`` whose winner is the codeword with the
+    largest ``scale: (K,)`` (the least negative one). Near 1: the winner is decided by the
+    smoothing factors, not by where the descriptors lie."""
+    return float(codeword_shares(assign)[int(scale.detach().argmax())])
+
+
+def codeword_usage(assignments: Tensor, masks: Tensor, num_classes: int,
+                   ignore_index: int = 255) -> Tensor:
+    """Mean soft assignment of each class's pixels to each codeword.
+
+    ``assignments: (B, h, w, K)`` on the feature grid, ``masks: (B, H, W)`` full size ->
+    ``(num_classes, K)``; row ``c`` sums to 1 when class ``c`` occurs, and is 0 otherwise.
+    Each grid cell takes the label at its centre ("nearest-exact" sampling, as
+    :func:`encnet_lite.data.transforms.resize` resamples masks), not its top-left pixel.
+    """
+    b, h, w, k = assignments.shape
+    grid = F.interpolate(masks[:, None].float(), size=(h, w), mode="nearest-exact")
+    labels = grid.long().reshape(-1).cpu()
+    weights = assignments.detach().reshape(-1, k).float().cpu()
+    keep = labels != ignore_index
+    labels, weights = labels[keep], weights[keep]
+    if len(labels) and int(labels.max()) >= num_classes:
+        raise ValueError(f"masks hold class {int(labels.max())} >= num_classes={num_classes}; "
+                         "pass the dataset's num_classes (and its ignore_index)")
+    sums = torch.zeros(num_classes, k).index_add_(0, labels, weights)
+    counts = torch.bincount(labels, minlength=num_classes).clamp(min=1)
+    return sums / counts[:, None]
+
+
+def find_context_encoding(model: nn.Module) -> Optional[ContextEncoding]:
+    """The model's (first) :class:`ContextEncoding` module, or None (e.g. an FCN)."""
+    return next((m for m in model.modules() if isinstance(m, ContextEncoding)), None)
+
+
+@torch.no_grad()
+def codeword_health(model: nn.Module, images: Tensor) -> Dict[str, float]:
+    """How the model's encoding layer uses its codewords on ``images: (B, 3, H, W)``.
+
+    Returns ``live_codewords`` (:func:`live_codewords`, as a float), ``assignment_perplexity``
+    and ``largest_scale_share`` over every position of every image; ``{}`` for a model
+    without a Context Encoding Module. Runs in eval mode without gradients (the module's
+    input is caught with a forward hook) and restores the training mode.
+    """
+    module = find_context_encoding(model)
+    if module is None:
+        return {}
+    caught: List[Tensor] = []
+    hook = module.register_forward_pre_hook(lambda _m, args: caught.append(args[0]))
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        model(images.to(device))
+        assign = module.assignments(caught[0])  # (B, N, K)
+    finally:
+        hook.remove()
+        model.train(was_training)
+    return {
+        "live_codewords": float(live_codewords(assign)),
+        "assignment_perplexity": assignment_perplexity(assign),
+        "largest_scale_share": largest_scale_share(assign, module.encoding.smoothing()),
+    }
 
 
 # --- analysis helpers (chapters measure how well gamma / e tell scene kinds apart) ------

@@ -152,6 +152,10 @@ class Encoding(nn.Module):
         nn.init.uniform_(self.codewords, -bound, bound)
         nn.init.uniform_(self.scale, -1.0, 0.0)
 
+    def smoothing(self) -> Tensor:
+        """The per-codeword factors ``scale: (K,)`` the assignment uses (scale = -s)."""
+        return self.scale
+
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, D, H, W) or (B, N, D) -> e: (B, K, D)."""
         d = self.channels
