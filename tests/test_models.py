@@ -205,7 +205,8 @@ class StrideEightLogits(nn.Module):
 
 
 def test_receptive_field_theory():
-    assert receptive_field(fcn_tiny(CLASSES)) == 44 <= 61
+    assert receptive_field(fcn_tiny(CLASSES), upsampled=False) == 44  # stride-8 logits
+    assert receptive_field(fcn_tiny(CLASSES)) == 44 + 8 == 52  # + one stride: bilinear
     assert receptive_field(models.TinyBackbone()) == 28
     assert receptive_field(models.ResNetBackbone(50)) == 427  # same as the strided ResNet-50
     assert receptive_field(encnet_tiny(CLASSES)) == math.inf
@@ -217,7 +218,7 @@ def test_receptive_field_measured_by_input_gradients():
     # Stride-8 logits: an interior cell sees exactly the theoretical window.
     support = input_support(StrideEightLogits(fcn), size=(80, 80), pixel=(4, 4))
     rows, cols = support.any(1).nonzero().flatten(), support.any(0).nonzero().flatten()
-    assert len(rows) == len(cols) == receptive_field(fcn) == 44
+    assert len(rows) == len(cols) == receptive_field(fcn, upsampled=False) == 44
     assert support.sum() == 44 * 44  # a full square, no holes
     # Full-resolution output: bilinear upsampling mixes 2x2 cells; every output pixel
     # still depends only on pixels within +-29 px (the data rely on +-30 px).
@@ -226,6 +227,8 @@ def test_receptive_field_measured_by_input_gradients():
         support = input_support(fcn, size=(80, 80), pixel=(r, r + 3))
         ys, xs = support.nonzero(as_tuple=True)
         worst = max(worst, int((ys - r).abs().max()), int((xs - r - 3).abs().max()))
+        # the window is exactly receptive_field(fcn) wide at every phase
+        assert int(ys.max() - ys.min()) + 1 == int(xs.max() - xs.min()) + 1 == 52
     assert worst == 29
 
 

@@ -36,23 +36,26 @@ def _chain_receptive_field(module: nn.Module, rf: int = 1, jump: int = 1) -> Tup
     return rf, jump
 
 
-def receptive_field(model_or_backbone: nn.Module) -> Union[int, float]:
-    """Theoretical receptive field (px, one side of the square window) of the stride-8 map.
+def receptive_field(model_or_backbone: nn.Module, upsampled: bool = True) -> Union[int, float]:
+    """Theoretical receptive field (px, one side of the square window).
 
     - a backbone: of its last feature map ``c4``;
-    - an :class:`FCN`: of the head's logits (backbone + the head's 3x3 conv), before the
-      bilinear upsampling, which mixes the 2x2 nearest cells and so widens the window by up
-      to one output stride (see :func:`input_support` for the exact pixels);
+    - an :class:`FCN`: of the class scores at full resolution, the book's one figure for
+      "what a prediction can see". The head's logits on the stride-``s`` grid see a window
+      of ``r`` px (``upsampled=False``); bilinear upsampling mixes the two nearest cells
+      along each axis, which widens it by exactly one stride: ``r + s``
+      (:func:`input_support` measures the same window pixel by pixel);
     - an :class:`EncNet`: ``math.inf``: the encoding layer sums over the whole image.
 
-    The tiny FCN: 44 px. The dilated ResNet-50 (output stride 8): far larger than any
-    training crop.
+    The tiny FCN: 44 px on its stride-8 logits, 52 px at full resolution. The dilated
+    ResNet-50 FCN (output stride 8): far larger than any training crop.
     """
     if isinstance(model_or_backbone, EncNet):
         return math.inf
     if isinstance(model_or_backbone, FCN):
         rf, jump = _chain_receptive_field(model_or_backbone.backbone)
-        return _chain_receptive_field(model_or_backbone.head, rf, jump)[0]
+        rf, jump = _chain_receptive_field(model_or_backbone.head, rf, jump)
+        return rf + jump if upsampled else rf
     return _chain_receptive_field(model_or_backbone)[0]
 
 

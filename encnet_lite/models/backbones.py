@@ -156,9 +156,9 @@ class TinyBackbone(nn.Module):
     """A ~0.3M-parameter backbone with the ResNet backbone's interface (output stride 8).
 
     It is deliberately short-sighted: the tiny FCN built on it (this backbone + the FCN
-    head's 3x3 conv) has a theoretical receptive field of 44 px, and its bilinearly
-    upsampled output depends only on input pixels within +-29 px (a 2x2 window of stride-8
-    cells). The synthetic ContextScenes data keep scene cues >= 36 px from the objects whose
+    head's 3x3 conv) has a receptive field of 52 px (``receptive_field``: 44 px on its
+    stride-8 logits, plus one stride for the bilinear upsampling, which mixes 2x2 cells);
+    that window reaches at most 29 px from the output pixel. The synthetic ContextScenes data keep scene cues >= 36 px from the objects whose
     class depends on them, so this FCN cannot see them and EncNet must supply the context.
 
     Layout (each conv is followed by BN + ReLU):
