@@ -1,4 +1,4 @@
-"""Checkpoints: atomic writes, RNG states, and compatibility checks on load.
+"""Checkpoints and the one atomic file writer: atomic writes, RNG states, and compatibility checks on load.
 
 A checkpoint is a plain dict saved with ``torch.save``; it loads with ``weights_only=True``
 (only tensors, numbers, strings, lists and dicts inside), so opening one never runs code.
@@ -13,11 +13,12 @@ epochs), ``iteration`` (completed optimizer steps), ``rng`` (one entry per proce
 from __future__ import annotations
 
 import errno
+import json
 import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, BinaryIO, Callable, Dict, List, Mapping, Optional, Union
 
 import numpy as np
 import torch
@@ -34,20 +35,28 @@ class IncompatibleCheckpointError(CheckpointError, ValueError):
     """The checkpoint was made for another model or another number of classes."""
 
 
-def save_atomic(obj: Any, path: PathLike) -> Path:
-    """``torch.save(obj)`` to ``path`` so that ``path`` is never half written.
+class NonFiniteError(CheckpointError):
+    """A state dict holds NaN or Inf values: saving or evaluating it would mislead."""
 
-    The data goes to a temporary file in the same folder, is flushed to disk, then renamed
-    over ``path`` (an atomic replace on POSIX and Windows). If anything fails (a full disk,
-    a kill), the temporary file is removed, the previous ``path`` is untouched, and a
-    :class:`CheckpointError` says why.
+
+TMP_MARK = ".tmp-"  # temporary names are ``.{name}.tmp-{pid}``: see :func:`stale_temporaries`
+
+
+def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Call ``write(f)`` on a temporary file, then rename it over ``path``.
+
+    The temporary file ``.{name}.tmp-{pid}`` lives in the same folder (a rename across file
+    systems would not be atomic), is flushed and fsynced, then ``os.replace``-d over ``path``:
+    readers see the old file or the new one, never half of one. If anything fails (a full
+    disk, Ctrl-C) the temporary file is removed, the previous ``path`` is untouched, and a
+    :class:`CheckpointError` says why (KeyboardInterrupt and SystemExit pass through).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -55,16 +64,70 @@ def save_atomic(obj: Any, path: PathLike) -> Path:
         tmp.unlink(missing_ok=True)
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
-        free_mib = shutil.disk_usage(path.parent).free / 2**20
-        # torch's zip writer reports a full disk as RuntimeError("... unexpected pos ...").
-        full = (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or free_mib < 64
-        why = "disk full" if full else f"{type(exc).__name__}: {exc}"
-        raise CheckpointError(
-            f"{why} while writing {path} ({free_mib:.0f} MiB free); the previous checkpoint "
-            f"there (if any) is intact. Free some space and resume with --resume {path}"
-        ) from exc
+        raise _write_error(path, exc) from exc
     _fsync_dir(path.parent)
     return path
+
+
+def _write_error(path: Path, exc: BaseException) -> CheckpointError:
+    free_mib = shutil.disk_usage(path.parent).free / 2**20
+    # torch's zip writer reports a full disk as RuntimeError("... unexpected pos ...").
+    full = (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or free_mib < 64
+    why = "disk full" if full else f"{type(exc).__name__}: {exc}"
+    return CheckpointError(f"{why} while writing {path} ({free_mib:.0f} MiB free); the previous "
+                           "file there (if any) is intact. Free some space and try again "
+                           "(a training run continues with --resume)")
+
+
+def write_text_atomic(path: PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_write`)."""
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def write_json_atomic(path: PathLike, obj: Any, indent: Optional[int] = 2) -> Path:
+    """Write ``obj`` as JSON (plus a final newline) to ``path`` atomically."""
+    return write_text_atomic(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def save_atomic(obj: Any, path: PathLike) -> Path:
+    """``torch.save(obj)`` to ``path`` so that ``path`` is never half written."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def stale_temporaries(folder: PathLike) -> List[Path]:
+    """Temporary files of :func:`atomic_write` in ``folder`` whose writer process is gone
+    (a kill between write and rename leaves them; a checkpoint's can be hundreds of MB)."""
+    stale = []
+    for p in Path(folder).glob(f".*{TMP_MARK}*"):
+        pid = p.name.rsplit(TMP_MARK, 1)[1]
+        if p.is_file() and pid.isdigit() and not pid_alive(int(pid)):
+            stale.append(p)
+    return stale
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def check_finite(state_dict: Mapping[str, Any], what: str = "state dict") -> None:
+    """Raise :class:`NonFiniteError` naming the first floating tensor with NaN or Inf."""
+    for name, value in state_dict.items():
+        if (isinstance(value, torch.Tensor) and value.is_floating_point()
+                and not bool(torch.isfinite(value).all())):
+            bad = int((~torch.isfinite(value)).sum())
+            raise NonFiniteError(f"{what}: tensor {name!r} has {bad} non-finite value(s) "
+                                 f"(NaN or Inf) out of {value.numel()}")
 
 
 def _fsync_dir(folder: Path) -> None:
