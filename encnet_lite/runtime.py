@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import textwrap
 from pathlib import Path
 from typing import Optional, Union
 
@@ -85,14 +86,17 @@ def book_mode(dataset_root: Optional[Union[str, Path]] = None) -> str:
 
 
 def describe_mode(mode: str, full_does: str = "") -> str:
-    """One plain sentence for a chapter's output: which mode ran, what full would do."""
+    """Plain sentences for a chapter's output: which mode ran, what full would do.
+
+    Wrapped at 88 characters, so that no line is wider than a book page's column.
+    """
     device = get_device()
     if mode == "quick":
         text = f"QUICK mode on {device.type}: synthetic ContextScenes data, tiny backbone, short runs."
         if full_does:
-            text += f" Full mode ({MODE_ENV}=full, a CUDA GPU) would {full_does}."
+            text += "\n" + textwrap.fill(f"Full mode ({MODE_ENV}=full, a CUDA GPU) would {full_does}.", 88)
         return text
-    return f"FULL mode on {device.type}" + (f": {full_does}." if full_does else ".")
+    return textwrap.fill(f"FULL mode on {device.type}" + (f": {full_does}." if full_does else "."), 88)
 
 
 def colab_install_source(url: str = REPO_URL, ref: str = REPO_REF) -> str:
