@@ -1,0 +1,55 @@
+"""Figures the chapters draw, one module per topic; each function draws what it is given.
+
+- :mod:`.data`: dataset samples, class frequencies, how a ContextScenes image is built;
+- :mod:`.encoding`: soft assignments to codewords, the encoding layer's benchmark;
+- :mod:`.context`: receptive fields, context schemes, gates gamma, encoded context, presence;
+- :mod:`.codewords`: codeword maps on images, codeword usage per class;
+- :mod:`.results`: predictions, confusion matrices, training curves, the ablation;
+- :mod:`.widgets`: ipywidgets explorers; :mod:`.tables`: Markdown tables.
+
+Each function returns a matplotlib figure; chapters call it plainly (a static figure for
+the built site) and may wrap it in ``ipywidgets.interact``. Statistics (means over seeds,
+codeword usage) come from the library modules they belong to, never from here.
+"""
+
+from .codewords import plot_codeword_maps, plot_codeword_usage
+from .context import (
+    plot_context_schemes,
+    plot_embedding_2d,
+    plot_encnet_outputs,
+    plot_gamma_heatmap,
+    plot_gate_forms,
+    plot_loss_share,
+    plot_output_strides,
+    plot_presence,
+    plot_presence_predictions,
+    plot_receptive_field,
+)
+from .data import (
+    add_class_legend,
+    plot_class_frequency,
+    show_samples,
+    show_scene_construction,
+    to_rgb,
+)
+from .encoding import plot_assignment_map, plot_encoding_benchmark, plot_smoothing_sweep
+from .results import (
+    plot_ablation,
+    plot_confusion,
+    plot_history,
+    plot_k_sweep,
+    plot_per_class_iou,
+    show_predictions,
+)
+from .tables import markdown_table
+from .widgets import codeword_explorer
+
+__all__ = [
+    "add_class_legend", "codeword_explorer", "markdown_table", "plot_ablation",
+    "plot_assignment_map", "plot_class_frequency", "plot_codeword_maps", "plot_codeword_usage",
+    "plot_confusion", "plot_context_schemes", "plot_embedding_2d", "plot_encnet_outputs",
+    "plot_encoding_benchmark", "plot_gamma_heatmap", "plot_gate_forms", "plot_history",
+    "plot_k_sweep", "plot_loss_share", "plot_output_strides", "plot_per_class_iou",
+    "plot_presence", "plot_presence_predictions", "plot_receptive_field", "plot_smoothing_sweep",
+    "show_predictions", "show_samples", "show_scene_construction", "to_rgb",
+]

@@ -1,0 +1,86 @@
+"""What the encoding layer learned: where each codeword sits on an image and which
+classes use it (the statistics come from :mod:`encnet_lite.context`)."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from ..data import colorize
+from .data import to_rgb
+
+
+def plot_codeword_maps(image: torch.Tensor, assignments: torch.Tensor,
+                       mask: Optional[torch.Tensor] = None, palette=None,
+                       code: Optional[int] = None, alpha: float = 0.6):
+    """Where the encoding layer's codewords sit on an image.
+
+    Panels: the image, its ground truth (when ``mask: (H, W)`` and ``palette`` are given),
+    the most probable codeword argmax_k a_ik of each stride-8 cell, and (when ``code`` is
+    given) codeword ``code``'s weights over the image. ``image: (3, H, W)`` normalised,
+    ``assignments: (h, w, K)`` for that image.
+    """
+    a = assignments.detach().float().cpu()
+    rgb = to_rgb(image)
+    k = a.shape[-1]
+    extent = (0, rgb.shape[1], rgb.shape[0], 0)
+    panels = 2 + (mask is not None) + (code is not None)
+    fig, axes = plt.subplots(1, panels, figsize=(3.1 * panels, 3.3))
+    axes = list(axes)
+    ax = axes.pop(0)
+    ax.imshow(rgb)
+    ax.set_title("image", fontsize=10)
+    if mask is not None:
+        ax = axes.pop(0)
+        ax.imshow(colorize(mask.cpu().numpy(), palette), interpolation="nearest")
+        ax.set_title("ground truth", fontsize=10)
+    winner = a.argmax(-1).numpy()
+    ax = axes.pop(0)
+    ax.imshow(winner, cmap="tab20" if k <= 20 else "nipy_spectral", vmin=0, vmax=max(k - 1, 1),
+              interpolation="nearest", extent=extent)
+    ax.set_title(f"argmax$_k$ $a_{{ik}}$ ({len(np.unique(winner))} of K={k} win)", fontsize=10)
+    if code is not None:
+        ax = axes.pop(0)
+        ax.imshow(rgb)
+        heat = ax.imshow(a[..., code].numpy(), cmap="magma", vmin=0, vmax=1, alpha=alpha,
+                         interpolation="bilinear", extent=extent)
+        ax.set_title(f"$a_{{ik}}$ of codeword {code}", fontsize=10)
+        fig.colorbar(heat, ax=ax, fraction=0.046, pad=0.04)
+    for ax in fig.axes[:panels]:
+        ax.set_axis_off()
+    fig.tight_layout()
+    return fig
+
+
+def plot_codeword_usage(usage: torch.Tensor, classes: Sequence[str], relative: bool = False,
+                        ax=None):
+    """Heatmap of ``usage: (num_classes, K)`` from :func:`encnet_lite.context.codeword_usage`
+    (classes x codewords); absent classes are skipped.
+
+    ``relative=True`` subtracts each codeword's mean over the present classes, so a
+    codeword that every class uses alike fades out and class preferences stand out.
+    """
+    present = [c for c in range(usage.shape[0]) if usage[c].sum() > 0]
+    data = usage[present]
+    if relative:
+        data = data - data.mean(0, keepdim=True)
+    data = data.numpy()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(min(0.28 * usage.shape[1] + 3, 12),
+                                      0.28 * len(present) + 1.5))
+    if relative:
+        lim = max(float(np.abs(data).max()), 1e-6)
+        im = ax.imshow(data, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim)
+        title = "class's mean assignment minus all classes' mean, per codeword"
+    else:
+        im = ax.imshow(data, aspect="auto", cmap="viridis")
+        title = "mean assignment of each class's pixels to each codeword"
+    ax.set_yticks(range(len(present)), [classes[c] for c in present], fontsize=8)
+    ax.set_xlabel("codeword k")
+    ax.set_title(title, fontsize=10)
+    ax.figure.colorbar(im, ax=ax, fraction=0.03)
+    ax.figure.tight_layout()
+    return ax.figure

@@ -1,0 +1,102 @@
+"""Dataset figures: images and colour-coded masks, class frequencies, how a scene is built.
+
+Also :func:`to_rgb` and :func:`add_class_legend`, which the other figure modules share.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from ..data import colorize, denormalize
+
+
+def to_rgb(image: torch.Tensor) -> np.ndarray:
+    """Normalised ``(3, H, W)`` tensor -> ``(H, W, 3)`` float array in [0, 1] for imshow."""
+    return denormalize(image.detach().cpu().float()).permute(1, 2, 0).numpy()
+
+
+def add_class_legend(fig, classes, palette, ids):
+    handles = [plt.Rectangle((0, 0), 1, 1, color=np.asarray(palette[c]) / 255)
+               for c in ids if c < len(classes)]
+    names = [classes[c] for c in ids if c < len(classes)]
+    if 255 in ids:
+        handles.append(plt.Rectangle((0, 0), 1, 1, facecolor="white", edgecolor="0.5"))
+        names.append("ignore (255)")
+    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 8), fontsize=8,
+               frameon=False, bbox_to_anchor=(0.5, -0.02))
+    fig.subplots_adjust(bottom=0.12)
+
+
+def show_samples(dataset, indices: Sequence[int], titles: Optional[Sequence[str]] = None,
+                 size: float = 2.4, legend: bool = True):
+    """Images (top row) and their colour-coded masks (bottom row; ignore = white)."""
+    indices = list(indices)
+    fig, axes = plt.subplots(2, len(indices), figsize=(size * len(indices), 2 * size + 0.4),
+                             squeeze=False)
+    present = set()
+    for col, i in enumerate(indices):
+        image, mask = dataset[i]
+        axes[0, col].imshow(to_rgb(image))
+        axes[1, col].imshow(colorize(mask.numpy(), dataset.palette), interpolation="nearest")
+        axes[0, col].set_title(titles[col] if titles else f"#{i}", fontsize=9)
+        present |= set(mask.unique().tolist())
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    if legend:
+        add_class_legend(fig, dataset.classes, dataset.palette, sorted(present))
+    fig.tight_layout()
+    return fig
+
+
+def plot_class_frequency(counts: np.ndarray, classes: Sequence[str],
+                         palette: Optional[np.ndarray] = None, title: str = "", ax=None,
+                         log: bool = False, skip_empty: bool = True):
+    """Bar chart of each class's share of labelled pixels, most frequent first (classes
+    with no pixel left out when ``skip_empty``)."""
+    counts = np.asarray(counts, dtype=float)
+    share = counts / max(counts.sum(), 1.0)
+    order = [i for i in np.argsort(-share, kind="stable") if share[i] > 0 or not skip_empty]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(4.0, 0.22 * len(order) + 1.5), 3.2))
+    colors = None if palette is None else np.asarray(palette)[order] / 255
+    ax.bar(range(len(order)), 100 * share[order], color=colors, edgecolor="0.3", linewidth=0.3)
+    ax.set_xticks(range(len(order)))
+    ax.set_xticklabels([classes[i] for i in order], rotation=90, fontsize=8)
+    ax.set_ylabel("% of labelled pixels")
+    if log:
+        ax.set_yscale("log")
+    ax.set_title(title, fontsize=10)
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def show_scene_construction(dataset, index: int, half_rf: int = 30):
+    """One ContextScenes layout rendered as every scene kind, with the cue band, the
+    look-alike boxes and the tiny FCN's receptive field (``2 * half_rf + 1`` px) drawn around
+    the look-alike pixel closest to the cue."""
+    kinds = dataset.scene_kinds
+    fig, axes = plt.subplots(2, len(kinds), figsize=(3.0 * len(kinds), 6.2), squeeze=False)
+    for k, name in enumerate(kinds):
+        scene = dataset.render(index, kind=k)
+        axes[0, k].imshow(scene.image)
+        axes[1, k].imshow(colorize(scene.mask, dataset.palette), interpolation="nearest")
+        r0, r1 = scene.band
+        look_rows = np.nonzero(np.isin(scene.mask, dataset.context_classes).any(1))[0]
+        row = look_rows.min() if r0 == 0 else look_rows.max()  # look-alike row nearest the cue
+        col = int(np.nonzero(np.isin(scene.mask[row], dataset.context_classes))[0].mean())
+        for ax in axes[:, k]:
+            ax.add_patch(plt.Rectangle((col - half_rf - 0.5, row - half_rf - 0.5),
+                                       2 * half_rf + 1, 2 * half_rf + 1, fill=False,
+                                       edgecolor="red", linewidth=1.5, linestyle="--"))
+            ax.plot([col], [row], "r+")
+            ax.set_axis_off()
+        axes[0, k].set_title(f"as a {name}", fontsize=10)
+        axes[1, k].set_title(f"label: {dataset.classes[dataset.context_classes[k]]}", fontsize=10)
+    fig.suptitle(f"same layout, three kinds: red = {2 * half_rf + 1} px receptive field",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig

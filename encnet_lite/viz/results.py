@@ -1,0 +1,184 @@
+"""Results of training: predictions, confusion matrices, training curves, the ablation.
+
+These functions draw numbers they are given; the means and standard deviations over
+seeds come from :func:`encnet_lite.ablation.mean_std`, the curves from
+:func:`encnet_lite.train.load_history`.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from ..data import colorize
+from .data import add_class_legend, to_rgb
+
+
+def show_predictions(images: torch.Tensor, masks: torch.Tensor, preds: torch.Tensor,
+                     classes: Sequence[str], palette: np.ndarray,
+                     titles: Optional[Sequence[str]] = None, size: float = 2.4):
+    """Image, true mask and predicted mask (rows) for each of ``images: (B, 3, H, W)``
+    (columns); ``masks, preds: (B, H, W)`` class ids."""
+    n = len(images)
+    fig, axes = plt.subplots(3, n, figsize=(size * n, 3 * size + 0.5), squeeze=False)
+    present = set()
+    for col in range(n):
+        axes[0, col].imshow(to_rgb(images[col]))
+        for row, m in ((1, masks[col]), (2, preds[col])):
+            m = m.detach().cpu().numpy()
+            axes[row, col].imshow(colorize(m, palette), interpolation="nearest")
+            present |= set(np.unique(m).tolist())
+        if titles:
+            axes[0, col].set_title(titles[col], fontsize=9)
+    for row, name in enumerate(("image", "truth", "prediction")):
+        axes[row, 0].text(-0.08, 0.5, name, transform=axes[row, 0].transAxes, rotation=90,
+                          ha="right", va="center", fontsize=9)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    add_class_legend(fig, classes, palette, sorted(present))
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion(matrix, rows: Sequence[str], cols: Sequence[str], ax=None, title: str = "",
+                   fmt: str = "{:.0%}"):
+    """A (row-normalised) confusion matrix as a heatmap with its numbers; rows = truth."""
+    m = np.asarray(matrix, dtype=float)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(0.8 * len(cols) + 1.8, 0.6 * len(rows) + 1.4))
+    ax.imshow(m, cmap="Blues", vmin=0, vmax=max(1.0, m.max()) if fmt.endswith("%}") else None)
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            ax.text(j, i, fmt.format(m[i, j]), ha="center", va="center", fontsize=9,
+                    color="white" if m[i, j] > 0.6 * m.max() else "black")
+    ax.set_xticks(range(len(cols)), cols, fontsize=9)
+    ax.set_yticks(range(len(rows)), rows, fontsize=9)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def plot_history(runs, keys: Sequence[str] = ("loss", "mIoU"), steps: bool = False):
+    """Training curves: one panel per key, one line per run.
+
+    ``runs``: a history (a list of per-epoch records, e.g. ``TrainResult.history`` or
+    :func:`encnet_lite.train.load_history` of a run folder; ``steps=True``: per-iteration
+    records, x = iteration), or ``{label: history}`` to compare runs. An object with a
+    ``history`` attribute (a ``TrainResult``) stands for its history. Keys: ``loss``,
+    ``main``, ``aux``, ``se``, ``lr``, ``pixAcc``, ``mIoU``, ``images_per_s``.
+    """
+    named = runs if isinstance(runs, dict) else {"": runs}
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.0), squeeze=False)
+    xkey = "iteration" if steps else "epoch"
+    for label, run in named.items():
+        records = list(getattr(run, "history", run))
+        for ax, key in zip(axes[0], keys):
+            pts = [(r[xkey], r[key]) for r in records if r.get(key) is not None]
+            if pts:
+                x, y = zip(*pts)
+                ax.plot(x, y, marker="" if steps else "o", ms=3, label=label or None)
+    for ax, key in zip(axes[0], keys):
+        ax.set_xlabel(xkey)
+        ax.set_title(f"val {key}" if key in ("pixAcc", "mIoU") else key, fontsize=10)
+        ax.grid(alpha=0.3)
+    if len(named) > 1:
+        axes[0, -1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_ablation(seeds: dict, stats: dict, labels: dict,
+                  metrics: Sequence[str] = ("miou", "pixacc"), caps: Optional[dict] = None):
+    """One panel per metric: mean over seeds (bar), standard deviation (error bar) and each
+    seed (dot) for every run.
+
+    ``seeds = {name: {metric: [value per seed]}}``, ``stats = {name: {metric: (mean, std)}}``
+    (e.g. from :func:`encnet_lite.ablation.mean_std`); ``labels = {name: tick label}``;
+    ``caps = {metric: value}`` draws a dashed line (e.g. the context-blind cap).
+    """
+    names = list(seeds)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics) + 1.5, 3.4),
+                             squeeze=False)
+    colors = plt.cm.tab10(np.arange(len(names)))
+    for ax, metric in zip(axes[0], metrics):
+        for i, name in enumerate(names):
+            values = np.asarray(seeds[name][metric], dtype=float)
+            mean, std = stats[name][metric]
+            ax.bar(i, mean, yerr=std, color=colors[i], alpha=0.75, capsize=4)
+            ax.plot(np.full(len(values), i) + np.linspace(-0.15, 0.15, len(values)), values,
+                    "k.", ms=5)
+            ax.text(i, mean + std + 0.5, f"{mean:.1f}", ha="center", va="bottom", fontsize=8)
+        if caps and caps.get(metric) is not None:
+            ax.axhline(caps[metric], color="0.3", linestyle="--", linewidth=1,
+                       label="context-blind cap")
+            ax.legend(fontsize=8, loc="lower right")
+        ax.set_xticks(range(len(names)), [labels.get(n, n) for n in names], fontsize=8,
+                      rotation=15)
+        low = min(np.nanmin(np.asarray(seeds[n][metric], dtype=float)) for n in names)
+        ax.set_ylim(max(0.0, low - 10), 100 + 3)
+        ax.set_title({"miou": "mIoU (%)", "pixacc": "pixAcc (%)"}.get(metric, metric),
+                     fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_per_class_iou(classes: Sequence[str], stats: dict, labels: dict,
+                       highlight: Sequence[int] = (), ax=None):
+    """Per-class IoU, mean over seeds with the standard deviation, one bar group per class.
+
+    ``stats = {name: [(mean, std) per class]}`` (e.g. :func:`encnet_lite.ablation.mean_std`
+    of each class's IoUs over seeds); classes in ``highlight`` (the context-dependent ones)
+    get a shaded background and a bold tick label.
+    """
+    names = list(stats)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(1.0 * len(classes) + 2.5, 3.4))
+    width = 0.8 / len(names)
+    for c in highlight:
+        ax.axvspan(c - 0.45, c + 0.45, color="gold", alpha=0.2, lw=0)
+    for i, name in enumerate(names):
+        mean, std = np.asarray(stats[name], dtype=float).reshape(len(classes), 2).T
+        ax.bar(np.arange(len(classes)) + (i - (len(names) - 1) / 2) * width, mean, width,
+               yerr=std, capsize=2, label=labels.get(name, name))
+    ax.set_xticks(range(len(classes)), classes, fontsize=9)
+    for c in highlight:
+        ax.get_xticklabels()[c].set_fontweight("bold")
+    ax.set_ylabel("IoU (%)")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=8, loc="lower left", framealpha=0.9)
+    ax.set_title("per-class IoU (shaded: look-alike classes, decided by the scene only)",
+                 fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def plot_k_sweep(ks: Sequence[int], stats: Sequence[Sequence[float]],
+                 seeds: Optional[Sequence[Sequence[float]]] = None, ax=None,
+                 cap: Optional[float] = None, ylabel: str = "mIoU (%)"):
+    """A metric against the number of codewords K (categorical axis).
+
+    ``stats``: ``(mean, std)`` over seeds per K (error bars); ``seeds``: the values per K
+    (dots); ``cap``: a dashed reference line.
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.6, 3.2))
+    x = np.arange(len(ks))
+    ax.errorbar(x, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=4)
+    for i, v in enumerate(seeds or []):
+        ax.plot(np.full(len(v), i), v, "k.", ms=4, alpha=0.6)
+    if cap is not None:
+        ax.axhline(cap, color="0.3", linestyle="--", linewidth=1, label="context-blind cap")
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set_xticks(x, [f"K = {k}" + (" (FCN)" if k == 0 else "") for k in ks], fontsize=9)
+    ax.set_ylabel(ylabel)
+    ax.set_title("number of codewords K", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.figure.tight_layout()
+    return ax.figure

@@ -1,0 +1,187 @@
+"""The figures draw exactly the numbers they are given (checked on the artists, Agg backend)."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.colors import to_rgba  # noqa: E402
+from matplotlib.container import BarContainer  # noqa: E402
+
+from encnet_lite import viz  # noqa: E402
+from encnet_lite.data import ContextScenes  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def _bars(ax):
+    """The rectangles of an axes' bar charts, in drawing order."""
+    return [p for c in ax.containers if isinstance(c, BarContainer) for p in c.patches]
+
+
+def _errorbar_halfwidths(ax):
+    """Half lengths of the vertical error-bar segments, in drawing order."""
+    out = []
+    for coll in ax.collections:
+        for seg in coll.get_segments():
+            if len(seg) == 2 and seg[0][0] == seg[1][0]:
+                out.append(abs(seg[1][1] - seg[0][1]) / 2)
+    return out
+
+
+def test_plot_ablation_draws_the_given_means_stds_seeds_and_cap():
+    seeds = {"fcn": {"miou": [60.0, 62.0, 64.0]}, "encnet": {"miou": [90.0, 94.0]}}
+    stats = {"fcn": {"miou": (62.0, 2.0)}, "encnet": {"miou": (92.0, 2.8)}}
+    fig = viz.plot_ablation(seeds, stats, {"fcn": "FCN"}, metrics=("miou",),
+                            caps={"miou": 70.0})
+    ax = fig.axes[0]
+    bars = _bars(ax)
+    assert [b.get_height() for b in bars] == [62.0, 92.0]
+    np.testing.assert_allclose(_errorbar_halfwidths(ax), [2.0, 2.8])
+    dots = [line for line in ax.lines if line.get_marker() == "."]
+    assert [list(d.get_ydata()) for d in dots] == [[60.0, 62.0, 64.0], [90.0, 94.0]]
+    cap = [line for line in ax.lines if line.get_linestyle() == "--"]
+    assert list(cap[0].get_ydata()) == [70.0, 70.0]
+    # the lowest seed sets the bottom (10 below it), the top leaves room above 100 %
+    assert ax.get_ylim() == (50.0, 103.0)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["FCN", "encnet"]
+    assert [t.get_text() for t in ax.texts] == ["62.0", "92.0"]
+    # one colour per run
+    assert bars[0].get_facecolor()[:3] != bars[1].get_facecolor()[:3]
+
+
+def test_plot_per_class_iou_bars_are_the_given_means_and_highlight_is_shaded():
+    classes = ["sky", "boat", "car"]
+    stats = {"a": [(10.0, 1.0), (20.0, 2.0), (30.0, 0.0)],
+             "b": [(50.0, 5.0), (60.0, 0.5), (70.0, 1.5)]}
+    fig = viz.plot_per_class_iou(classes, stats, {"a": "model A"}, highlight=[1])
+    ax = fig.axes[0]
+    bars = _bars(ax)
+    assert [b.get_height() for b in bars] == [10.0, 20.0, 30.0, 50.0, 60.0, 70.0]
+    # two bars per class, side by side around the class's tick
+    centres = [b.get_x() + b.get_width() / 2 for b in bars]
+    np.testing.assert_allclose(centres, [-0.2, 0.8, 1.8, 0.2, 1.2, 2.2])
+    np.testing.assert_allclose(sorted(_errorbar_halfwidths(ax)),
+                               sorted([1.0, 2.0, 0.0, 5.0, 0.5, 1.5]))
+    shaded = [p for p in ax.patches if p not in bars]
+    assert len(shaded) == 1 and shaded[0].get_facecolor()[:3] == to_rgba("gold")[:3]
+    np.testing.assert_allclose(shaded[0].get_extents().x0, ax.transData.transform((0.55, 0))[0])
+    weights = [t.get_fontweight() for t in ax.get_xticklabels()]
+    assert weights[1] == "bold" and weights[0] != "bold"
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["model A", "b"]
+    assert ax.get_ylim() == (0.0, 105.0)
+
+
+def test_plot_k_sweep_draws_means_errors_and_each_seed():
+    stats = [(64.0, 0.5), (80.0, 10.0), (94.0, 1.0)]
+    seeds = [[63.5, 64.5], [70.0, 90.0], [93.0, 95.0]]
+    fig = viz.plot_k_sweep([0, 16, 32], stats, seeds, cap=66.0)
+    ax = fig.axes[0]
+    mean_line = ax.lines[0]
+    assert list(mean_line.get_ydata()) == [64.0, 80.0, 94.0]
+    np.testing.assert_allclose(_errorbar_halfwidths(ax), [0.5, 10.0, 1.0])
+    dots = [line for line in ax.lines if line.get_marker() == "."]
+    assert [list(d.get_ydata()) for d in dots] == seeds
+    assert [list(d.get_xdata()) for d in dots] == [[0, 0], [1, 1], [2, 2]]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["K = 0 (FCN)", "K = 16", "K = 32"]
+    assert any(list(line.get_ydata()) == [66.0, 66.0] for line in ax.lines)
+
+
+def test_plot_history_plots_given_records_and_skips_missing_values():
+    a = [{"epoch": 1, "loss": 2.0, "mIoU": None}, {"epoch": 2, "loss": 1.0, "mIoU": 0.5}]
+    b = [{"epoch": 1, "loss": 3.0, "mIoU": 0.2}]
+    fig = viz.plot_history({"a": a, "b": b}, keys=("loss", "mIoU"))
+    loss_ax, miou_ax = fig.axes
+    assert [list(line.get_xydata().ravel()) for line in loss_ax.lines] == [
+        [1.0, 2.0, 2.0, 1.0], [1.0, 3.0]]
+    assert [list(line.get_xydata().ravel()) for line in miou_ax.lines] == [
+        [2.0, 0.5], [1.0, 0.2]]
+    assert miou_ax.get_title() == "val mIoU" and loss_ax.get_title() == "loss"
+    assert [t.get_text() for t in miou_ax.get_legend().get_texts()] == ["a", "b"]
+
+
+def test_plot_history_takes_an_object_with_a_history_and_iterations():
+    class Result:
+        history = [{"epoch": 1, "loss": 4.0}, {"epoch": 2, "loss": 3.0}]
+
+    ax = viz.plot_history(Result(), keys=("loss",)).axes[0]
+    assert list(ax.lines[0].get_ydata()) == [4.0, 3.0]
+    assert ax.get_legend() is None  # one run: no legend
+    steps = [{"iteration": i, "lr": 0.1 / (i + 1)} for i in range(5)]
+    ax = viz.plot_history(steps, keys=("lr",), steps=True).axes[0]
+    assert ax.get_xlabel() == "iteration" and list(ax.lines[0].get_xdata()) == list(range(5))
+
+
+def test_plot_codeword_usage_shows_present_classes_and_centres_relative_rows():
+    usage = torch.tensor([[0.7, 0.3], [0.0, 0.0], [0.1, 0.9]])
+    fig, axes = plt.subplots(1, 2)
+    viz.plot_codeword_usage(usage, ["sky", "boat", "car"], ax=axes[0])
+    viz.plot_codeword_usage(usage, ["sky", "boat", "car"], relative=True, ax=axes[1])
+    absolute = axes[0].images[0].get_array()
+    np.testing.assert_allclose(absolute, [[0.7, 0.3], [0.1, 0.9]])  # "boat" is absent
+    assert [t.get_text() for t in axes[0].get_yticklabels()] == ["sky", "car"]
+    relative = axes[1].images[0]
+    np.testing.assert_allclose(relative.get_array(), [[0.3, -0.3], [-0.3, 0.3]], atol=1e-6)
+    np.testing.assert_allclose(relative.get_clim(), (-0.3, 0.3), atol=1e-6)  # symmetric
+    assert relative.get_cmap().name == "RdBu_r"
+
+
+def test_plot_confusion_writes_each_cell_and_colours_by_value():
+    m = np.array([[0.9, 0.1], [0.25, 0.75]])
+    ax = viz.plot_confusion(m, ["sky", "sea"], ["sky", "sea"]).axes[0]
+    assert [t.get_text() for t in ax.texts] == ["90%", "10%", "25%", "75%"]
+    # dark cells get white text, light ones black
+    assert [t.get_color() for t in ax.texts] == ["white", "black", "black", "white"]
+    np.testing.assert_allclose(ax.images[0].get_array(), m)
+
+
+def test_plot_class_frequency_bars_are_shares_in_percent_most_frequent_first():
+    palette = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255]], dtype=np.uint8)
+    ax = viz.plot_class_frequency(np.array([10, 0, 30]), ["a", "b", "c"], palette).axes[0]
+    bars = _bars(ax)
+    assert [b.get_height() for b in bars] == [75.0, 25.0]  # "b" has no pixel: left out
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["c", "a"]
+    assert bars[0].get_facecolor() == to_rgba((0, 0, 1))
+
+
+def test_show_samples_paints_masks_with_the_palette():
+    ds = ContextScenes(num_images=2, size=64, seed=0)
+    fig = viz.show_samples(ds, [0, 1], legend=False)
+    image, mask = ds[1]
+    drawn = np.asarray(fig.axes[3].images[0].get_array())  # bottom row, second column
+    expected = np.asarray(ds.palette)[mask.numpy().clip(max=len(ds.palette) - 1)]
+    labelled = mask.numpy() != ds.ignore_index
+    np.testing.assert_array_equal(drawn[labelled][:, :3], expected[labelled])
+    np.testing.assert_allclose(fig.axes[1].images[0].get_array(), viz.to_rgb(image))
+
+
+def test_markdown_table_rows():
+    table = viz.markdown_table(["a", "b"], [(1, "x"), (2.5, "y")])
+    assert table.data == "| a | b |\n|---|---|\n| 1 | x |\n| 2.5 | y |"
+
+
+def test_viz_modules_draw_only_what_they_are_given():
+    import ast
+    from pathlib import Path
+
+    package = Path(viz.__file__).parent
+    for path in package.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom):
+                names = [(node.module or "") + "." + a.name for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            for name in names:
+                parts = name.strip(".").split(".")
+                assert "train" not in parts and "ablation" not in parts, (
+                    f"{path.name} imports {name}: viz draws what it is given; compute it "
+                    "in the caller or the module it belongs to")
