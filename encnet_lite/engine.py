@@ -33,16 +33,33 @@ def resolve_device(name: str = "auto") -> torch.device:
 def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
     """The autocast dtype for ``amp`` on ``device``, or None for full fp32.
 
-    ``"auto"`` is off on CPU (bf16 autocast there is slower than fp32 on most CPUs) and on
-    for CUDA; ``"on"`` picks bf16 where the hardware has it, else fp16 (with a grad scaler).
+    ``"auto"`` is off on CPU (bf16 autocast there is slower than fp32 on most CPUs). On a
+    CUDA GPU, ``"auto"`` and ``"on"`` pick bf16 only where the GPU computes it natively
+    (compute capability >= 8.0: A100, L4, H100, RTX 30xx on), else fp16, which
+    :func:`make_scaler` pairs with a grad scaler (T4, V100). ``torch.cuda.is_bf16_supported()``
+    is not the test: it says True on a T4 (sm75), where bf16 is emulated and slow.
+    ``"on"`` on CPU is bf16; ``"bf16"`` / ``"fp16"`` force a dtype (``"bf16"`` on a GPU
+    without native bf16 is refused).
     """
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
         return None
+    native_bf16 = device.type != "cuda" or _cuda_has_native_bf16(device)
     if amp in ("auto", "on"):
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16
+        return torch.bfloat16 if native_bf16 else torch.float16
+    if amp == "bf16" and not native_bf16:
+        major, minor = torch.cuda.get_device_capability(device)
+        raise ValueError(f"amp='bf16': this GPU (compute capability {major}.{minor}) has no "
+                         "native bf16 (it needs 8.0 or more); use amp='fp16' or 'auto'")
+    if amp not in ("bf16", "fp16"):
+        raise ValueError(f"amp={amp!r}: choose one of auto, on, off, bf16, fp16")
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def _cuda_has_native_bf16(device: torch.device) -> bool:
+    """Compute capability >= 8.0 (Ampere and later); ROCm GPUs answer for themselves."""
+    if getattr(torch.version, "hip", None):
+        return torch.cuda.is_bf16_supported()
+    return tuple(torch.cuda.get_device_capability(device)) >= (8, 0)
 
 
 def resolve_channels_last(value: str, device: torch.device) -> bool:
