@@ -59,8 +59,10 @@ notebooks: $(STAMP)
 # cross-reference fails here, in seconds.
 book-check: $(STAMP)
 	@mkdir -p _build
-	$(BIN)/python -c "import yaml; c = yaml.safe_load(open('_config.yml')); \
+	$(BIN)/python -c "import os, yaml; c = yaml.safe_load(open('_config.yml')); \
 		c['execute']['execute_notebooks'] = 'off'; \
+		ext = c['sphinx'].get('local_extensions') or {}; \
+		c['sphinx']['local_extensions'] = {k: os.path.abspath(v) for k, v in ext.items()}; \
 		yaml.safe_dump(c, open('_build/_config_noexec.yml', 'w'))"
 	$(JB) --all --config _build/_config_noexec.yml --path-output _build/check
 
