@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .encoding import Encoding, soft_assignment
+from .encoding import Encoding
 
 
 class ContextOutput(NamedTuple):
@@ -54,6 +54,8 @@ class ContextEncoding(nn.Module):
         num_codes: K, number of codewords (32 in the paper).
         num_classes: when given, also predict SE logits (class presence) from ``e``.
         residual: ``relu(x + x * gamma)`` (official) if True, else ``x * gamma``.
+        encoder: the :class:`~encnet_lite.encoding.Encoding` variant (one of
+            :data:`~encnet_lite.encoding.VARIANTS`; "official" is the official code's).
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class ContextEncoding(nn.Module):
         num_codes: int = 32,
         num_classes: int | None = None,
         residual: bool = True,
+        encoder: str = "official",
     ) -> None:
         super().__init__()
         self.residual = residual
@@ -70,7 +73,7 @@ class ContextEncoding(nn.Module):
             nn.BatchNorm2d(in_channels),
             nn.ReLU(inplace=True),
         )
-        self.encoding = Encoding(in_channels, num_codes)
+        self.encoding = Encoding(in_channels, num_codes, variant=encoder)
         # BatchNorm1d on (B, K, C) normalises each codeword's aggregate separately.
         self.code_norm = nn.BatchNorm1d(num_codes)
         self.fc_gamma = nn.Linear(in_channels, in_channels)
@@ -83,8 +86,7 @@ class ContextEncoding(nn.Module):
 
     def assignments(self, x: Tensor) -> Tensor:
         """Soft assignments ``(B, H*W, K)`` of the projected descriptors to the codewords."""
-        feats = self.project(x).flatten(2).transpose(1, 2)  # (B, H*W, C)
-        return soft_assignment(feats, self.encoding.codewords, self.encoding.scale)
+        return self.encoding.assign(self.project(x))
 
     def forward(self, x: Tensor) -> ContextOutput:
         e = self.encode(x)

@@ -18,12 +18,16 @@ kept for teaching and tests.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "VARIANTS",
     "Encoding",
+    "kmeans",
     "hard_assignment",
     "pairwise_sq_distances",
     "residual_encoding",
@@ -130,34 +134,90 @@ def vlad(x: Tensor, codewords: Tensor) -> Tensor:
     return assign.transpose(1, 2) @ x - assign.sum(1).unsqueeze(-1) * codewords
 
 
+# Encoding variants, by name (``Encoding(D, K, variant=...)``). "official" is the official
+# code; the others answer its collapse (see the module docstring of ``Encoding``):
+#   shared     one smoothing factor for all codewords (the assignment is nearest-codeword);
+#   softplus   scale_k = -softplus(p_k): always negative, as the paper's s_k > 0 means;
+#   normscale  scale_k ~ U(-1, 0) / mean ||x||^2 at the first training batch (O(1) logits);
+#   kmeans     codewords = k-means of the first training batch's descriptors, one common
+#              scale -1 / (mean squared distance to the nearest centre), as NetVLAD does;
+#   l2         descriptors L2-normalised before the encoding (||x|| = 1).
+VARIANTS = ("official", "shared", "softplus", "normscale", "kmeans", "l2")
+_DATA_INIT = ("normscale", "kmeans")  # variants initialised from the first training batch
+
+
+def kmeans(points: Tensor, k: int, iterations: int = 20,
+           generator: Optional[torch.Generator] = None) -> Tensor:
+    """Lloyd's k-means with k-means++ seeding: ``points: (N, D) -> centres (k, D)``.
+
+    An empty cluster keeps its centre. Deterministic for a given ``generator``.
+    """
+    n = points.shape[0]
+    centres = points[torch.randint(n, (1,), generator=generator)]
+    for _ in range(1, k):  # k-means++: next centre drawn proportionally to squared distance
+        d2 = torch.cdist(points, centres).pow(2).min(1).values
+        probs = d2 / d2.sum() if float(d2.sum()) > 0 else torch.full_like(d2, 1.0 / n)
+        centres = torch.cat([centres, points[torch.multinomial(probs, 1, generator=generator)]])
+    for _ in range(iterations):
+        labels = torch.cdist(points, centres).argmin(1)
+        sums = torch.zeros_like(centres).index_add_(0, labels, points)
+        counts = torch.bincount(labels, minlength=k).to(points.dtype)[:, None]
+        centres = torch.where(counts > 0, sums / counts.clamp_min(1), centres)
+    return centres
+
+
 class Encoding(nn.Module):
     """Residual encoding layer with K learnable codewords and smoothing factors.
 
-    ``Encoding(channels=D, num_codes=K)``; ``forward(x)`` takes a feature map
-    (B, D, H, W) or descriptors (B, N, D) and returns (B, K, D).
-    Parameters: ``codewords`` (K, D), ``scale`` (K,) (scale = -s of the paper).
+    ``Encoding(channels=D, num_codes=K, variant="official")``; ``forward(x)`` takes a
+    feature map (B, D, H, W) or descriptors (B, N, D) and returns (B, K, D).
+    Parameters: ``codewords`` (K, D), ``scale`` (K,) (scale = -s of the paper; (1,) for
+    ``variant="shared"``, and the pre-softplus parameter for ``"softplus"``).
+
+    Why the official initialisation collapses: ``scale_k ||x_i - c_k||^2 = scale_k (||x_i||^2
+    - 2 x_i.c_k + ||c_k||^2)`` and codewords start within ``1/sqrt(KD)`` of the origin, so
+    when ``||x_i|| >> ||c_k||`` the logits are ``~ scale_k ||x_i||^2``: the codeword with the
+    largest scale wins every position. The variants in :data:`VARIANTS` change only the
+    factors, the initialisation or the descriptors; the assignment math is
+    :func:`soft_assignment` for all of them. The data-initialised ones (``normscale``,
+    ``kmeans``) initialise at their first training-mode forward and record it in the
+    ``initialised`` buffer, so a checkpoint reloads the initialised values.
     """
 
-    def __init__(self, channels: int, num_codes: int) -> None:
+    def __init__(self, channels: int, num_codes: int, variant: str = "official") -> None:
         super().__init__()
-        self.channels = channels
-        self.num_codes = num_codes
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown encoding variant {variant!r}; choose one of {VARIANTS}")
+        self.channels, self.num_codes, self.variant = channels, num_codes, variant
         self.codewords = nn.Parameter(torch.empty(num_codes, channels))
-        self.scale = nn.Parameter(torch.empty(num_codes))
+        self.scale = nn.Parameter(torch.empty(1 if variant == "shared" else num_codes))
+        if variant in _DATA_INIT:
+            self.register_buffer("initialised", torch.tensor(False))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """The official initialisation: c ~ U(+-1/sqrt(K*D)), scale ~ U(-1, 0)."""
+        """The official initialisation: c ~ U(+-1/sqrt(K*D)), scale ~ U(-1, 0) (for
+        ``softplus``: the parameter whose -softplus is U(-1, -0.05))."""
         bound = 1.0 / math.sqrt(self.num_codes * self.channels)
         nn.init.uniform_(self.codewords, -bound, bound)
         nn.init.uniform_(self.scale, -1.0, 0.0)
+        if self.variant == "softplus":  # inverse softplus of s ~ U(0.05, 1)
+            with torch.no_grad():
+                s = 0.05 - 0.95 * self.scale
+                self.scale.copy_(torch.log(torch.expm1(s)))
+        if hasattr(self, "initialised"):
+            self.initialised.fill_(False)
 
     def smoothing(self) -> Tensor:
         """The per-codeword factors ``scale: (K,)`` the assignment uses (scale = -s)."""
+        if self.variant == "shared":
+            return self.scale.expand(self.num_codes)
+        if self.variant == "softplus":
+            return -F.softplus(self.scale)
         return self.scale
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x: (B, D, H, W) or (B, N, D) -> e: (B, K, D)."""
+    def descriptors(self, x: Tensor) -> Tensor:
+        """x: (B, D, H, W) or (B, N, D) -> the descriptors the codewords see, (B, N, D)."""
         d = self.channels
         if x.dim() == 4 and x.shape[1] == d:
             x = x.flatten(2).transpose(1, 2)  # (B, D, H, W) -> (B, H*W, D), a view
@@ -165,7 +225,40 @@ class Encoding(nn.Module):
             raise ValueError(
                 f"Encoding expected (B, {d}, H, W) or (B, N, {d}); got shape {tuple(x.shape)}"
             )
-        return residual_encoding(x, self.codewords, self.scale)
+        return F.normalize(x, dim=-1) if self.variant == "l2" else x
+
+    def assign(self, x: Tensor) -> Tensor:
+        """Soft assignments ``(B, N, K)`` of ``x: (B, D, H, W) or (B, N, D)``."""
+        return soft_assignment(self.descriptors(x), self.codewords, self.smoothing())
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, D, H, W) or (B, N, D) -> e: (B, K, D)."""
+        x = self.descriptors(x)
+        if self.training and hasattr(self, "initialised") and not bool(self.initialised):
+            self.init_from_data(x)
+        return residual_encoding(x, self.codewords, self.smoothing())
+
+    @torch.no_grad()
+    def init_from_data(self, x: Tensor, max_points: int = 4096) -> None:
+        """Initialise from descriptors ``x: (B, N, D)`` (``normscale``, ``kmeans``); under
+        torch.distributed, rank 0's values are broadcast so every process agrees."""
+        points = x.detach().reshape(-1, self.channels).float()
+        gen = torch.Generator(device=points.device).manual_seed(0)
+        if len(points) > max_points:  # a deterministic subsample keeps k-means cheap
+            points = points[torch.randperm(len(points), generator=gen,
+                                           device=points.device)[:max_points]]
+        if self.variant == "normscale":
+            mean_sq = points.pow(2).sum(1).mean().clamp_min(1e-6)
+            self.scale.copy_(torch.empty_like(self.scale).uniform_(-1.0, 0.0) / mean_sq)
+        else:
+            centres = kmeans(points, self.num_codes, generator=gen)
+            nearest = torch.cdist(points, centres).pow(2).min(1).values.mean().clamp_min(1e-6)
+            self.codewords.copy_(centres)
+            self.scale.fill_(-1.0 / float(nearest))
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.broadcast(self.codewords.data, 0)
+            torch.distributed.broadcast(self.scale.data, 0)
+        self.initialised.fill_(True)
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, num_codes={self.num_codes}"
+        return f"channels={self.channels}, num_codes={self.num_codes}, variant={self.variant!r}"

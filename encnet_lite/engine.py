@@ -84,7 +84,8 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
         raise ValueError(f"encnet_lite.models has no builder {name!r}")
     kwargs: Dict[str, Any] = {"aux": cfg.aux}
     if cfg.model == "encnet":
-        kwargs.update(num_codes=cfg.num_codes, se_loss=cfg.se_loss, lateral=cfg.lateral)
+        kwargs.update(num_codes=cfg.num_codes, se_loss=cfg.se_loss, lateral=cfg.lateral,
+                      encoder=cfg.encoder)
     if cfg.backbone != "tiny":
         kwargs["pretrained_backbone"] = cfg.pretrained_backbone
         kwargs["weights_path"] = cfg.backbone_weights or None

@@ -23,6 +23,9 @@ BACKBONES = ("tiny", "resnet50", "resnet101")
 DATASETS = ("scenes", "pcontext", "voc")
 AMP_MODES = ("auto", "on", "off", "bf16", "fp16")
 SWITCH_MODES = ("auto", "on", "off")
+# Encoding-layer variants: encnet_lite.encoding.VARIANTS (kept in sync by a test; presets
+# stays importable without torch).
+ENCODERS = ("official", "shared", "softplus", "normscale", "kmeans", "l2")
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class TrainConfig:
     se_weight: float = 0.2
     aux_weight: float = 0.2
     lateral: bool = False  # EncNet: lateral c2/c3 connections (official code: on for PASCAL)
+    encoder: str = "official"  # EncNet: encoding-layer variant (encnet_lite.encoding.VARIANTS)
     pretrained_backbone: bool = False  # ImageNet weights (ResNets; torchvision's cache)
     backbone_weights: str = ""  # a local ImageNet state-dict file instead of the cache
     # --- data
@@ -94,6 +98,7 @@ class TrainConfig:
             "dataset": (self.dataset, DATASETS),
             "amp": (self.amp, AMP_MODES),
             "channels_last": (self.channels_last, SWITCH_MODES),
+            "encoder": (self.encoder, ENCODERS),
         }
         for key, (value, allowed) in checks.items():
             if value not in allowed:
@@ -122,7 +127,8 @@ RUNTIME_FIELDS = frozenset(
      "val_batch_size", "compile", "threads", "data_root", "backbone_weights", "pretrained_backbone"}
 )
 # Fields that decide the model's architecture: a checkpoint with others is incompatible.
-MODEL_FIELDS = ("model", "backbone", "num_codes", "se_loss", "aux", "lateral", "dataset")
+MODEL_FIELDS = ("model", "backbone", "num_codes", "se_loss", "aux", "lateral", "dataset",
+                "encoder")
 
 
 def _pascal(name: str, **kw: Any) -> TrainConfig:

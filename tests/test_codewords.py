@@ -107,3 +107,20 @@ def test_codeword_health_is_empty_without_an_encoding_module():
     assert codeword_health(fcn_tiny(3), torch.randn(1, 3, 32, 32)) == {}
     assert not math.isnan(codeword_health(encnet_tiny(3, num_codes=4),
                                           torch.randn(1, 3, 32, 32))["assignment_perplexity"])
+
+
+def test_encoder_choice_reaches_the_encoding_layer():
+    from encnet_lite import presets
+    from encnet_lite.engine import build_model
+
+    cfg = presets.scenes_encnet_tiny(encoder="kmeans", num_codes=4)
+    model = build_model(cfg, num_classes=7)
+    assert find_context_encoding(model).encoding.variant == "kmeans"
+    assert "encoder" in presets.MODEL_FIELDS  # a checkpoint of another variant is refused
+    assert presets.pcontext_encnet_r50().encoder == "official"  # the reproduction stays
+    images = torch.randn(2, 3, 64, 64)
+    model.train()(images)  # first training forward: k-means on the projected descriptors
+    assert bool(find_context_encoding(model).encoding.initialised)
+    a = model.eval().assignments(images)
+    assert a.shape == (2, 8, 8, 4)
+    torch.testing.assert_close(a.sum(-1), torch.ones(2, 8, 8))

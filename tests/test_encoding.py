@@ -198,3 +198,131 @@ def test_default_never_materialises_bnkd():
         assert (mode.largest >= b * n * k * d) == creates_bnkd, fn.__name__
         if not creates_bnkd:
             assert mode.largest <= max(b * n * d, b * n * k, b * k * d)
+
+
+# ------------------------------------------------------------------ variants of the layer
+
+
+def _initialised(variant: str, d: int = 4, k: int = 3, seed: int = 0) -> Encoding:
+    """A float64 layer of ``variant``, data-initialised (where it is) on random descriptors."""
+    torch.manual_seed(seed)
+    layer = Encoding(d, k, variant=variant).double()
+    layer.train()(torch.randn(2, 12, d, dtype=torch.float64) + 2.0)
+    return layer
+
+
+def test_variant_names_are_shared_with_the_presets():
+    from encnet_lite.encoding import VARIANTS
+    from encnet_lite.presets import ENCODERS, TrainConfig
+
+    assert VARIANTS == ENCODERS and VARIANTS[0] == "official"
+    with pytest.raises(ValueError, match="choose one of"):
+        Encoding(4, 3, variant="nope")
+    with pytest.raises(ValueError, match="encoder='nope'"):
+        TrainConfig(encoder="nope")
+
+
+def test_official_variant_is_the_official_layer():
+    """Same parameters, same draws from the generator and same output as before variants
+    existed: c ~ U(+-1/sqrt(KD)) then scale ~ U(-1, 0), e = residual_encoding(x, c, scale)."""
+    d, k = 6, 4
+    torch.manual_seed(3)
+    layer = Encoding(d, k)
+    torch.manual_seed(3)
+    bound = 1 / math.sqrt(k * d)
+    c = torch.empty(k, d).uniform_(-bound, bound)
+    s = torch.empty(k).uniform_(-1.0, 0.0)
+    assert layer.variant == "official" and not hasattr(layer, "initialised")
+    assert list(layer.state_dict()) == ["codewords", "scale"]
+    torch.testing.assert_close(layer.codewords.data, c, rtol=0, atol=0)
+    torch.testing.assert_close(layer.scale.data, s, rtol=0, atol=0)
+    torch.testing.assert_close(layer.smoothing(), s, rtol=0, atol=0)
+    x = torch.randn(2, 9, d)
+    torch.testing.assert_close(layer(x), residual_encoding(x, c, s), rtol=0, atol=0)
+    torch.testing.assert_close(layer.assign(x), soft_assignment(x, c, s), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("variant", ["official", "shared", "softplus", "normscale", "kmeans",
+                                     "l2"])
+def test_variant_gradcheck(variant):
+    """Forward and backward of every variant (w.r.t. input, codewords and scale) in float64."""
+    layer = _initialised(variant).eval()
+    x = (torch.randn(2, 5, 4, dtype=torch.float64) + 1.0).requires_grad_()
+    c = layer.codewords.detach().clone().requires_grad_()
+    s = layer.scale.detach().clone().requires_grad_()
+
+    def encode(x, c, s):
+        return torch.func.functional_call(layer, {"codewords": c, "scale": s}, (x,))
+
+    assert torch.autograd.gradcheck(encode, (x, c, s))
+
+
+def test_shared_variant_has_one_factor_and_assigns_to_the_nearest_codeword():
+    layer = _initialised("shared", d=3, k=5)
+    assert layer.scale.shape == (1,) and len(set(layer.smoothing().tolist())) == 1
+    x = torch.randn(2, 40, 3, dtype=torch.float64) * 5
+    nearest = torch.cdist(x, layer.codewords.detach().expand(2, 5, 3)).argmin(-1)
+    assert torch.equal(layer.assign(x).argmax(-1), nearest)
+
+
+def test_softplus_variant_keeps_factors_negative():
+    layer = _initialised("softplus", k=6)
+    s = layer.smoothing()
+    assert (s < -0.05 + 1e-12).all() and (s >= -1 - 1e-12).all()  # init in (-1, -0.05)
+    with torch.no_grad():
+        layer.scale.fill_(50.0)  # a large raw parameter still gives a negative factor
+    assert (layer.smoothing() < 0).all() and (layer.smoothing() > -60).all()
+
+
+def test_normscale_matches_the_descriptor_norm():
+    torch.manual_seed(0)
+    layer = Encoding(8, 5, variant="normscale")
+    x = torch.randn(3, 50, 8) * 4.0
+    layer.train()(x)
+    mean_sq = x.pow(2).sum(-1).mean()
+    scaled = layer.smoothing().detach() * mean_sq
+    assert bool(layer.initialised) and (scaled <= 0).all() and (scaled >= -1).all()
+
+
+def test_kmeans_finds_separated_clusters():
+    from encnet_lite.encoding import kmeans
+
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    points = (centres[:, None] + 0.1 * torch.randn(3, 30, 2, generator=gen)).reshape(-1, 2)
+    found = kmeans(points, 3, generator=torch.Generator().manual_seed(1))
+    order = torch.cdist(centres, found).argmin(1)
+    assert sorted(order.tolist()) == [0, 1, 2]
+    torch.testing.assert_close(found[order], centres, rtol=0, atol=0.1)
+
+
+def test_kmeans_variant_initialises_once_and_reloads_from_a_checkpoint():
+    torch.manual_seed(0)
+    layer = Encoding(2, 3, variant="kmeans")
+    centres = torch.tensor([[5.0, 5.0], [-5.0, 5.0], [0.0, -5.0]])
+    x = (centres[:, None] + 0.2 * torch.randn(3, 20, 2)).reshape(1, -1, 2)
+    layer.eval()(x)
+    assert not bool(layer.initialised)  # eval mode never initialises
+    layer.train()(x)
+    assert bool(layer.initialised)
+    assert torch.cdist(centres, layer.codewords.detach()).min(1).values.max() < 0.3
+    # one common factor: -1 / mean squared distance to the nearest centre (about 2 * 0.2^2)
+    assert len(set(layer.smoothing().tolist())) == 1
+    assert -1 / 0.04 < float(layer.scale.detach()[0]) < -1 / 0.2
+    assert layer.assign(x).argmax(-1).unique().numel() == 3  # every codeword wins
+    saved = {k: v.clone() for k, v in layer.state_dict().items()}
+    layer.train()(x + 100.0)  # a later batch does not re-initialise
+    torch.testing.assert_close(layer.codewords.detach(), saved["codewords"])
+    fresh = Encoding(2, 3, variant="kmeans")
+    fresh.load_state_dict(saved)
+    fresh.train()(x + 100.0)
+    torch.testing.assert_close(fresh.codewords.detach(), saved["codewords"])
+
+
+def test_l2_variant_assigns_unit_descriptors():
+    layer = _initialised("l2")
+    x = torch.randn(2, 7, 4, dtype=torch.float64)
+    torch.testing.assert_close(layer.assign(x * 30.0), layer.assign(x))
+    unit = x / x.norm(dim=-1, keepdim=True)
+    expected = residual_encoding(unit, layer.codewords, layer.smoothing())
+    torch.testing.assert_close(layer(x), expected)

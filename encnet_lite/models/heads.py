@@ -68,17 +68,20 @@ class EncHead(nn.Module):
         num_codes: K, codewords of the encoding layer (32 in the paper).
         se_loss: predict SE logits (class presence) from ``e``.
         lateral_channels: channels of ``(c2, c3)`` to enable the lateral connections.
+        encoder: the encoding layer's variant (:data:`encnet_lite.encoding.VARIANTS`).
 
     ``forward(feats) -> (logits (B, classes, h, w), ContextOutput)``.
     """
 
     def __init__(self, in_channels: int, num_classes: int, channels: int = 512,
                  num_codes: int = 32, se_loss: bool = True,
-                 lateral_channels: Optional[Sequence[int]] = None, dropout: float = 0.1) -> None:
+                 lateral_channels: Optional[Sequence[int]] = None, dropout: float = 0.1,
+                 encoder: str = "official") -> None:
         super().__init__()
         self.conv = conv_bn_relu(in_channels, channels, 3)
         self.lateral = LateralFusion(channels, lateral_channels) if lateral_channels else None
-        self.encode = ContextEncoding(channels, num_codes, num_classes if se_loss else None)
+        self.encode = ContextEncoding(channels, num_codes, num_classes if se_loss else None,
+                                      encoder=encoder)
         self.classifier = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(channels, num_classes, 1))
 
     def features(self, feats: Dict[str, Tensor]) -> Tensor:

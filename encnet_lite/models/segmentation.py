@@ -104,20 +104,22 @@ class EncNet(SegmentationModel):
         lateral: lateral connections from ``c2`` and ``c3`` into the head.
         num_codes: K, codewords of the encoding layer.
         head_channels: width of the head; ``gamma`` and ``e`` have this size.
+        encoder: the encoding layer's variant (:data:`encnet_lite.encoding.VARIANTS`).
 
     ``forward(images: (B, 3, H, W)) -> {"main", "gamma", "e"[, "se"][, "aux"]}``.
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, aux: bool = True,
                  se_loss: bool = True, lateral: bool = False, num_codes: int = 32,
-                 head_channels: int = 512) -> None:
+                 head_channels: int = 512, encoder: str = "official") -> None:
         super().__init__()
         ch = backbone.out_channels
         self.num_classes = num_classes
         self.backbone = backbone
         self.head = EncHead(ch["c4"], num_classes, channels=head_channels, num_codes=num_codes,
                             se_loss=se_loss,
-                            lateral_channels=(ch["c2"], ch["c3"]) if lateral else None)
+                            lateral_channels=(ch["c2"], ch["c3"]) if lateral else None,
+                            encoder=encoder)
         self.aux = FCNHead(ch["c3"], num_classes) if aux else None
 
     def forward(self, images: Tensor) -> Dict[str, Tensor]:
