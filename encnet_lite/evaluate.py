@@ -90,8 +90,13 @@ def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
 
 def load_model(path: str, device: Optional[torch.device] = None
                ) -> Tuple[nn.Module, TrainConfig, Dict[str, Any]]:
-    """Build the checkpoint's model and load its weights: ``(model (eval), config, ckpt)``."""
+    """Build the checkpoint's model and load its weights: ``(model (eval), config, ckpt)``.
+
+    A checkpoint with NaN or Inf weights (a diverged run) is refused with
+    :class:`~encnet_lite.checkpoint.NonFiniteError` naming the tensor.
+    """
     saved = ckpt_io.load(path)
+    ckpt_io.check_finite(saved["model"], what=f"{path} (model weights)")
     cfg = TrainConfig.from_dict(saved["config"])
     model = build_model(cfg.replace(pretrained_backbone=False), saved["num_classes"])
     try:

@@ -98,8 +98,38 @@ def test_environment_yml_mirrors_pyproject():
 def test_constraints_pin_torch_and_pyproject_stays_loose():
     constraints = (ROOT / "constraints.txt").read_text()
     assert "torch==2.14.1" in constraints and "torchvision==0.29.1" in constraints
-    pyproject = (ROOT / "pyproject.toml").read_text()
-    assert '"torch>=2.1"' in pyproject
+    deps = _requirement_names(_pyproject()["project"]["dependencies"])
+    # Lower bounds only (Colab's torch is accepted as is): 2.3 has torch.amp.GradScaler.
+    assert deps["torch"] == "torch>=2.3" and deps["torchvision"] == "torchvision>=0.18"
+
+
+def _pyproject() -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python < 3.11
+        import tomli as tomllib
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_packaging_metadata():
+    data = _pyproject()
+    # An SPDX expression (PEP 639), which setuptools understands from 77 on.
+    assert data["project"]["license"] == "MIT"
+    floor = re.fullmatch(r"setuptools>=(\d+)", data["build-system"]["requires"][0])
+    assert floor and int(floor.group(1)) >= 77
+    import importlib
+
+    for name, target in data["project"]["scripts"].items():
+        module, func = target.split(":")
+        assert callable(getattr(importlib.import_module(module), func)), name
+    assert {"encnet-train", "encnet-eval", "encnet-predict"} <= set(data["project"]["scripts"])
+
+
+def test_pytest_keeps_its_default_norecursedirs_and_build_output_is_ignored():
+    defaults = {"*.egg", ".*", "_darcs", "build", "CVS", "dist", "node_modules", "venv", "{arch}"}
+    assert defaults <= set(_pyproject()["tool"]["pytest"]["ini_options"]["norecursedirs"])
+    ignored = (ROOT / ".gitignore").read_text().split()
+    assert "build/" in ignored and "dist/" in ignored
 
 
 def test_colab_links_point_at_this_repository():
