@@ -26,23 +26,19 @@ the default ``--jobs 2``: the ``seconds`` in the JSON)::
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import json
-import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when loaded by path
+import _common  # noqa: E402  (puts the checkout on sys.path too)
+import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 from encnet_lite import ablation, presets  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "ablation.json"
+RESULTS = _common.RESULTS / "ablation.json"
 PAPER_KEYS = tuple(ablation.PAPER_VARIANTS)  # ("fcn", "fcn_enc", "encnet")
 
 
@@ -56,12 +52,6 @@ def base_config(quick: bool = False, threads: int = 1, **overrides: Any) -> pres
                                       **overrides)
 
 
-def machine() -> Dict[str, Any]:
-    return {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "platform": platform.platform()}
-
-
 def report(runs: Dict[str, Dict[str, Any]], cfg: presets.TrainConfig, ks: Sequence[int],
            seconds: float, command: str = "", jobs: int = 1) -> Dict[str, Any]:
     """The JSON written to ``results/ablation.json``: :func:`encnet_lite.ablation.summary`
@@ -69,11 +59,9 @@ def report(runs: Dict[str, Dict[str, Any]], cfg: presets.TrainConfig, ks: Sequen
     out = {"benchmark": "ablation of the Context Encoding Module on ContextScenes "
                         "(tiny backbone, CPU)",
            **ablation.summary(runs, cfg, ks)}
-    out["machine"] = {**machine(), "load_average_at_end": [round(x, 2)
-                                                           for x in os.getloadavg()]}
+    out["machine"] = _common.machine(torch.device(cfg.device if cfg.device != "auto" else "cpu"))
     out["command"] = command
     out["jobs"] = jobs
-    out["date"] = datetime.date.today().isoformat()
     out["seconds"] = round(seconds, 1)
     return out
 
@@ -83,11 +71,12 @@ def run(seeds: Sequence[int] = (0, 1, 2), ks: Sequence[int] = (0, 4, 16, 32),
         quick: bool = False, runs_dir: Optional[str] = None, log=print, command: str = "",
         **overrides: Any) -> Dict[str, Any]:
     """Train the grid and return the report (see :func:`report`)."""
-    start, load = time.perf_counter(), [round(x, 2) for x in os.getloadavg()]
+    start, load = time.perf_counter(), _common.load_average()
     cfg = base_config(quick, threads, **overrides)
     with tempfile.TemporaryDirectory() as tmp:
         runs = ablation.paper_ablation(cfg, seeds, ks, k_seeds, runs_dir or tmp, jobs, log)
     result = report(runs, cfg, ks, time.perf_counter() - start, command, jobs)
+    _common.finish(result, start)
     result["machine"]["load_average_at_start"] = load
     return result
 
@@ -104,8 +93,8 @@ def summary_lines(result: Dict[str, Any]) -> List[str]:
     return lines
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser():
+    p = _common.parser(__doc__)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--ks", type=int, nargs="+", default=[0, 4, 16, 32],
                    help="codeword counts of the K sweep (0 = FCN)")
@@ -114,19 +103,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     p.add_argument("--jobs", type=int, default=2,
                    help="runs at once (processes, one --threads each)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    p.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
     p.add_argument("--runs-dir", default=None, help="keep the run folders here")
-    p.add_argument("--out", type=Path, default=RESULTS)
-    args = p.parse_args(argv)
-    overrides = {} if args.epochs is None else {"epochs": args.epochs}
+    p.set_defaults(threads=1, device="cpu")  # one thread per run; the preset trains on a CPU
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {"device": args.device}
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
     command = " ".join(["benchmarks/ablation.py", *(sys.argv[1:] if argv is None else argv)])
     result = run(args.seeds, args.ks, args.k_seeds, args.jobs, args.threads, args.quick,
                  args.runs_dir, print, command, **overrides)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
     print("\n".join(summary_lines(result)))
-    print(f"wrote {args.out}")
+    _common.write_result(args.out or RESULTS, result, indent=1)
     return 0
 
 
