@@ -1,27 +1,33 @@
-"""Checkpoints and the one atomic file writer: atomic writes, RNG states, and compatibility checks on load.
+"""Checkpoints and the one atomic file writer: atomic writes, the checkpoint schema
+(:class:`TrainState`), RNG states, finite and compatibility checks on load.
 
 A checkpoint is a plain dict saved with ``torch.save``; it loads with ``weights_only=True``
 (only tensors, numbers, strings, lists and dicts inside), so opening one never runs code.
 
-Keys: ``format``, ``config`` (``TrainConfig.to_dict()``), ``num_classes``, ``classes``,
-``model`` (state dict), ``optimizer``, ``scheduler``, ``scaler``, ``epoch`` (completed
-epochs), ``iteration`` (completed optimizer steps), ``rng`` (one entry per process),
-``history`` (per-epoch metrics so far), ``best_miou``. ``best.pt`` holds only ``format``,
-``config``, ``num_classes``, ``classes``, ``model``, ``epoch``, ``iteration``, ``metrics``.
+``last.pt`` (:func:`training_checkpoint`): ``format``, ``config`` (``TrainConfig.to_dict()``),
+``num_classes``, ``classes``, the state dicts ``model``, ``optimizer``, ``scheduler``,
+``scaler``, ``rng`` (one entry per process) and the :class:`TrainState` fields ``epoch``
+(completed epochs), ``iteration`` (completed optimizer steps), ``history`` (per-epoch
+metrics so far), ``best_miou``, ``best_epoch``, ``epoch_sums``, ``epoch_seconds``.
+``best.pt`` (:func:`best_checkpoint`) holds only ``format``, ``config``, ``num_classes``,
+``classes``, ``model``, ``epoch``, ``iteration``, ``metrics``: no optimizer, so it is for
+evaluation and prediction, not for resuming.
 """
-
 from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import random
 import shutil
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Dict, List, Mapping, Optional, Union
 
 import numpy as np
 import torch
+from torch import Tensor
 
 FORMAT = "encnet_lite.checkpoint/1"
 PathLike = Union[str, Path]
@@ -156,6 +162,81 @@ def load(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an encnet_lite checkpoint (format {FORMAT})")
     return ckpt
+
+
+def load_training(path: PathLike) -> Dict[str, Any]:
+    """Load a checkpoint to resume from (``last.pt``); a clear error for a ``best.pt``."""
+    ckpt = load(path)
+    if "optimizer" not in ckpt:
+        raise CheckpointError(
+            f"{path} holds only a model (best.pt keeps no optimizer state), so a run cannot "
+            f"resume from it; resume from the run folder {Path(path).parent} (its last.pt)")
+    return ckpt
+
+
+# --- the checkpoint schema --------------------------------------------------------------
+
+LOSS_KEYS = ("loss", "main", "aux", "se")
+STATEFUL = ("model", "optimizer", "scheduler", "scaler")  # objects with state_dict()
+
+
+def _zero_sums() -> Tensor:
+    return torch.zeros(len(LOSS_KEYS), dtype=torch.float64)
+
+
+@dataclass
+class TrainState:
+    """The progress of a training run: what ``last.pt`` saves besides the state dicts."""
+
+    epoch: int = 0  # completed epochs
+    iteration: int = 0  # completed optimizer steps
+    history: List[Dict[str, Any]] = field(default_factory=list)  # one record per epoch
+    best_miou: float = float("-inf")
+    best_epoch: int = 0  # the epoch whose weights best.pt holds (0: none yet)
+    epoch_sums: Tensor = field(default_factory=_zero_sums)  # LOSS_KEYS summed this epoch
+    epoch_seconds: float = 0.0  # training time of this epoch so far
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {**asdict(self), "epoch_sums": self.epoch_sums.clone(),
+                "history": list(self.history)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainState:
+        best_miou = float(d["best_miou"])
+        # Checkpoints from before best_epoch was saved: the first epoch that reached the best.
+        best_epoch = d.get("best_epoch", next(
+            (r["epoch"] for r in d["history"] if r.get("mIoU") == best_miou), 0))
+        return cls(epoch=int(d["epoch"]), iteration=int(d["iteration"]),
+                   history=list(d["history"]), best_miou=best_miou, best_epoch=int(best_epoch),
+                   epoch_sums=d["epoch_sums"].double(), epoch_seconds=float(d["epoch_seconds"]))
+
+    def improves(self, miou: float) -> bool:
+        """Whether a validation score ``miou`` beats the best so far (the first one always)."""
+        return self.best_epoch == 0 or math.isnan(self.best_miou) or miou > self.best_miou
+
+
+def training_checkpoint(header: Mapping[str, Any], state: TrainState,
+                        parts: Mapping[str, Any], rng: List[Any]) -> Dict[str, Any]:
+    """``last.pt``: ``header`` (``config``, ``num_classes``, ``classes``), the state dicts of
+    ``parts`` (:data:`STATEFUL`), every process's RNG states and ``state``."""
+    return {"format": FORMAT, **header, **{k: parts[k].state_dict() for k in STATEFUL},
+            "rng": rng, **state.to_dict()}
+
+
+def restore(ckpt: Mapping[str, Any], parts: Mapping[str, Any]) -> TrainState:
+    """Load ``ckpt``'s state dicts into ``parts`` (all but the model, which is loaded when it
+    is built) and return its :class:`TrainState`."""
+    for key in STATEFUL[1:]:
+        parts[key].load_state_dict(ckpt[key])
+    return TrainState.from_dict(ckpt)
+
+
+def best_checkpoint(header: Mapping[str, Any], model_state: Mapping[str, Any],
+                    state: TrainState) -> Dict[str, Any]:
+    """``best.pt``: the weights of epoch ``state.best_epoch`` with that epoch's record."""
+    record = next(r for r in state.history if r["epoch"] == state.best_epoch)
+    return {"format": FORMAT, **header, "model": model_state, "epoch": state.best_epoch,
+            "iteration": record["iteration"], "metrics": record}
 
 
 def check_compatible(ckpt: Mapping[str, Any], config: Mapping[str, Any],

@@ -7,13 +7,14 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .distributed import SINGLE, DistInfo, all_reduce_sum
+from .distributed import SINGLE, DistInfo
+from .metrics import ConfusionMatrix
 from .presets import TrainConfig
 
 # ---------------------------------------------------------------------------- device, AMP
@@ -300,37 +301,57 @@ def train_step(model: nn.Module, images: Tensor, masks: Tensor, loss_fn: Callabl
 
 
 @torch.no_grad()
-def validate(model: nn.Module, loader: DataLoader, num_classes: int, device: torch.device,
+def validate(model: nn.Module, loader: Iterable, num_classes: int, device: torch.device,
              info: DistInfo = SINGLE, amp_dtype: Optional[torch.dtype] = None,
              channels_last: bool = False, ignore_index: int = 255,
-             progress: bool = False) -> Dict[str, Any]:
-    """Single-scale pixAcc / mIoU over ``loader`` (every process its shard; the confusion
-    matrices are summed over processes). Returns ``pixAcc``, ``mIoU``, ``iou`` (per class).
+             progress: bool = False) -> ConfusionMatrix:
+    """Single-scale predictions of ``model`` over ``loader`` (batches ``images: (B, 3, H, W)``,
+    ``masks: (B, H, W)``), counted in a :class:`~encnet_lite.metrics.ConfusionMatrix`.
+
+    Under torchrun every process scores its shard and the matrices are summed, so every
+    process returns the whole split's matrix. The model's train/eval mode is restored.
+    :func:`scores` reads pixAcc / mIoU / per-class IoU off the result.
     """
     from tqdm.auto import tqdm
-
-    from .metrics import ConfusionMatrix
 
     was_training = model.training
     model.eval()
     cm = ConfusionMatrix(num_classes, ignore_index=ignore_index)
-    for images, masks in tqdm(loader, desc="val", leave=False,
-                              disable=not (progress and info.is_main)):
-        images, masks = to_device(images, masks, device, channels_last)
-        with forward_context(device, amp_dtype):
-            logits = model(images)["main"]
-        cm.update(logits.argmax(1), masks)
+    try:
+        for images, masks in tqdm(loader, desc="val", leave=False,
+                                  disable=not (progress and info.is_main)):
+            images, masks = to_device(images, masks, device, channels_last)
+            with forward_context(device, amp_dtype):
+                logits = model(images)["main"]
+            cm.update(logits.argmax(1), masks)
+    finally:
+        model.train(was_training)
     if info.enabled:
-        cm = _all_reduce_confusion(cm, info)
-    model.train(was_training)
+        cm.all_reduce()  # a process with an empty shard adds zeros
+    return cm
+
+
+def scores(cm: ConfusionMatrix) -> Dict[str, Any]:
+    """``pixAcc``, ``mIoU`` (fractions) and ``iou`` (per class) of a confusion matrix."""
     return {"pixAcc": float(cm.pixel_accuracy()), "mIoU": float(cm.mean_iou()),
             "iou": [float(x) for x in cm.iou_per_class()]}
 
 
-def _all_reduce_confusion(cm: Any, info: DistInfo) -> Any:
-    if hasattr(cm, "all_reduce"):
-        cm.all_reduce()
-        return cm
-    all_reduce_sum(cm.matrix, info)
-    return cm
+# ---------------------------------------------------------------------------- process state
 
+
+@contextlib.contextmanager
+def process_state(threads: int = 0) -> Iterator[None]:
+    """Run a block with ``torch.set_num_threads(threads)`` (0: torch's current count), then
+    put back the thread count and every global RNG (torch, CUDA, NumPy, random): a library
+    call such as :func:`encnet_lite.train.train` leaves its caller's process as it was."""
+    from .checkpoint import rng_state, set_rng_state
+
+    before_threads, before_rng = torch.get_num_threads(), rng_state()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before_threads)
+        set_rng_state(before_rng)

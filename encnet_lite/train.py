@@ -11,15 +11,24 @@
 
 The recipe (:mod:`encnet_lite.presets`): SGD + poly schedule per iteration, the head at
 10x the backbone's lr, ``SegmentationLoss`` (CE + aux + SE terms), mixed precision and
-channels_last on CUDA. Files in ``cfg.out`` (only the main process writes):
+channels_last on CUDA. :func:`train` reads as setup -> loop -> save: :func:`setup` builds
+the :class:`Run`, :func:`train_one_epoch` trains one epoch, :func:`finish_epoch` validates
+and saves. Files in ``cfg.out`` (a :mod:`~encnet_lite.runfolder`; only the main process
+writes, every file atomically):
 
-- ``last.pt``: full training state, each epoch and every ``checkpoint_every`` iterations,
-  written atomically; ``--resume`` continues from it with the same losses an
-  uninterrupted run would have had (bit for bit on CPU);
-- ``best.pt``: the model with the best validation mIoU so far;
+- ``last.pt``: full training state, each epoch and every ``checkpoint_every`` iterations;
+  ``--resume`` continues from it with the same losses an uninterrupted run would have had
+  (bit for bit on CPU);
+- ``best.pt``: the model with the best validation mIoU so far, written before ``last.pt``
+  records it;
 - ``metrics.jsonl``: one line per epoch (``epoch, iteration, loss, main, aux, se, lr,
-  pixAcc, mIoU, iou, seconds, images_per_s``); ``iterations.jsonl``: one line per step
-  (``iteration, epoch, loss, main, aux, se, lr``); ``config.json``.
+  seconds, images_per_s`` and, after a validation, ``pixAcc, mIoU, iou`` and for EncNet
+  the codeword health of :func:`encnet_lite.context.codeword_health`);
+  ``iterations.jsonl``: one line per step (``iteration, epoch, loss, main, aux, se, lr``);
+  ``config.json``.
+
+A checkpoint is written only if every weight is finite; otherwise the run stops with
+:class:`~encnet_lite.checkpoint.NonFiniteError` naming the iteration.
 
 Under ``torchrun --nproc_per_node N -m encnet_lite.train ...`` the same code trains with
 DistributedDataParallel, synchronized BatchNorm and per-process shards of each global batch.
@@ -35,13 +44,17 @@ import sys
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from . import checkpoint as ckpt_io
 from . import distributed as dist_utils
+from . import runfolder
+from .checkpoint import LOSS_KEYS, TrainState
+from .distributed import DistInfo
 from .engine import (
     TrainSampler,
     build_datasets,
@@ -49,9 +62,11 @@ from .engine import (
     build_optimizer,
     build_scheduler,
     make_scaler,
+    process_state,
     resolve_amp,
     resolve_channels_last,
     resolve_device,
+    scores,
     to_device,
     train_loader,
     train_step,
@@ -59,9 +74,11 @@ from .engine import (
     val_loader,
     validate,
 )
+from .metrics import ConfusionMatrix
 from .presets import MODEL_FIELDS, PRESETS, RUNTIME_FIELDS, TrainConfig, get_preset, parse_value
+from .runfolder import RunFolder
 
-LOSS_KEYS = ("loss", "main", "aux", "se")
+HEALTH_IMAGES = 32  # validation images the codeword health is measured on, each validation
 
 
 @dataclass
@@ -74,10 +91,46 @@ class TrainResult:
     out: Path
     classes: List[str] = field(default_factory=list)
     best_miou: float = float("nan")
+    confusion: Optional[ConfusionMatrix] = None  # of this call's last validation
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+
+@dataclass
+class Run:
+    """Everything a run is built from, made once by :func:`setup`."""
+
+    cfg: TrainConfig
+    info: DistInfo
+    device: torch.device
+    amp_dtype: Optional[torch.dtype]
+    channels_last: bool
+    model: nn.Module  # what is called: maybe DDP- or compile-wrapped
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    loss_fn: nn.Module
+    sampler: TrainSampler
+    loader: DataLoader
+    vloader: DataLoader
+    classes: List[str]
+    num_classes: int
+    ignore_index: int
+    health_images: torch.Tensor  # (N, 3, H, W): a fixed batch of validation images
+    folder: RunFolder
+
+    @property
+    def header(self) -> Dict[str, Any]:
+        """The keys every checkpoint of this run starts with."""
+        return {"config": self.cfg.to_dict(), "num_classes": self.num_classes,
+                "classes": self.classes}
+
+    @property
+    def parts(self) -> Dict[str, Any]:
+        return {"model": unwrap(self.model), "optimizer": self.optimizer,
+                "scheduler": self.scheduler, "scaler": self.scaler}
 
 
 def load_history(out: Union[str, Path], name: str = "metrics.jsonl") -> List[Dict[str, Any]]:
@@ -85,13 +138,154 @@ def load_history(out: Union[str, Path], name: str = "metrics.jsonl") -> List[Dic
     path = Path(out) / name
     if not path.is_file():
         raise FileNotFoundError(f"no {name} in {out}: not a training run folder")
-    return _read_jsonl(path)
+    return runfolder.read_jsonl(path)
 
 
-def _write_jsonl(path: Path, records: Sequence[Dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    tmp.replace(path)
+def train(cfg: TrainConfig, *, resume: runfolder.ResumeArg = None, overwrite: bool = False,
+          model: Optional[nn.Module] = None) -> TrainResult:
+    """Train with ``cfg``; see the module docstring for the files written to ``cfg.out``.
+
+    Args:
+        cfg: a :class:`~encnet_lite.presets.TrainConfig` (usually from a preset).
+        resume: ``True`` continues ``cfg.out/last.pt`` if there is one (else starts the
+            run: a chapter run again continues); a checkpoint or run folder continues that
+            checkpoint (an error if there is none); None starts a new run, refused in a
+            folder that holds one unless ``overwrite``.
+        overwrite: replace the run in ``cfg.out``.
+        model: train this model instead of building one from ``cfg`` (it must return the
+            usual output dict and be compatible with ``cfg``'s dataset).
+
+    Returns a :class:`TrainResult`. Launched by torchrun, every process returns the same
+    history (losses and metrics are reduced over processes). The thread count and the
+    global RNGs are restored on return.
+    """
+    with process_state(cfg.threads):
+        info = dist_utils.setup(resolve_device(cfg.device).type)
+        datasets = checked_datasets(cfg)
+        folder, source = open_folder(cfg, resume, overwrite, info)
+        try:
+            saved = load_resumable(source, cfg, datasets[0])
+            run = setup(cfg, info, datasets, folder, model, saved)
+            state = start_state(run, saved)
+            cm = None
+            for epoch in range(state.epoch, cfg.epochs):
+                train_one_epoch(run, state, epoch)
+                cm = finish_epoch(run, state, epoch) or cm
+        finally:
+            folder.close()
+    best = state.best_miou if state.best_epoch else float("nan")
+    return TrainResult(unwrap(run.model).eval(), state.history, cfg, folder.path, run.classes,
+                       best, cm)
+
+
+# ---------------------------------------------------------------------------- setup
+
+
+def checked_datasets(cfg: TrainConfig) -> Tuple[Dataset, Dataset]:
+    """``(train, val)``; an empty validation split is an error (its mIoU would be NaN)."""
+    train_ds, val_ds = build_datasets(cfg)
+    if len(val_ds) == 0:  # type: ignore[arg-type]
+        raise ValueError("the validation split is empty (num_val_images 0?): validation "
+                         "needs at least one image, e.g. --num-val-images 8")
+    return train_ds, val_ds
+
+
+def open_folder(cfg: TrainConfig, resume: runfolder.ResumeArg, overwrite: bool,
+                info: DistInfo) -> Tuple[RunFolder, Optional[Path]]:
+    """:func:`encnet_lite.runfolder.open_run` on the main process; the others learn whether
+    it refused (so that no process waits for one that stopped)."""
+    error, opened = None, None
+    try:
+        opened = runfolder.open_run(cfg.out, resume, overwrite, active=info.is_main)
+    except (runfolder.RunFolderError, FileNotFoundError) as exc:
+        error = exc
+    error = dist_utils.broadcast_object(error, info)
+    if error is not None:
+        if opened is not None:
+            opened[0].close()
+        raise error
+    return opened
+
+
+def load_resumable(source: Optional[Path], cfg: TrainConfig,
+                   train_ds: Dataset) -> Optional[Dict[str, Any]]:
+    """The checkpoint to continue (None for a new run), checked against ``cfg``: the same
+    model (else IncompatibleCheckpointError) and the same recipe (else ValueError: a
+    changed schedule would not continue the same run)."""
+    if source is None:
+        return None
+    saved = ckpt_io.load_training(source)
+    ckpt_io.check_compatible(saved, cfg.to_dict(), _num_classes(train_ds), MODEL_FIELDS)
+    old, new = saved["config"], cfg.to_dict()
+    changed = [f"{k}: {old[k]!r} -> {new[k]!r}" for k in new
+               if k in old and k not in RUNTIME_FIELDS and k not in MODEL_FIELDS
+               and old[k] != new[k]]
+    if changed:
+        raise ValueError("resume continues the checkpoint's run, but the recipe changed ("
+                         + "; ".join(changed) + "); start a new run in another --out instead")
+    return saved
+
+
+def _num_classes(ds: Dataset) -> int:
+    return int(getattr(ds, "num_classes", len(getattr(ds, "classes", []))))
+
+
+def setup(cfg: TrainConfig, info: DistInfo, datasets: Tuple[Dataset, Dataset],
+          folder: RunFolder, model: Optional[nn.Module] = None,
+          saved: Optional[Dict[str, Any]] = None) -> Run:
+    """Model (same initial weights on every process), optimizer, schedule, loaders."""
+    from .losses import SegmentationLoss
+
+    train_ds, val_ds = datasets
+    device = resolve_device(cfg.device)  # after dist setup: this process's GPU under torchrun
+    amp_dtype = resolve_amp(cfg.amp, device)
+    channels_last = resolve_channels_last(cfg.channels_last, device)
+    num_classes = _num_classes(train_ds)
+    raw = place_model(cfg, info, device, channels_last, num_classes, model, saved)
+    optimizer = build_optimizer(raw, cfg)
+    sampler = TrainSampler(len(train_ds), cfg.batch_size, cfg.seed, info)
+    scheduler = build_scheduler(optimizer, cfg.epochs * sampler.batches_per_epoch,
+                                cfg.poly_power)
+    wrapped = raw
+    if info.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        wrapped = nn.parallel.DistributedDataParallel(raw, device_ids=ids)
+    if cfg.compile:
+        wrapped = torch.compile(wrapped)
+    ignore_index = int(getattr(train_ds, "ignore_index", 255))
+    pin = device.type == "cuda"
+    health = torch.stack([val_ds[i][0] for i in range(min(HEALTH_IMAGES, len(val_ds)))])
+    return Run(
+        cfg, info, device, amp_dtype, channels_last, wrapped, optimizer, scheduler,
+        make_scaler(amp_dtype, device),
+        SegmentationLoss(se_weight=cfg.se_weight, aux_weight=cfg.aux_weight,
+                         ignore_index=ignore_index),
+        sampler, train_loader(train_ds, sampler, cfg.workers, pin_memory=pin),
+        val_loader(val_ds, cfg.val_batch_size or sampler.local_batch, cfg.workers, info,
+                   pin_memory=pin),
+        list(getattr(train_ds, "classes", [])), num_classes, ignore_index, health, folder)
+
+
+def place_model(cfg: TrainConfig, info: DistInfo, device: torch.device, channels_last: bool,
+                num_classes: int, model: Optional[nn.Module],
+                saved: Optional[Dict[str, Any]]) -> nn.Module:
+    """``model`` (or a new one from ``cfg``) on ``device`` with the saved weights, if any."""
+    _seed_everything(cfg.seed)
+    if model is None:  # resuming: no need to fetch ImageNet weights that get overwritten
+        model = build_model(cfg.replace(pretrained_backbone=cfg.pretrained_backbone
+                                        and saved is None), num_classes)
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if saved is not None:
+        try:
+            model.load_state_dict(saved["model"])
+        except RuntimeError as exc:  # a model built differently (missing keys, shapes)
+            raise ckpt_io.IncompatibleCheckpointError(
+                f"the checkpoint does not fit the model: {exc}") from exc
+    if info.enabled and cfg.sync_bn:
+        model = dist_utils.convert_sync_batchnorm(model, device.type)
+    return model
 
 
 def _seed_everything(seed: int) -> None:
@@ -104,226 +298,140 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _check_resumable(saved: Dict[str, Any], cfg: TrainConfig, num_classes: int) -> None:
-    """The checkpoint must come from the same model (else IncompatibleCheckpointError) and the
-    same recipe (else ValueError: a changed schedule would not continue the same run)."""
-    ckpt_io.check_compatible(saved, cfg.to_dict(), num_classes, MODEL_FIELDS)
-    old, new = saved["config"], cfg.to_dict()
-    changed = [f"{k}: {old[k]!r} -> {new[k]!r}" for k in new
-               if k in old and k not in RUNTIME_FIELDS and k not in MODEL_FIELDS
-               and old[k] != new[k]]
-    if changed:
-        raise ValueError("resume continues the checkpoint's run, but the recipe changed ("
-                         + "; ".join(changed) + "); start a new run in another --out instead")
-
-
-def train(cfg: TrainConfig, *, resume: Union[None, bool, str, Path] = None,
-          model: Optional[nn.Module] = None) -> TrainResult:
-    """Train with ``cfg``; see the module docstring for the files written to ``cfg.out``.
-
-    Args:
-        cfg: a :class:`~encnet_lite.presets.TrainConfig` (usually from a preset).
-        resume: ``True`` (or ``"auto"``) continues from ``cfg.out/last.pt`` if it exists;
-            a path (file or run folder) continues from that checkpoint; None starts afresh.
-        model: train this model instead of building one from ``cfg`` (it must return the
-            usual output dict and be compatible with ``cfg``'s dataset).
-
-    Returns a :class:`TrainResult`. Launched by torchrun, every process returns the same
-    history (losses and metrics are reduced over processes).
-    """
-    info = dist_utils.setup(resolve_device(cfg.device).type)
-    device = resolve_device(cfg.device)  # after setup: this process's GPU under torchrun
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out)
-    main = info.is_main
-
-    train_ds, val_ds = build_datasets(cfg)
-    classes = list(getattr(train_ds, "classes", []))
-    num_classes = int(getattr(train_ds, "num_classes", len(classes)))
-    ignore_index = int(getattr(train_ds, "ignore_index", 255))
-
-    # --- what to resume from
-    saved = None
-    if resume is True or resume == "auto":
-        path = ckpt_io.find_resume(out)
-    elif resume:
-        path = ckpt_io.find_resume(resume)
-        if path is None:
-            raise FileNotFoundError(f"--resume {resume}: no checkpoint there")
+def start_state(run: Run, saved: Optional[Dict[str, Any]]) -> TrainState:
+    """A fresh :class:`TrainState`, or the saved one with the optimizer, schedule, scaler
+    and RNGs restored and a missing ``best.pt`` repaired; then the logs are (re)written."""
+    if saved is None:
+        state = TrainState()
+        _seed_everything(run.cfg.seed + 1 + run.info.rank)  # dropout masks differ per process
     else:
-        path = None
-    if path is not None:
-        saved = ckpt_io.load(path)
-        _check_resumable(saved, cfg, num_classes)
-
-    # --- model (same initial weights on every process), optimizer, schedule
-    _seed_everything(cfg.seed)
-    if model is None:  # resuming: no need to fetch ImageNet weights that get overwritten
-        model = build_model(cfg.replace(pretrained_backbone=cfg.pretrained_backbone
-                                        and saved is None), num_classes)
-    amp_dtype = resolve_amp(cfg.amp, device)
-    channels_last = resolve_channels_last(cfg.channels_last, device)
-    model = model.to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if saved is not None:
-        try:
-            model.load_state_dict(saved["model"])
-        except RuntimeError as exc:  # a model built differently (missing keys, shapes)
-            raise ckpt_io.IncompatibleCheckpointError(f"{path} does not fit the model: "
-                                                      f"{exc}") from exc
-    if info.enabled and cfg.sync_bn:
-        model = dist_utils.convert_sync_batchnorm(model, device.type)
-    raw = model
-    optimizer = build_optimizer(raw, cfg)
-    sampler = TrainSampler(len(train_ds), cfg.batch_size, cfg.seed, info)
-    iters_per_epoch = sampler.batches_per_epoch
-    total_iters = cfg.epochs * iters_per_epoch
-    scheduler = build_scheduler(optimizer, total_iters, cfg.poly_power)
-    scaler = make_scaler(amp_dtype, device)
-    if info.enabled:
-        ids = [device.index] if device.type == "cuda" else None
-        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    if cfg.compile:
-        model = torch.compile(model)
-    from .losses import SegmentationLoss
-
-    loss_fn = SegmentationLoss(se_weight=cfg.se_weight, aux_weight=cfg.aux_weight,
-                               ignore_index=ignore_index)
-
-    # --- state: fresh or from the checkpoint
-    iteration, history, best_miou = 0, [], float("-inf")
-    epoch_sums = torch.zeros(len(LOSS_KEYS), dtype=torch.float64)
-    epoch_seconds = 0.0
-    if saved is not None:
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        scaler.load_state_dict(saved["scaler"])
-        iteration, history = int(saved["iteration"]), list(saved["history"])
-        best_miou = float(saved["best_miou"])
-        epoch_sums = saved["epoch_sums"].double()
-        epoch_seconds = float(saved["epoch_seconds"])
-        rngs = saved["rng"]
+        state = ckpt_io.restore(saved, run.parts)
+        rngs, info = saved["rng"], run.info
         ckpt_io.set_rng_state(rngs[info.rank] if len(rngs) == info.world_size else rngs[0])
-    else:
-        _seed_everything(cfg.seed + 1 + info.rank)  # dropout masks differ between processes
+        repair_best(run, state)
+    run.folder.start(run.cfg.to_dict(), state.history, state.iteration)
+    return state
 
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-        _write_jsonl(out / "metrics.jsonl", history)
-        steps = [r for r in _read_jsonl(out / "iterations.jsonl")
-                 if r["iteration"] <= iteration] if saved is not None else []
-        _write_jsonl(out / "iterations.jsonl", steps)
-        if saved is None and (out / "last.pt").exists() and cfg.progress:
-            print(f"note: {out}/last.pt exists and is overwritten; pass --resume to continue it",
-                  file=sys.stderr)
-    step_log = open(out / "iterations.jsonl", "a") if main else None
 
-    def save_last() -> None:
-        rngs = dist_utils.all_gather_object(ckpt_io.rng_state(), info)
-        if not main:
-            return
-        ckpt_io.save_atomic({
-            "format": ckpt_io.FORMAT, "config": cfg.to_dict(), "num_classes": num_classes,
-            "classes": classes, "model": unwrap(raw).state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(), "epoch": iteration // iters_per_epoch,
-            "iteration": iteration, "rng": rngs, "history": history,
-            "best_miou": best_miou, "epoch_sums": epoch_sums.clone(),
-            "epoch_seconds": epoch_seconds,
-        }, out / "last.pt")
+def repair_best(run: Run, state: TrainState) -> None:
+    """Make ``best.pt`` agree with a resumed ``state`` (see :func:`runfolder.best_action`)."""
+    action = runfolder.best_action(run.folder.path, state) if run.info.is_main else None
+    action = dist_utils.broadcast_object(action, run.info)
+    if action == "rebuild":
+        run.folder.save("best.pt", ckpt_io.best_checkpoint(
+            run.header, unwrap(run.model).state_dict(), state))
+    elif action == "reset":
+        state.best_miou, state.best_epoch = float("-inf"), 0
 
-    loader = train_loader(train_ds, sampler, cfg.workers, pin_memory=device.type == "cuda")
-    vloader = val_loader(val_ds, cfg.val_batch_size or sampler.local_batch, cfg.workers, info,
-                         pin_memory=device.type == "cuda")
+
+# ---------------------------------------------------------------------------- the loop
+
+
+def train_one_epoch(run: Run, state: TrainState, epoch: int) -> None:
+    """Train epoch ``epoch`` (0-based) from ``state.iteration`` to its end: one optimizer
+    step per batch, one line per step in iterations.jsonl, ``last.pt`` every
+    ``checkpoint_every`` steps. Updates ``state`` (iteration, loss sums, seconds)."""
     from tqdm.auto import tqdm
 
+    cfg, per_epoch = run.cfg, run.sampler.batches_per_epoch
+    done = state.iteration - epoch * per_epoch
+    run.sampler.set_epoch(epoch, skip_batches=done)
+    run.model.train()
+    bar = tqdm(total=per_epoch, initial=done, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+               disable=not (cfg.progress and run.info.is_main), dynamic_ncols=True)
+    tick = time.perf_counter()
+    for images, masks in run.loader:
+        lr = run.optimizer.param_groups[0]["lr"]
+        terms = step(run, images, masks, state.iteration + 1)
+        state.iteration += 1
+        state.epoch_sums += torch.tensor(terms, dtype=torch.float64)
+        run.folder.log_step({"iteration": state.iteration, "epoch": epoch + 1, "lr": lr,
+                             **dict(zip(LOSS_KEYS, terms))})
+        now = time.perf_counter()
+        state.epoch_seconds += now - tick
+        tick = now
+        bar.update(1)
+        speed = (bar.n - done) * cfg.batch_size / max(bar.format_dict["elapsed"], 1e-9)
+        bar.set_postfix(loss=f"{terms[0]:.3f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
+        if (cfg.checkpoint_every and state.iteration % cfg.checkpoint_every == 0
+                and state.iteration % per_epoch):
+            save_checkpoints(run, state, best=False)
+            tick = time.perf_counter()  # checkpoint time is not training time
+    bar.close()
+
+
+def step(run: Run, images: torch.Tensor, masks: torch.Tensor, iteration: int) -> List[float]:
+    """One optimizer step and the schedule's; the loss terms averaged over processes."""
+    images, masks = to_device(images, masks, run.device, run.channels_last)
+    terms = train_step(run.model, images, masks, run.loss_fn, run.optimizer, run.scaler,
+                       run.amp_dtype)
+    run.scheduler.step()
+    terms = dist_utils.all_reduce_mean(terms, run.info).tolist()
+    if not math.isfinite(terms[0]):
+        raise FloatingPointError(f"loss is {terms[0]} at iteration {iteration}; "
+                                 "lower the lr or turn mixed precision off")
+    return terms
+
+
+def finish_epoch(run: Run, state: TrainState, epoch: int) -> Optional[ConfusionMatrix]:
+    """The epoch's record (losses, lr, speed; scores and codeword health when it is
+    validated), best.pt if it improved, last.pt, metrics.jsonl. Returns the validation's
+    confusion matrix (None when this epoch is not validated)."""
+    cfg, per_epoch = run.cfg, run.sampler.batches_per_epoch
+    record: Dict[str, Any] = {"epoch": epoch + 1, "iteration": state.iteration}
+    record.update({k: float(v) / per_epoch for k, v in zip(LOSS_KEYS, state.epoch_sums)})
+    record["lr"] = run.optimizer.param_groups[0]["lr"]
+    # Rank 0's clock for everyone, so that every process returns the same history.
+    seconds = float(dist_utils.broadcast_object(state.epoch_seconds, run.info))
+    record.update(seconds=seconds, images_per_s=per_epoch * cfg.batch_size / max(seconds, 1e-9))
+    cm = None
+    if (cfg.val_every and (epoch + 1) % cfg.val_every == 0) or epoch + 1 == cfg.epochs:
+        cm = validate(run.model, run.vloader, run.num_classes, run.device, run.info,
+                      run.amp_dtype, run.channels_last, run.ignore_index, progress=cfg.progress)
+        record.update(scores(cm))
+        record.update(health(run))
+    state.history.append(record)
+    state.epoch, state.epoch_sums, state.epoch_seconds = epoch + 1, torch.zeros_like(
+        state.epoch_sums), 0.0
+    improved = "mIoU" in record and state.improves(record["mIoU"])
+    if improved:
+        state.best_miou, state.best_epoch = record["mIoU"], epoch + 1
+    save_checkpoints(run, state, best=improved)
+    run.folder.write_history(state.history)
+    if cfg.progress and run.info.is_main:
+        from tqdm.auto import tqdm
+
+        tqdm.write(_epoch_line(record))
+    return cm
+
+
+def health(run: Run) -> Dict[str, float]:
+    """:func:`encnet_lite.context.codeword_health` on the fixed validation batch (main
+    process, shared with the others); ``{}`` for a model without the encoding module."""
+    from .context import codeword_health
+
+    result = None
+    if run.info.is_main:
+        with torch.no_grad():
+            result = codeword_health(unwrap(run.model), run.health_images)
+    return dist_utils.broadcast_object(result, run.info)
+
+
+def save_checkpoints(run: Run, state: TrainState, best: bool) -> None:
+    """``best.pt`` (if ``best``) and then ``last.pt``, so that no crash between the two
+    writes loses the best model; nothing is written unless every weight is finite."""
+    weights = unwrap(run.model).state_dict()
     try:
-        for epoch in range(iteration // iters_per_epoch, cfg.epochs):
-            done = iteration - epoch * iters_per_epoch
-            sampler.set_epoch(epoch, skip_batches=done)
-            model.train()
-            bar = tqdm(total=iters_per_epoch, initial=done, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                       disable=not (cfg.progress and main), dynamic_ncols=True)
-            tick = time.perf_counter()
-            for images, masks in loader:
-                images, masks = to_device(images, masks, device, channels_last)
-                lr = optimizer.param_groups[0]["lr"]
-                terms = train_step(model, images, masks, loss_fn, optimizer, scaler, amp_dtype)
-                scheduler.step()
-                iteration += 1
-                terms = dist_utils.all_reduce_mean(terms, info).tolist()
-                if not math.isfinite(terms[0]):
-                    raise FloatingPointError(f"loss is {terms[0]} at iteration {iteration}; "
-                                             "lower the lr or turn mixed precision off")
-                epoch_sums += torch.tensor(terms, dtype=torch.float64)
-                if step_log is not None:
-                    rec = {"iteration": iteration, "epoch": epoch + 1, "lr": lr,
-                           **dict(zip(LOSS_KEYS, terms))}
-                    step_log.write(json.dumps(rec) + "\n")
-                    step_log.flush()
-                now = time.perf_counter()
-                epoch_seconds += now - tick
-                tick = now
-                bar.update(1)
-                speed = (bar.n - done) * cfg.batch_size / max(bar.format_dict["elapsed"], 1e-9)
-                bar.set_postfix(loss=f"{terms[0]:.3f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
-                if (cfg.checkpoint_every and iteration % cfg.checkpoint_every == 0
-                        and iteration % iters_per_epoch):
-                    save_last()
-                    tick = time.perf_counter()  # checkpoint time is not training time
-            bar.close()
-
-            record: Dict[str, Any] = {"epoch": epoch + 1, "iteration": iteration}
-            record.update({k: float(v) / iters_per_epoch for k, v in zip(LOSS_KEYS, epoch_sums)})
-            record["lr"] = optimizer.param_groups[0]["lr"]
-            # Rank 0's clock for everyone, so that every process returns the same history.
-            epoch_seconds = float(dist_utils.broadcast_object(epoch_seconds, info))
-            record["seconds"] = epoch_seconds
-            record["images_per_s"] = iters_per_epoch * cfg.batch_size / max(epoch_seconds, 1e-9)
-            last_epoch = epoch + 1 == cfg.epochs
-            if (cfg.val_every and (epoch + 1) % cfg.val_every == 0) or last_epoch:
-                metrics = validate(model, vloader, num_classes, device, info, amp_dtype,
-                                   channels_last, ignore_index, progress=cfg.progress)
-                record.update(metrics)
-            history.append(record)
-            epoch_sums.zero_()
-            epoch_seconds = 0.0
-            improved = record.get("mIoU", float("-inf")) > best_miou
-            if improved:
-                best_miou = record["mIoU"]
-            save_last()
-            if main:
-                _write_jsonl(out / "metrics.jsonl", history)
-                if improved:
-                    ckpt_io.save_atomic({
-                        "format": ckpt_io.FORMAT, "config": cfg.to_dict(),
-                        "num_classes": num_classes, "classes": classes,
-                        "model": unwrap(raw).state_dict(), "epoch": epoch + 1,
-                        "iteration": iteration, "metrics": record,
-                    }, out / "best.pt")
-                if cfg.progress:
-                    tqdm.write(_epoch_line(record))
-    finally:
-        if step_log is not None:
-            step_log.close()
-
-    final = unwrap(raw).eval()
-    return TrainResult(final, history, cfg, out, classes,
-                       best_miou if best_miou > float("-inf") else float("nan"))
-
-
-def _read_jsonl(path: Path) -> List[Dict[str, Any]]:
-    """The records of a log; a torn last line (the process was killed mid-write) is skipped."""
-    records = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
+        ckpt_io.check_finite(weights, "the model")
+    except ckpt_io.NonFiniteError as exc:
+        raise ckpt_io.NonFiniteError(
+            f"training stopped at iteration {state.iteration}: {exc}; no checkpoint was "
+            "written (last.pt keeps the last finite state): lower the lr or turn mixed "
+            "precision off") from None
+    rngs = dist_utils.all_gather_object(ckpt_io.rng_state(), run.info)
+    if best:
+        run.folder.save("best.pt", ckpt_io.best_checkpoint(run.header, weights, state))
+    run.folder.save("last.pt", ckpt_io.training_checkpoint(run.header, state, run.parts, rngs))
 
 
 def _epoch_line(r: Dict[str, Any]) -> str:
@@ -345,7 +453,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=sorted(PRESETS),
                    help="starting configuration (optional with --resume PATH)")
     p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="PATH",
-                   help="continue OUT/last.pt (or the checkpoint / run folder PATH)")
+                   help="continue OUT/last.pt, or the run folder / last.pt PATH (and train "
+                   "there unless --out is given)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in OUT (a new run refuses a folder that holds one)")
     p.add_argument("--print-config", action="store_true", help="print the config and exit")
     defaults = TrainConfig()
     for f in fields(TrainConfig):
@@ -357,14 +468,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The preset (or the resumed run's config) with every given flag applied."""
+    """The preset (or the resumed run's config) with every given flag applied; with
+    ``--resume PATH`` and no ``--out``, the run trains in PATH's folder."""
+    resume_path = args.resume if args.resume and args.resume != "auto" else None
     if args.preset:
         cfg = get_preset(args.preset)
-    elif args.resume and args.resume != "auto":
-        cfg = TrainConfig.from_dict(ckpt_io.load(ckpt_io.find_resume(args.resume)
-                                                 or args.resume)["config"])
+    elif resume_path:
+        cfg = TrainConfig.from_dict(ckpt_io.load(ckpt_io.find_resume(resume_path)
+                                                 or resume_path)["config"])
     else:
         raise SystemExit("encnet-train: give --preset NAME (or --resume PATH)")
+    if resume_path:
+        folder = Path(resume_path)
+        cfg = cfg.replace(out=str(folder if folder.is_dir() else folder.parent))
     overrides = {}
     for f in fields(TrainConfig):
         text = getattr(args, f.name)
@@ -374,6 +490,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             except ValueError as exc:
                 raise SystemExit(f"encnet-train: --{f.name.replace('_', '-')}: {exc}") from exc
     return cfg.replace(**overrides)
+
+
+# What a run can stop with that deserves one line on stderr (exit 2), not a traceback.
+CLI_ERRORS: Tuple[type, ...] = (ckpt_io.CheckpointError, runfolder.RunFolderError,
+                                FileNotFoundError, ValueError, FloatingPointError)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -387,16 +508,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     from .data import DatasetNotFoundError
 
+    # A bare --resume means this run's folder, which must then hold a checkpoint.
+    resume = cfg.out if args.resume == "auto" else args.resume
     try:
-        result = train(cfg, resume=args.resume)
-    except (DatasetNotFoundError, ckpt_io.CheckpointError, FileNotFoundError) as exc:
+        result = train(cfg, resume=resume, overwrite=args.overwrite)
+    except (DatasetNotFoundError, *CLI_ERRORS) as exc:
         print(f"encnet-train: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-    except ValueError as exc:  # e.g. a resumed run whose recipe changed
-        print(f"encnet-train: {exc}", file=sys.stderr)
-        return 2
     finally:
         dist_utils.teardown()
     if int(os.environ.get("RANK", "0")) == 0 and result.history and "mIoU" in result.history[-1]:
