@@ -28,7 +28,7 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import scipy.io
@@ -93,45 +93,47 @@ def check_labels_txt(text: str, name: str) -> None:
               f"kept ids, e.g. {wrong[:3]} (id, found, expected).")
 
 
-def prepare_pcontext(root: PathLike, download_dir: Optional[PathLike] = None,
-                     skip_download: bool = False, variants: Sequence[int] = (59,),
-                     force: bool = False, verify: bool = True, progress: bool = True,
-                     remotes: Optional[Mapping[str, Remote]] = None) -> Dict:
-    """Prepare PASCAL-Context at ``root``; returns the contents of ``prepared.json``.
+_JPEG = re.compile(rf"(?:^|/){re.escape(VOC_DIR)}/JPEGImages/([^/]+)\.jpg$")
 
-    ``remotes`` overrides the upstream files (keys ``"voc2010"``, ``"context"``), e.g. to
-    point at a mirror or, in the tests, at fabricated miniatures.
-    """
-    root = Path(root).expanduser()
-    variants = sorted(set(int(v) for v in variants))
-    for v in variants:
-        pc.label_lut(v)  # validates
-    download_dir = Path(download_dir).expanduser() if download_dir else root / "downloads"
-    remotes = {**REMOTES, **(remotes or {})}
+
+def already_prepared(root: Path, variants: List[int], force: bool
+                     ) -> Tuple[Optional[Dict], List[int]]:
+    """``(marker contents, variants)``: the contents when ``root`` already holds every asked
+    variant (and not ``force``); otherwise None and the variants to write (the asked ones
+    plus those already there, so the marker keeps listing them)."""
     marker = root / pc.MARKER
-    if marker.is_file() and not force:
-        info = json.loads(marker.read_text())
-        if set(variants) <= set(info.get("variants", [])):
-            print(f"PASCAL-Context already prepared at {root} ({info['train']} train / "
-                  f"{info['val']} val images); nothing to do (--force redoes it).")
-            return info
-        variants = sorted(set(variants) | set(info.get("variants", [])))
-    marker.unlink(missing_ok=True)  # the root is incomplete until the end
+    if not marker.is_file() or force:
+        return None, variants
+    info = json.loads(marker.read_text())
+    done = set(info.get("variants", []))
+    if set(variants) <= done:
+        return info, variants
+    return None, sorted(set(variants) | done)
 
+
+def fetch_sources(remotes: Mapping[str, Remote], download_dir: Path, skip_download: bool,
+                  progress: bool, verify: bool) -> Tuple[Path, Path]:
+    """The VOC 2010 and the PASCAL-Context sources: archives (downloaded, resumed and
+    MD5-checked as needed) or already extracted folders."""
     voc = locate(remotes["voc2010"], download_dir, VOC_DIR, skip_download, progress, verify)
     ctx = locate(remotes["context"], download_dir, "trainval", skip_download, progress, verify)
+    return voc, ctx
 
-    # 1) annotations: .mat (459 ids) -> one PNG per variant.
-    ids = []
+
+def convert_annotations(ctx: Path, root: Path, variants: Sequence[int], force: bool,
+                        progress: bool) -> Set[str]:
+    """Every ``trainval/<id>.mat`` (459 ids) -> one PNG per variant (missing ones only,
+    unless ``force``); checks ``labels.txt`` on the way. Returns the annotated image ids."""
+    ids = set()
     bar = tqdm(desc="convert annotations", unit="mask", disable=not progress)
     for name, data in iter_files(ctx, lambda n: bool(_MAT.search(n)) or n.endswith("labels.txt")):
         if name.endswith("labels.txt"):
             check_labels_txt(data.decode("utf-8", "replace"), describe(ctx, name))
             continue
         image_id = _MAT.search(name).group(1)
-        ids.append(image_id)
+        ids.add(image_id)
         outs = {v: root / pc.mask_dir(v) / f"{image_id}.png" for v in variants}
-        outs = {v: p for v, p in outs.items() if force or not p.exists()}  # only what is missing
+        outs = {v: p for v, p in outs.items() if force or not p.exists()}
         if outs:
             label_map = read_label_map(data, describe(ctx, name))
             for v, path in outs.items():
@@ -140,36 +142,42 @@ def prepare_pcontext(root: PathLike, download_dir: Optional[PathLike] = None,
     bar.close()
     if not ids:
         raise DataError(f"no trainval/*.mat annotation found in {ctx}")
-    annotated = set(ids)
+    return ids
 
-    # 2) images: only the annotated JPEGs, plus the VOC2010 Main train/val lists.
+
+def read_split_lists(voc: Path) -> Dict[str, List[str]]:
+    """VOC 2010's ``ImageSets/Main/{train,val}.txt`` as ``{split: [image id]}``."""
     lists = {s: f"{VOC_DIR}/ImageSets/Main/{s}.txt" for s in pc.SPLITS}
-    list_text = read_files(voc, lists.values())
-    missing_lists = [n for n in lists.values() if n not in list_text]
-    if missing_lists:
-        raise DataError(f"{voc} lacks {missing_lists}: is it VOCtrainval_03-May-2010.tar?")
-    jpeg = re.compile(rf"(?:^|/){re.escape(VOC_DIR)}/JPEGImages/([^/]+)\.jpg$")
-    images = root / "JPEGImages"
+    text = read_files(voc, lists.values())
+    missing = [n for n in lists.values() if n not in text]
+    if missing:
+        raise DataError(f"{voc} lacks {missing}: is it VOCtrainval_03-May-2010.tar?")
+    return {split: [line.split()[0] for line in text[member].decode().splitlines()
+                    if line.strip()] for split, member in lists.items()}
+
+
+def extract_images(voc: Path, images: Path, annotated: Set[str], force: bool,
+                   progress: bool) -> None:
+    """Only the annotated JPEGs (those already there are kept unless ``force``)."""
     have = {p.stem for p in images.glob("*.jpg")} if images.is_dir() and not force else set()
     todo = annotated - have
 
     def wanted(name: str) -> bool:
-        m = jpeg.search(name)
+        m = _JPEG.search(name)
         return bool(m) and m.group(1) in todo
 
     bar = tqdm(total=len(todo), desc="extract images", unit="img", disable=not progress)
     if todo:
         for name, data in iter_files(voc, wanted):
-            atomic_write_bytes(images / f"{jpeg.search(name).group(1)}.jpg", data)
+            atomic_write_bytes(images / f"{_JPEG.search(name).group(1)}.jpg", data)
             bar.update()
     bar.close()
 
-    # 3) splits: the VOC2010 Main lists restricted to annotated images.
-    splits = {}
-    for split, member in lists.items():
-        listed = [line.split()[0] for line in list_text[member].decode().splitlines()
-                  if line.strip()]
-        splits[split] = [i for i in listed if i in annotated]
+
+def check_complete(voc: Path, images: Path, splits: Mapping[str, List[str]],
+                   annotated: Set[str]) -> List[str]:
+    """Every image of a split exists (else an error naming examples); returns the sorted
+    ids of the splits' images and notes annotations no split uses."""
     in_split = set(splits["train"]) | set(splits["val"])
     missing = sorted(i for i in in_split if not (images / f"{i}.jpg").exists())
     if missing:
@@ -177,11 +185,11 @@ def prepare_pcontext(root: PathLike, download_dir: Optional[PathLike] = None,
     unlisted = annotated - in_split
     if unlisted:
         print(f"note: {len(unlisted)} annotations belong to no train/val image and are unused")
+    return sorted(in_split)
 
-    # 4) every image and mask must have one size (headers only: fast).
-    check_pair_sizes([(images / f"{i}.jpg", root / pc.mask_dir(v) / f"{i}.png")
-                      for i in sorted(in_split) for v in variants], progress)
 
+def write_manifest(root: Path, splits: Mapping[str, List[str]], variants: List[int]) -> Dict:
+    """The split lists, then (last) ``prepared.json``, which says ``root`` is complete."""
     for split, split_ids in splits.items():
         atomic_write_text(root / "ImageSets" / f"{split}.txt", "".join(f"{i}\n" for i in split_ids))
     info = {"dataset": "pascal-context", "format": 1, "variants": variants,
@@ -189,7 +197,43 @@ def prepare_pcontext(root: PathLike, download_dir: Optional[PathLike] = None,
     for split, n in pc.EXPECTED_SPLIT_SIZES.items():
         if info[split] != n:
             print(f"note: {info[split]} {split} images; the full release gives {n}.")
-    atomic_write_text(marker, json.dumps(info, indent=2) + "\n")
+    atomic_write_text(root / pc.MARKER, json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def prepare_pcontext(root: PathLike, download_dir: Optional[PathLike] = None,
+                     skip_download: bool = False, variants: Sequence[int] = (59,),
+                     force: bool = False, verify: bool = True, progress: bool = True,
+                     remotes: Optional[Mapping[str, Remote]] = None) -> Dict:
+    """Prepare PASCAL-Context at ``root``; returns the contents of ``prepared.json``.
+
+    Steps: fetch, convert the annotations, extract the annotated images, restrict VOC 2010's
+    train/val lists to them, check, write the lists and the marker. ``remotes`` overrides
+    the upstream files (keys ``"voc2010"``, ``"context"``), e.g. to point at a mirror or, in
+    the tests, at fabricated miniatures.
+    """
+    root = Path(root).expanduser()
+    variants = sorted(set(int(v) for v in variants))
+    for v in variants:
+        pc.label_lut(v)  # validates
+    info, variants = already_prepared(root, variants, force)
+    if info is not None:
+        print(f"PASCAL-Context already prepared at {root} ({info['train']} train / "
+              f"{info['val']} val images); nothing to do (--force redoes it).")
+        return info
+    (root / pc.MARKER).unlink(missing_ok=True)  # the root is incomplete until the end
+    download_dir = Path(download_dir).expanduser() if download_dir else root / "downloads"
+    voc, ctx = fetch_sources({**REMOTES, **(remotes or {})}, download_dir, skip_download,
+                             progress, verify)
+    annotated = convert_annotations(ctx, root, variants, force, progress)
+    listed = read_split_lists(voc)
+    images = root / "JPEGImages"
+    extract_images(voc, images, annotated, force, progress)
+    splits = {split: [i for i in ids if i in annotated] for split, ids in listed.items()}
+    in_split = check_complete(voc, images, splits, annotated)
+    check_pair_sizes([(images / f"{i}.jpg", root / pc.mask_dir(v) / f"{i}.png")
+                      for i in in_split for v in variants], progress)  # headers only: fast
+    info = write_manifest(root, splits, variants)
     print(f"PASCAL-Context ready at {root}: {info['train']} train / {info['val']} val images, "
           f"{', '.join(str(v) for v in variants)}-class masks.")
     return info

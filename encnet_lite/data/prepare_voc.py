@@ -19,7 +19,7 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Sequence, Set
+from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import scipy.io
@@ -75,113 +75,187 @@ def read_sbd_segmentation(data: bytes, name: str) -> np.ndarray:
     return seg.astype(np.uint8)
 
 
-def prepare_voc(root: PathLike, download_dir: Optional[PathLike] = None, sbd: bool = False,
-                skip_download: bool = False, force: bool = False, verify: bool = True,
-                progress: bool = True, remotes: Optional[Mapping[str, Remote]] = None) -> Dict:
-    """Prepare PASCAL VOC 2012 (``sbd``: plus ``train_aug``) at ``root``; returns the marker."""
-    root = Path(root).expanduser()
-    download_dir = Path(download_dir).expanduser() if download_dir else root / "downloads"
-    remotes = {**REMOTES, **(remotes or {})}
+class _Layout(NamedTuple):
+    """Where the prepared files go under ``root``."""
+
+    images: Path  # JPEGImages/<id>.jpg
+    labels: Path  # SegmentationClass/<id>.png (VOC's own labels)
+    aug: Path  # SegmentationClassAug/<id>.png (train_aug: SBD, VOC's labels where it has them)
+
+    @classmethod
+    def at(cls, root: Path) -> _Layout:
+        return cls(root / "JPEGImages", root / "SegmentationClass",
+                   root / "SegmentationClassAug")
+
+
+def already_prepared(root: Path, sbd: bool, force: bool) -> Optional[Dict]:
+    """The marker's contents when ``root`` already holds what is asked (and not ``force``)."""
     marker = root / voc.MARKER
     if marker.is_file() and not force:
         info = json.loads(marker.read_text())
         if info.get("sbd") or not sbd:
-            print(f"PASCAL VOC 2012 already prepared at {root}; nothing to do "
-                  f"(--force redoes it).")
             return info
-    marker.unlink(missing_ok=True)
+    return None
 
+
+def fetch_sources(remotes: Mapping[str, Remote], download_dir: Path, sbd: bool,
+                  skip_download: bool, progress: bool, verify: bool
+                  ) -> Tuple[Path, Optional[Path]]:
+    """The VOC 2012 source and, with ``sbd``, the SBD one: an archive (downloaded, resumed and
+    MD5-checked as needed) or an already extracted folder."""
     vsrc = locate(remotes["voc2012"], download_dir, VOC_DIR, skip_download, progress, verify)
     ssrc = (locate(remotes["sbd"], download_dir, SBD_DIR, skip_download, progress, verify)
             if sbd else None)
+    return vsrc, ssrc
 
+
+def read_splits(vsrc: Path) -> Dict[str, List[str]]:
+    """VOC 2012's segmentation lists ``{"train", "val", "trainval"}: [image id]``."""
     lists = {s: f"{VOC_DIR}/ImageSets/Segmentation/{s}.txt" for s in ("train", "val", "trainval")}
     text = read_files(vsrc, lists.values())
     if len(text) != len(lists):
         raise DataError(f"{vsrc} lacks {sorted(set(lists.values()) - set(text))}: is it "
                         f"VOCtrainval_11-May-2012.tar?")
-    splits = {s: [ln.split()[0] for ln in text[m].decode().splitlines() if ln.strip()]
-              for s, m in lists.items()}
+    return {s: [ln.split()[0] for ln in text[m].decode().splitlines() if ln.strip()]
+            for s, m in lists.items()}
+
+
+def convert_sbd(ssrc: Path, out: _Layout, splits: Mapping[str, List[str]], force: bool,
+                progress: bool) -> List[str]:
+    """SBD's labels as PNGs for the train_aug images VOC does not label itself; returns the
+    ``train_aug`` list (VOC train plus SBD, minus VOC val)."""
     train, val = set(splits["train"]), set(splits["val"])
-    aug_dir, cls_dir, img_dir = (root / "SegmentationClassAug", root / "SegmentationClass",
-                                 root / "JPEGImages")
-
-    # 1) SBD labels for the train_aug images VOC does not label itself.
     sbd_ids: Set[str] = set()
-    if ssrc is not None:
-        bar = tqdm(desc="convert SBD", unit="mask", disable=not progress)
-        for name, data in iter_files(ssrc, lambda n: bool(_SBD_MAT.search(n))):
-            i = _SBD_MAT.search(name).group(1)
-            sbd_ids.add(i)
-            out = aug_dir / f"{i}.png"
-            if i not in train and i not in val and (force or not out.exists()):
-                save_mask_png(out, read_sbd_segmentation(data, describe(ssrc, name)))
-            bar.update()
-        bar.close()
-        if not sbd_ids:
-            raise DataError(f"no dataset/cls/*.mat annotation found in {ssrc}")
-        splits["train_aug"] = sorted((train | sbd_ids) - val)
+    bar = tqdm(desc="convert SBD", unit="mask", disable=not progress)
+    for name, data in iter_files(ssrc, lambda n: bool(_SBD_MAT.search(n))):
+        i = _SBD_MAT.search(name).group(1)
+        sbd_ids.add(i)
+        path = out.aug / f"{i}.png"
+        if i not in train and i not in val and (force or not path.exists()):
+            save_mask_png(path, read_sbd_segmentation(data, describe(ssrc, name)))
+        bar.update()
+    bar.close()
+    if not sbd_ids:
+        raise DataError(f"no dataset/cls/*.mat annotation found in {ssrc}")
+    return sorted((train | sbd_ids) - val)
 
-    # 2) VOC: images and label PNGs (palette PNGs -> single-channel class ids).
-    needed = set(splits["trainval"]) | set(splits.get("train_aug", []))
-    have = {p.stem for p in img_dir.glob("*.jpg")} if img_dir.is_dir() and not force else set()
+
+def extract_voc(vsrc: Path, out: _Layout, needed: Set[str], labelled: Set[str], force: bool,
+                progress: bool) -> None:
+    """VOC's JPEGs of the ``needed`` images and its palette label PNGs of the ``labelled``
+    ones (as single-channel class ids); files already there are kept unless ``force``."""
+    have = ({p.stem for p in out.images.glob("*.jpg")} if out.images.is_dir() and not force
+            else set())
     jpeg = re.compile(rf"(?:^|/){re.escape(VOC_DIR)}/JPEGImages/([^/]+)\.jpg$")
     png = re.compile(rf"(?:^|/){re.escape(VOC_DIR)}/SegmentationClass/([^/]+)\.png$")
-    labelled = set(splits["trainval"])
 
     def wanted(name: str) -> bool:
         m = jpeg.search(name)
         if m:
             return m.group(1) in needed and m.group(1) not in have
         m = png.search(name)
-        return bool(m) and m.group(1) in labelled and (force or not (cls_dir / f"{m.group(1)}.png"
-                                                                    ).exists())
+        return bool(m) and m.group(1) in labelled and (
+            force or not (out.labels / f"{m.group(1)}.png").exists())
 
     bar = tqdm(desc="extract VOC", unit="file", disable=not progress)
     for name, data in iter_files(vsrc, wanted):
         m = jpeg.search(name)
         if m:
-            atomic_write_bytes(img_dir / f"{m.group(1)}.jpg", data)
+            atomic_write_bytes(out.images / f"{m.group(1)}.jpg", data)
         else:
-            i = png.search(name).group(1)
             where = describe(vsrc, name)
             mask = load_mask(io.BytesIO(data), where)
             check_labels(mask, len(voc.CLASSES), where)
-            save_mask_png(cls_dir / f"{i}.png", mask)
+            save_mask_png(out.labels / f"{png.search(name).group(1)}.png", mask)
         bar.update()
     bar.close()
-    if ssrc is not None:  # VOC's own labels take precedence inside train_aug
-        for i in sorted(train):
-            if force or not (aug_dir / f"{i}.png").exists():
-                atomic_write_bytes(aug_dir / f"{i}.png", (cls_dir / f"{i}.png").read_bytes())
 
-    # 3) train_aug images that VOC 2012 lacks come from SBD's own img/ folder.
-    missing = sorted(i for i in needed if not (img_dir / f"{i}.jpg").exists())
-    if missing and ssrc is not None:
-        todo = set(missing)
-        for name, data in iter_files(ssrc, lambda n: bool(_SBD_IMG.search(n))
-                                     and _SBD_IMG.search(n).group(1) in todo):
-            atomic_write_bytes(img_dir / f"{_SBD_IMG.search(name).group(1)}.jpg", data)
-        missing = sorted(i for i in needed if not (img_dir / f"{i}.jpg").exists())
+
+def copy_voc_labels_to_aug(out: _Layout, train: Sequence[str], force: bool) -> None:
+    """VOC's own labels take precedence inside train_aug."""
+    for i in sorted(train):
+        if force or not (out.aug / f"{i}.png").exists():
+            atomic_write_bytes(out.aug / f"{i}.png", (out.labels / f"{i}.png").read_bytes())
+
+
+def missing_images(out: _Layout, ids: Set[str]) -> List[str]:
+    return sorted(i for i in ids if not (out.images / f"{i}.jpg").exists())
+
+
+def extract_sbd_images(ssrc: Path, out: _Layout, todo: Set[str]) -> None:
+    """train_aug images that VOC 2012 lacks, from SBD's own ``img/`` folder."""
+    def wanted(name: str) -> bool:
+        m = _SBD_IMG.search(name)
+        return bool(m) and m.group(1) in todo
+
+    for name, data in iter_files(ssrc, wanted):
+        atomic_write_bytes(out.images / f"{_SBD_IMG.search(name).group(1)}.jpg", data)
+
+
+def check_complete(out: _Layout, vsrc: Path, needed: Set[str], labelled: Set[str]) -> None:
+    """Every needed image and every VOC label PNG exists, else an error naming examples."""
+    missing = missing_images(out, needed)
     if missing:
         raise DataError(f"{len(missing)} images are in no archive, e.g. {missing[:5]}")
-    missing = sorted(i for i in labelled if not (cls_dir / f"{i}.png").exists())
+    missing = sorted(i for i in labelled if not (out.labels / f"{i}.png").exists())
     if missing:
         raise DataError(f"{len(missing)} VOC label PNGs are missing from {vsrc}, "
                         f"e.g. {missing[:5]}")
 
-    # 4) sizes, lists, marker.
-    pairs = [(img_dir / f"{i}.jpg", cls_dir / f"{i}.png") for i in sorted(labelled)]
-    pairs += [(img_dir / f"{i}.jpg", aug_dir / f"{i}.png") for i in splits.get("train_aug", [])]
+
+def check_sizes(out: _Layout, splits: Mapping[str, List[str]], progress: bool) -> None:
+    """Every image and its mask have one size (headers only: fast)."""
+    pairs = [(out.images / f"{i}.jpg", out.labels / f"{i}.png")
+             for i in sorted(splits["trainval"])]
+    pairs += [(out.images / f"{i}.jpg", out.aug / f"{i}.png")
+              for i in splits.get("train_aug", [])]
     check_pair_sizes(pairs, progress)
+
+
+def write_manifest(root: Path, splits: Mapping[str, List[str]], sbd: bool) -> Dict:
+    """The split lists, then (last) the marker that says ``root`` is complete."""
     for split, ids in splits.items():
         atomic_write_text(root / "ImageSets" / f"{split}.txt", "".join(f"{i}\n" for i in ids))
-    info = {"dataset": "pascal-voc-2012", "format": 1, "sbd": ssrc is not None,
+    info = {"dataset": "pascal-voc-2012", "format": 1, "sbd": sbd,
             **{s: len(ids) for s, ids in splits.items()}}
     for split, n in voc.EXPECTED_SPLIT_SIZES.items():
         if split in info and info[split] != n:
             print(f"note: {info[split]} {split} images; the full release gives {n}.")
-    atomic_write_text(marker, json.dumps(info, indent=2) + "\n")
+    atomic_write_text(root / voc.MARKER, json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def prepare_voc(root: PathLike, download_dir: Optional[PathLike] = None, sbd: bool = False,
+                skip_download: bool = False, force: bool = False, verify: bool = True,
+                progress: bool = True, remotes: Optional[Mapping[str, Remote]] = None) -> Dict:
+    """Prepare PASCAL VOC 2012 (``sbd``: plus ``train_aug``) at ``root``; returns the marker.
+
+    Steps: fetch, read the split lists, convert SBD's labels, extract VOC's images and
+    labels, fill train_aug's images from SBD, check, write the lists and the marker.
+    """
+    root = Path(root).expanduser()
+    info = already_prepared(root, sbd, force)
+    if info is not None:
+        print(f"PASCAL VOC 2012 already prepared at {root}; nothing to do "
+              f"(--force redoes it).")
+        return info
+    (root / voc.MARKER).unlink(missing_ok=True)  # the root is incomplete until the end
+    download_dir = Path(download_dir).expanduser() if download_dir else root / "downloads"
+    vsrc, ssrc = fetch_sources({**REMOTES, **(remotes or {})}, download_dir, sbd,
+                               skip_download, progress, verify)
+    splits, out = read_splits(vsrc), _Layout.at(root)
+    if ssrc is not None:
+        splits["train_aug"] = convert_sbd(ssrc, out, splits, force, progress)
+    labelled = set(splits["trainval"])
+    needed = labelled | set(splits.get("train_aug", []))
+    extract_voc(vsrc, out, needed, labelled, force, progress)
+    if ssrc is not None:
+        copy_voc_labels_to_aug(out, splits["train"], force)
+        if missing_images(out, needed):
+            extract_sbd_images(ssrc, out, set(missing_images(out, needed)))
+    check_complete(out, vsrc, needed, labelled)
+    check_sizes(out, splits, progress)
+    info = write_manifest(root, splits, ssrc is not None)
     print(f"PASCAL VOC 2012 ready at {root}: " +
           ", ".join(f"{s} {len(ids)}" for s, ids in splits.items()))
     return info
