@@ -10,7 +10,11 @@ pixAcc and mIoU come from one confusion matrix accumulated over the whole split.
 
     encnet-eval --checkpoint runs/pcontext_encnet_r50/best.pt --multi-scale
 
-prints pixAcc / mIoU and writes ``best.eval-ms.json`` beside the checkpoint.
+prints pixAcc / mIoU and writes ``best.eval-ms.json`` beside the checkpoint. A tqdm bar
+shows the images done and the time left. Multi-scale evaluation of PASCAL-Context's 5,105
+images takes hours, so the confusion matrix so far is saved every ``--save-every`` images
+to ``best.eval-ms.json.partial``; after a disconnect the same command continues from it.
+A checkpoint whose weights hold NaN or Inf (a diverged run) is refused.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -41,7 +45,8 @@ def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, *,
              crop_size: Optional[int] = None, stride: Optional[int] = None,
              device: Optional[torch.device] = None, amp: str = "auto",
              ignore_index: int = 255, max_images: Optional[int] = None,
-             info: DistInfo = SINGLE, progress: bool = True) -> Dict[str, Any]:
+             info: DistInfo = SINGLE, progress: bool = True,
+             state: Union[None, str, Path] = None, save_every: int = 25) -> Dict[str, Any]:
     """pixAcc / mIoU of ``model`` on ``dataset`` (full images, one at a time).
 
     Args:
@@ -50,8 +55,13 @@ def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, *,
         crop_size / stride: sliding windows (default ``crop_size=None``: whole image).
         max_images: score only the first images (a quick look).
         info: under torchrun, each process scores its shard; the matrices are summed.
+        progress: a tqdm bar with the images done and the time left (ETA).
+        state: a JSON file for the partial confusion matrix, rewritten atomically every
+            ``save_every`` images (and when interrupted): a rerun with the same model and
+            settings continues after the last saved image; it is removed when done.
 
-    Returns ``{"pixAcc", "mIoU", "iou": [per class], "num_images", "seconds"}``.
+    Returns ``{"pixAcc", "mIoU", "iou": [per class], "confusion": [[...]], "num_images",
+    "seconds", "resumed_from"}`` (``resumed_from``: images taken from ``state``).
     """
     from tqdm.auto import tqdm
 
@@ -67,19 +77,79 @@ def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, *,
         stride = crop_size * 2 // 3  # 480 -> 320, as the paper
     n = len(dataset) if max_images is None else min(max_images, len(dataset))
     cm = ConfusionMatrix(num_classes, ignore_index=ignore_index)
-    start = time.perf_counter()
-    for i in tqdm(ShardSampler(n, info), desc="eval", disable=not (progress and info.is_main)):
-        image, mask = dataset[i]
-        with _autocast(device, amp_dtype):
-            scores = predict(model, image[None].to(device), num_classes, scales=scales,
-                             flip=flip, crop_size=crop_size, stride=stride)
-        pred = scores.argmax(1) if scores.dim() == 4 else scores
-        cm.update(pred.reshape(mask.shape).cpu(), mask)
+    key = {"model": model_fingerprint(model), "images": n, "num_classes": num_classes,
+           "scales": list(scales), "flip": flip, "crop_size": crop_size, "stride": stride,
+           "shard": [info.rank, info.world_size]}
+    state = _shard_path(Path(state), info) if state else None
+    done, seconds = _load_state(state, key, cm) if state else (0, 0.0)
+    indices = ShardSampler(n, info).indices
+    start = time.perf_counter() - seconds
+    bar = tqdm(total=len(indices), initial=done, desc="eval", dynamic_ncols=True,
+               disable=not (progress and info.is_main))
+    scored = done
+    try:
+        for i in indices[done:]:
+            image, mask = dataset[i]
+            with _autocast(device, amp_dtype):
+                scores = predict(model, image[None].to(device), num_classes, scales=scales,
+                                 flip=flip, crop_size=crop_size, stride=stride)
+            pred = scores.argmax(1) if scores.dim() == 4 else scores
+            cm.update(pred.reshape(mask.shape).cpu(), mask)
+            scored += 1
+            bar.update(1)
+            if state and scored % save_every == 0 and scored < len(indices):
+                _save_state(state, key, cm, scored, time.perf_counter() - start)
+    except BaseException:  # Ctrl-C, an error: keep what was scored for the rerun
+        if state and scored > done:
+            _save_state(state, key, cm, scored, time.perf_counter() - start)
+        raise
+    finally:
+        bar.close()
     if info.enabled:
         cm.all_reduce()
+    if state:
+        state.unlink(missing_ok=True)
+    matrix = cm._ensure(torch.device("cpu")).cpu()
     return {"pixAcc": float(cm.pixel_accuracy()), "mIoU": float(cm.mean_iou()),
-            "iou": [float(x) for x in cm.iou_per_class()], "num_images": n,
-            "seconds": time.perf_counter() - start}
+            "iou": [float(x) for x in cm.iou_per_class()], "confusion": matrix.tolist(),
+            "num_images": n, "seconds": time.perf_counter() - start, "resumed_from": done}
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """A short fingerprint of the weights (sums of every tensor), so that saved partial
+    results are never merged with another model's."""
+    import hashlib
+
+    sums = [f"{k}:{float(v.double().sum()):.12g}:{float(v.double().abs().sum()):.12g}"
+            for k, v in model.state_dict().items() if torch.is_tensor(v)]
+    return hashlib.sha1("|".join(sums).encode()).hexdigest()[:16]
+
+
+def _shard_path(path: Path, info: DistInfo) -> Path:
+    return path if not info.enabled else path.with_name(f"{path.name}.rank{info.rank}")
+
+
+def _load_state(path: Path, key: Dict[str, Any], cm: Any) -> Tuple[int, float]:
+    """Images already scored and seconds spent, from ``path`` if it holds this evaluation."""
+    if not path.is_file():
+        return 0, 0.0
+    try:
+        saved = json.loads(path.read_text())
+        same = saved["key"] == json.loads(json.dumps(key))
+    except (json.JSONDecodeError, KeyError, TypeError):
+        same = False
+    if not same:
+        print(f"note: {path} belongs to another model or settings; starting afresh",
+              file=sys.stderr)
+        return 0, 0.0
+    cm.matrix = torch.tensor(saved["matrix"], dtype=torch.int64)
+    return int(saved["done"]), float(saved["seconds"])
+
+
+def _save_state(path: Path, key: Dict[str, Any], cm: Any, done: int, seconds: float) -> None:
+    matrix = cm._ensure(torch.device("cpu")).cpu().tolist()
+    ckpt_io.write_json_atomic(path, {"key": key, "done": done, "seconds": seconds,
+                                     "matrix": matrix}, indent=None)
 
 
 def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
@@ -133,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", default="auto", choices=("auto", "on", "off", "bf16", "fp16"))
     p.add_argument("--out", default=None, help="JSON file (default: beside the checkpoint)")
+    p.add_argument("--save-every", type=int, default=25,
+                   help="save the partial result (OUT.partial) every N images; a rerun "
+                        "after a disconnect continues from it")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: the run's config; 0: torch's default)")
     p.add_argument("--no-progress", action="store_true")
@@ -145,6 +218,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     info = dist_utils.setup(resolve_device(args.device).type)
     device = resolve_device(args.device)  # after setup: this process's GPU under torchrun
+    ckpt = Path(args.checkpoint)
+    suffix = "eval-ms" if args.multi_scale else "eval"
+    out = Path(args.out) if args.out else ckpt.with_name(f"{ckpt.stem}.{suffix}.json")
     try:
         model, cfg, saved = load_model(args.checkpoint, device)
         threads = cfg.threads if args.threads is None else args.threads
@@ -155,7 +231,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         result = evaluate(model, dataset, saved["num_classes"], multi_scale=args.multi_scale,
                           flip=True if args.flip else None, crop_size=crop, device=device,
                           amp=args.amp, max_images=args.max_images, info=info,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress,
+                          state=out.with_name(out.name + ".partial"),
+                          save_every=args.save_every)
     except (FileNotFoundError, DatasetNotFoundError, ckpt_io.CheckpointError) as exc:
         print(f"encnet-eval: {exc}", file=sys.stderr)
         return 2
@@ -173,10 +251,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     report = {"checkpoint": str(args.checkpoint), "split": args.split, "mode": mode,
               "dataset": cfg.dataset, "num_classes": saved["num_classes"],
               "classes": saved.get("classes", []), **result}
-    ckpt = Path(args.checkpoint)
-    suffix = "eval-ms" if args.multi_scale else "eval"
-    out = Path(args.out) if args.out else ckpt.with_name(f"{ckpt.stem}.{suffix}.json")
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    ckpt_io.write_json_atomic(out, report)
+    if result["resumed_from"]:
+        print(f"(continued after {result['resumed_from']} images scored by an earlier run)")
     print(f"wrote {out}")
     return 0
 
