@@ -5,6 +5,8 @@
 - :mod:`.context`: receptive fields, context schemes, gates gamma, encoded context, presence;
 - :mod:`.codewords`: codeword maps on images, codeword usage per class;
 - :mod:`.results`: predictions, confusion matrices, training curves, the ablation;
+- :mod:`.diagrams`: EncNet's architecture and the Context Encoding Module's data flow,
+  with shapes traced from the model;
 - :mod:`.widgets`: ipywidgets explorers; :mod:`.tables`: Markdown tables.
 
 Each function returns a matplotlib figure; chapters call it plainly (a static figure for
@@ -32,6 +34,7 @@ from .data import (
     show_scene_construction,
     to_rgb,
 )
+from .diagrams import plot_context_encoding_pipeline, plot_encnet_architecture
 from .encoding import plot_assignment_map, plot_encoding_benchmark, plot_smoothing_sweep
 from .results import (
     plot_ablation,
@@ -47,7 +50,8 @@ from .widgets import codeword_explorer
 __all__ = [
     "add_class_legend", "codeword_explorer", "markdown_table", "plot_ablation",
     "plot_assignment_map", "plot_class_frequency", "plot_codeword_maps", "plot_codeword_usage",
-    "plot_confusion", "plot_context_schemes", "plot_embedding_2d", "plot_encnet_outputs",
+    "plot_confusion", "plot_context_encoding_pipeline", "plot_context_schemes",
+    "plot_embedding_2d", "plot_encnet_architecture", "plot_encnet_outputs",
     "plot_encoding_benchmark", "plot_gamma_heatmap", "plot_gate_forms", "plot_history",
     "plot_k_sweep", "plot_loss_share", "plot_output_strides", "plot_per_class_iou",
     "plot_presence", "plot_presence_predictions", "plot_receptive_field", "plot_smoothing_sweep",
