@@ -167,3 +167,74 @@ def test_markdown_table_rows():
     table = viz.markdown_table(["a", "b"], [(1, "x"), (2.5, "y")])
     assert table.data == "| a | b |\n|---|---|\n| 1 | x |\n| 2.5 | y |"
 
+
+
+def test_plot_assignment_map_paints_each_codewords_region_in_its_colour():
+    codewords = torch.tensor([[-2.0, 0.0], [2.0, 0.0]])
+    ax = viz.plot_assignment_map(codewords, 10.0, resolution=41, extent=3.0).axes[0]
+    image = np.asarray(ax.images[0].get_array())  # (R, R, 3), origin lower
+    colours = np.asarray(plt.get_cmap("tab10").colors[:2])
+    mid = image.shape[0] // 2
+    # at a large smoothing factor the assignment is hard: pure colours left and right...
+    np.testing.assert_allclose(image[mid, 2], colours[0], atol=1e-6)
+    np.testing.assert_allclose(image[mid, -3], colours[1], atol=1e-6)
+    # ...and an even mix on the bisector between the two codewords
+    np.testing.assert_allclose(image[mid, mid], colours.mean(0), atol=1e-6)
+    stars = ax.collections[-1]
+    np.testing.assert_allclose(stars.get_offsets(), codewords.numpy())
+    assert ax.get_title() == "s = 10"
+
+
+def test_plot_codeword_maps_shows_the_argmax_and_one_codewords_weights():
+    a = torch.zeros(4, 4, 3)
+    a[..., 0], a[:2, :, 0], a[:2, :, 2] = 1.0, 0.2, 0.8  # top rows: codeword 2, bottom: 0
+    image = torch.zeros(3, 32, 32)
+    fig = viz.plot_codeword_maps(image, a, code=2)
+    winner, heat = fig.axes[1].images[0], fig.axes[2].images[1]
+    np.testing.assert_array_equal(winner.get_array(), a.argmax(-1).numpy())
+    assert "2 of K=3 win" in fig.axes[1].get_title()
+    np.testing.assert_allclose(heat.get_array(), a[..., 2].numpy())
+    assert heat.get_extent() == [0, 32, 32, 0]  # the stride-8 grid covers the whole image
+    assert heat.get_clim() == (0, 1)
+
+
+def test_plot_presence_predictions_marks_the_present_classes():
+    probs = torch.tensor([[0.9, 0.1, 0.4], [0.2, 0.8, 0.7]])
+    targets = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
+    ax = viz.plot_presence_predictions(probs, targets, ["a", "b", "c"]).axes[0]
+    np.testing.assert_allclose(ax.images[0].get_array(), probs.numpy())
+    dots = ax.collections[0].get_offsets()  # (column = class, row = image)
+    assert sorted(map(tuple, np.asarray(dots).tolist())) == [(0, 0), (1, 1), (2, 1)]
+
+
+def test_plot_encoding_benchmark_bars_and_skipped_labels():
+    result = {"shape": {"D": 512, "K": 32, "H": 60, "W": 60}, "device_name": "cpu x",
+              "rows": [{"batch": 1, "impl": "default", "time_ms": 10.0, "extra_peak_mib": 20.0},
+                       {"batch": 1, "impl": "reference", "time_ms": 500.0,
+                        "extra_peak_mib": 900.0},
+                       {"batch": 4, "impl": "default", "time_ms": 40.0, "extra_peak_mib": 80.0},
+                       {"batch": 4, "impl": "reference", "skipped": "over budget"}]}
+    time_ax, memory_ax = viz.plot_encoding_benchmark(result).axes
+    heights = [b.get_height() for b in _bars(time_ax)]
+    assert heights[:3] == [10.0, 40.0, 500.0] and np.isnan(heights[3])  # default, reference
+    assert [b.get_height() for b in _bars(memory_ax)][:3] == [20.0, 80.0, 900.0]
+    assert "skipped" in [t.get_text() for t in time_ax.texts]
+    assert time_ax.get_yscale() == "log"
+
+
+def test_plot_gamma_heatmap_groups_rows_by_kind():
+    gamma = torch.tensor([[0.9, 0.1], [0.1, 0.9], [0.8, 0.2]])  # kinds 1, 0, 1
+    ax = viz.plot_gamma_heatmap(gamma, torch.tensor([1, 0, 1]), ["sea", "sky"]).axes[0]
+    drawn = np.asarray(ax.images[0].get_array())
+    # rows sorted by kind (the kind-0 image first); channels grouped by the kind opening
+    # them most (channel 1 is kind 0's, channel 0 kind 1's)
+    np.testing.assert_allclose(drawn, [[0.9, 0.1], [0.1, 0.9], [0.2, 0.8]], atol=1e-6)
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["sea", "sky"]
+    assert [line.get_ydata()[0] for line in ax.lines] == [0.5]  # one boundary between kinds
+
+
+def test_plot_output_strides_draws_one_cell_per_prediction():
+    fig = viz.plot_output_strides(torch.zeros(3, 64, 64), strides=(8, 32))
+    fine, coarse = fig.axes
+    assert len(fine.lines) == 2 * (64 // 8 + 1) and len(coarse.lines) == 2 * (64 // 32 + 1)
+    assert "8 x 8 cells" in fine.get_title() and "2 x 2 cells" in coarse.get_title()
