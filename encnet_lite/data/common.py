@@ -9,14 +9,14 @@ image and mask of different sizes, or label values outside the class range.
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+
+from ..checkpoint import atomic_write
 
 PathLike = Union[str, Path]
 
@@ -204,17 +204,9 @@ class SegmentationFiles(torch.utils.data.Dataset):
 # --------------------------------------------------------------------------- atomic writes
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that ``path`` exists only once it is complete."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``data`` to ``path`` so that ``path`` exists only once it is complete, with the
+    package's one atomic writer (:func:`encnet_lite.checkpoint.atomic_write`)."""
+    atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_text(path: PathLike, text: str) -> None:
