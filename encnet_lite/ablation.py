@@ -61,30 +61,24 @@ def k_variants(ks: Sequence[int]) -> Dict[str, Dict[str, Any]]:
 
 
 def run_one(cfg: TrainConfig) -> Dict[str, Any]:
-    """Train ``cfg`` and score the final model on its val split.
+    """Train ``cfg`` (replacing a previous run in ``cfg.out``) and score the final model on
+    its val split: the confusion matrix of the last epoch's validation
+    (:func:`encnet_lite.engine.validate`), so no second pass over the split.
 
     Returns ``miou``, ``pixacc`` (percent), ``iou`` (per class, percent; NaN for a class
     absent from targets and predictions), ``confusion`` (rows = truth, cols = prediction,
     pixel counts), ``loss`` (last epoch's mean training loss), ``seconds`` (wall time).
     """
-    from .engine import build_datasets, resolve_device, val_loader
-    from .metrics import ConfusionMatrix
     from .train import train
 
     start = time.perf_counter()
-    result = train(cfg)
-    device = resolve_device(cfg.device)
-    _, val = build_datasets(cfg)
-    cm = ConfusionMatrix(result.num_classes, ignore_index=getattr(val, "ignore_index", 255))
-    with torch.no_grad():
-        for images, masks in val_loader(val, cfg.val_batch_size or cfg.batch_size, 0):
-            cm.update(result.model(images.to(device))["main"].argmax(1), masks.to(device))
-    iou = cm.iou_per_class().tolist()
+    result = train(cfg, overwrite=True)
+    cm = result.confusion  # the last epoch is always validated
     return {
         "seed": cfg.seed,
         "miou": 100 * cm.mean_iou(),
         "pixacc": 100 * cm.pixel_accuracy(),
-        "iou": [100 * v for v in iou],
+        "iou": [100 * v for v in cm.iou_per_class().tolist()],
         "confusion": cm.matrix.cpu().tolist(),
         "loss": result.history[-1]["loss"],
         "seconds": time.perf_counter() - start,
@@ -243,7 +237,7 @@ def restricted_confusion(confusion: Sequence[Sequence[int]], rows: Sequence[int]
     column: ``(len(rows), len(rows) + 1)``; entry ``[i, j]`` = pixels of class ``rows[i]``
     predicted as ``rows[j]`` (last column: as any other class). ``normalize``: each row
     divided by its class's pixel count (rows sum to 1)."""
-    m = torch.as_tensor(confusion, dtype=torch.float64)
+    m = torch.as_tensor(confusion, dtype=torch.float64).cpu()  # e.g. a matrix on a GPU
     idx = torch.as_tensor(list(rows))
     sub = m[idx][:, idx]
     out = torch.cat([sub, (m[idx].sum(1) - sub.sum(1))[:, None]], dim=1)

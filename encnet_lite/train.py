@@ -479,8 +479,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     else:
         raise SystemExit("encnet-train: give --preset NAME (or --resume PATH)")
     if resume_path:
-        folder = Path(resume_path)
-        cfg = cfg.replace(out=str(folder if folder.is_dir() else folder.parent))
+        path = Path(resume_path)  # a run folder, or a checkpoint file in one
+        cfg = cfg.replace(out=str(path.parent if path.is_file() or path.suffix == ".pt"
+                                  else path))
     overrides = {}
     for f in fields(TrainConfig):
         text = getattr(args, f.name)

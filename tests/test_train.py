@@ -45,8 +45,13 @@ def test_train_writes_logs_and_checkpoints(tmp_path):
         "config.json", "metrics.jsonl", "iterations.jsonl", "last.pt", "best.pt"}
     assert [h["epoch"] for h in result.history] == [1, 2]
     assert load_history(out) == json.loads(json.dumps(result.history))
-    for key in ("loss", "main", "aux", "se", "lr", "pixAcc", "mIoU", "seconds", "images_per_s"):
+    for key in ("loss", "main", "aux", "se", "lr", "pixAcc", "mIoU", "seconds", "images_per_s",
+                "live_codewords", "assignment_perplexity", "largest_scale_share"):
         assert key in result.history[-1]
+    assert 1 <= result.history[-1]["live_codewords"] <= cfg.num_codes
+    # The returned confusion matrix is the last validation's: the same scores.
+    assert result.confusion.mean_iou() == pytest.approx(result.history[-1]["mIoU"])
+    assert int(result.confusion.matrix.sum()) == 8 * 64 * 64
     steps = load_history(out, "iterations.jsonl")
     assert [s["iteration"] for s in steps] == list(range(1, 13))
     assert steps[0]["lr"] == pytest.approx(cfg.lr) and result.history[-1]["lr"] == 0.0
@@ -68,6 +73,7 @@ def test_mixed_precision_and_fcn_train_on_cpu(tmp_path):
     assert torch.isfinite(torch.tensor(result.history[0]["loss"]))
     fcn = train(tiny(tmp_path / "fcn", epochs=1, model="fcn", se_loss=False, aux=False))
     assert fcn.history[0]["se"] == 0.0 and fcn.history[0]["aux"] == 0.0
+    assert "live_codewords" not in fcn.history[0]  # no Context Encoding Module: no health
 
 
 def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
@@ -129,7 +135,7 @@ def test_full_disk_mid_training_keeps_the_last_good_checkpoint(tmp_path, monkeyp
         train(tiny(tmp_path / "run"))
     monkeypatch.setattr(torch, "save", real_save)
     assert ckpt_io.load(tmp_path / "run" / "last.pt")["iteration"] == 6
-    assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
+    assert not [p for p in (tmp_path / "run").iterdir() if ckpt_io.TMP_MARK in p.name]
 
 
 def test_seed_makes_a_cpu_run_bit_reproducible(tmp_path):

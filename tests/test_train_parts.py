@@ -166,3 +166,25 @@ def test_cpu_sync_batchnorm_is_batchnorm_in_one_process():
     x = torch.randn(5, 3, 6, 6)
     assert torch.allclose(net(x), synced(x))
     assert torch.allclose(net[1].running_var, synced[1].running_var)
+
+
+def test_validate_returns_the_split_confusion_matrix_and_keeps_the_mode():
+    class AlwaysZeroOrTruth(nn.Module):
+        """Predicts class 0 on the left half, the true class on the right half."""
+
+        def forward(self, images):
+            truth = images[:, 0].long()  # the test stores the mask in channel 0
+            pred = torch.where(torch.arange(4) < 2, torch.zeros_like(truth), truth)
+            return {"main": torch.nn.functional.one_hot(pred, 3).permute(0, 3, 1, 2).float()}
+
+    masks = torch.tensor([[[1, 2, 1, 2]] * 4, [[0, 1, 2, 255]] * 4])  # (2, 4, 4)
+    images = masks.clamp(max=2)[:, None].float().expand(-1, 3, -1, -1)
+    loader = [(images[:1], masks[:1]), (images[1:], masks[1:])]
+    model = AlwaysZeroOrTruth().train()
+    cm = engine.validate(model, loader, 3, torch.device("cpu"))
+    assert model.training
+    # rows = truth, cols = prediction; the 4 pixels labelled 255 are not counted
+    assert cm.matrix.tolist() == [[4, 0, 0], [8, 4, 0], [4, 0, 8]]
+    s = engine.scores(cm)
+    assert s["pixAcc"] == pytest.approx(16 / 28)
+    assert s["iou"] == pytest.approx([4 / 16, 4 / 12, 8 / 12])
