@@ -83,7 +83,7 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     builder = getattr(models, name, None)
     if builder is None:
         raise ValueError(f"encnet_lite.models has no builder {name!r}")
-    kwargs: Dict[str, Any] = {"aux": cfg.aux}
+    kwargs: Dict[str, Any] = {"aux": cfg.aux, "align_corners": cfg.align_corners}
     if cfg.model == "encnet":
         kwargs.update(num_codes=cfg.num_codes, se_loss=cfg.se_loss, lateral=cfg.lateral,
                       encoder=cfg.encoder)

@@ -15,6 +15,7 @@ from scratch on the synthetic ContextScenes data in a few CPU minutes.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Dict, Optional, Union
 
@@ -25,7 +26,7 @@ AMP_MODES = ("auto", "on", "off", "bf16", "fp16")
 SWITCH_MODES = ("auto", "on", "off")
 # Encoding-layer variants: encnet_lite.encoding.VARIANTS (kept in sync by a test; presets
 # stays importable without torch).
-ENCODERS = ("official", "shared", "softplus", "normscale", "kmeans", "l2")
+ENCODERS = ("official", "shared", "softplus", "normscale", "kmeans", "l2", "shared_kmeans")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,10 @@ class TrainConfig:
     aux_weight: float = 0.2
     lateral: bool = False  # EncNet: lateral c2/c3 connections (official code: on for PASCAL)
     encoder: str = "official"  # EncNet: encoding-layer variant (encnet_lite.encoding.VARIANTS)
+    # Upsampling of the logits (official code: True). Not a MODEL_FIELD: the weights fit
+    # either way (a checkpoint can be scored with the other value); but it is part of the
+    # recipe, so a resumed run may not change it.
+    align_corners: bool = False
     pretrained_backbone: bool = False  # ImageNet weights (ResNets; torchvision's cache)
     backbone_weights: str = ""  # a local ImageNet state-dict file instead of the cache
     # --- data
@@ -131,11 +136,17 @@ MODEL_FIELDS = ("model", "backbone", "num_codes", "se_loss", "aux", "lateral", "
                 "encoder")
 
 
+def cpu_workers(most: int = 8) -> int:
+    """DataLoader processes for this machine: one per CPU core, at most ``most`` (Colab's
+    free runtime has 2 cores; more workers than cores only compete with each other)."""
+    return max(1, min(most, os.cpu_count() or 1))
+
+
 def _pascal(name: str, **kw: Any) -> TrainConfig:
     base = dict(
         name=name, backbone="resnet50", pretrained_backbone=True, crop_size=480,
-        base_size=520, batch_size=16, lr=1e-3, epochs=80, workers=8,
-        checkpoint_every=1000,
+        base_size=520, batch_size=16, lr=1e-3, epochs=80, workers=cpu_workers(),
+        checkpoint_every=1000, align_corners=True,
     )
     base.update(kw)
     return TrainConfig(**base)

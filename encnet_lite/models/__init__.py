@@ -15,6 +15,7 @@ from .segmentation import (
     FCN,
     EncNet,
     SegmentationModel,
+    align_corners_disagreement,
     encnet_resnet50,
     encnet_resnet101,
     encnet_tiny,
@@ -26,6 +27,7 @@ from .segmentation import (
 
 __all__ = [
     "FCN", "EncHead", "EncNet", "FCNHead", "LateralFusion", "ResNetBackbone",
+    "align_corners_disagreement",
     "SegmentationModel", "TinyBackbone", "conv_macs", "count_parameters", "encnet_resnet50",
     "encnet_resnet101", "encnet_tiny", "fcn_resnet50", "fcn_resnet101", "fcn_tiny",
     "input_support", "load_resnet_state_dict", "receptive_field", "trace_shapes", "upsample",

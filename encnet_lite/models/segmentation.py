@@ -14,6 +14,11 @@ key               shape                  when
 
 ``se`` is returned in eval mode too (it costs one small linear layer): chapters read the
 predicted class presence ``sigmoid(se)`` at test time.
+
+``align_corners`` chooses how the stride-8 logits are upsampled: ``False`` (torchvision's
+convention, the default here) treats pixels as squares, ``True`` (the official
+PyTorch-Encoding code, for the main and the auxiliary logits) pins the corner pixels'
+centres together. The weights are the same either way; the PASCAL presets use ``True``.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -30,15 +36,15 @@ from .heads import EncHead, FCNHead
 __all__ = [
     "FCN", "EncNet", "SegmentationModel",
     "encnet_resnet50", "encnet_resnet101", "encnet_tiny",
-    "fcn_resnet50", "fcn_resnet101", "fcn_tiny",
+    "fcn_resnet50", "fcn_resnet101", "fcn_tiny", "align_corners_disagreement",
 ]
 
 PathLike = Optional[Union[str, Path]]
 
 
-def upsample(logits: Tensor, size) -> Tensor:
+def upsample(logits: Tensor, size, align_corners: bool = False) -> Tensor:
     """Bilinear upsampling of ``(B, C, h, w)`` logits to ``size = (H, W)``."""
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
 
 
 class SegmentationModel(nn.Module):
@@ -47,6 +53,7 @@ class SegmentationModel(nn.Module):
     backbone: nn.Module
     head: nn.Module
     aux: Optional[nn.Module]
+    align_corners: bool = False  # how the logits are upsampled (module docstring)
 
     def param_groups(self, lr: Optional[float] = None,
                      head_lr_mult: float = 10.0) -> List[Dict]:
@@ -68,7 +75,7 @@ class SegmentationModel(nn.Module):
 
     def _aux(self, feats: Dict[str, Tensor], out: Dict[str, Tensor], size) -> None:
         if self.training and self.aux is not None:
-            out["aux"] = upsample(self.aux(feats["c3"]), size)
+            out["aux"] = upsample(self.aux(feats["c3"]), size, self.align_corners)
 
 
 class FCN(SegmentationModel):
@@ -77,10 +84,12 @@ class FCN(SegmentationModel):
     ``forward(images: (B, 3, H, W)) -> {"main"[, "aux"]}`` (see the module docstring).
     """
 
-    def __init__(self, backbone: nn.Module, num_classes: int, aux: bool = True) -> None:
+    def __init__(self, backbone: nn.Module, num_classes: int, aux: bool = True,
+                 align_corners: bool = False) -> None:
         super().__init__()
         ch = backbone.out_channels
         self.num_classes = num_classes
+        self.align_corners = align_corners
         self.backbone = backbone
         self.head = FCNHead(ch["c4"], num_classes)
         self.aux = FCNHead(ch["c3"], num_classes) if aux else None
@@ -88,7 +97,7 @@ class FCN(SegmentationModel):
     def forward(self, images: Tensor) -> Dict[str, Tensor]:
         size = images.shape[-2:]
         feats = self.backbone(images)
-        out = {"main": upsample(self.head(feats["c4"]), size)}
+        out = {"main": upsample(self.head(feats["c4"]), size, self.align_corners)}
         self._aux(feats, out, size)
         return out
 
@@ -105,16 +114,19 @@ class EncNet(SegmentationModel):
         num_codes: K, codewords of the encoding layer.
         head_channels: width of the head; ``gamma`` and ``e`` have this size.
         encoder: the encoding layer's variant (:data:`encnet_lite.encoding.VARIANTS`).
+        align_corners: upsampling convention of the logits (see the module docstring).
 
     ``forward(images: (B, 3, H, W)) -> {"main", "gamma", "e"[, "se"][, "aux"]}``.
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, aux: bool = True,
                  se_loss: bool = True, lateral: bool = False, num_codes: int = 32,
-                 head_channels: int = 512, encoder: str = "official") -> None:
+                 head_channels: int = 512, encoder: str = "official",
+                 align_corners: bool = False) -> None:
         super().__init__()
         ch = backbone.out_channels
         self.num_classes = num_classes
+        self.align_corners = align_corners
         self.backbone = backbone
         self.head = EncHead(ch["c4"], num_classes, channels=head_channels, num_codes=num_codes,
                             se_loss=se_loss,
@@ -126,7 +138,8 @@ class EncNet(SegmentationModel):
         size = images.shape[-2:]
         feats = self.backbone(images)
         logits, ctx = self.head(feats)
-        out = {"main": upsample(logits, size), "gamma": ctx.gamma, "e": ctx.e}
+        out = {"main": upsample(logits, size, self.align_corners), "gamma": ctx.gamma,
+               "e": ctx.e}
         if ctx.se is not None:
             out["se"] = ctx.se
         self._aux(feats, out, size)
@@ -169,15 +182,19 @@ def encnet_resnet101(num_classes: int, pretrained_backbone: bool = False,
 
 
 def fcn_resnet50(num_classes: int, pretrained_backbone: bool = False,
-                 weights_path: PathLike = None, output_stride: int = 8, aux: bool = True) -> FCN:
+                 weights_path: PathLike = None, output_stride: int = 8, aux: bool = True,
+                 align_corners: bool = False) -> FCN:
     """The FCN baseline on a dilated ResNet-50 (see :func:`encnet_resnet50`)."""
-    return FCN(_resnet(50, pretrained_backbone, weights_path, output_stride), num_classes, aux)
+    return FCN(_resnet(50, pretrained_backbone, weights_path, output_stride), num_classes, aux,
+               align_corners)
 
 
 def fcn_resnet101(num_classes: int, pretrained_backbone: bool = False,
-                  weights_path: PathLike = None, output_stride: int = 8, aux: bool = True) -> FCN:
+                  weights_path: PathLike = None, output_stride: int = 8, aux: bool = True,
+                  align_corners: bool = False) -> FCN:
     """The FCN baseline on a dilated ResNet-101 (see :func:`encnet_resnet50`)."""
-    return FCN(_resnet(101, pretrained_backbone, weights_path, output_stride), num_classes, aux)
+    return FCN(_resnet(101, pretrained_backbone, weights_path, output_stride), num_classes, aux,
+               align_corners)
 
 
 def encnet_tiny(num_classes: int, head_channels: int = 64, **kwargs) -> EncNet:
@@ -185,6 +202,22 @@ def encnet_tiny(num_classes: int, head_channels: int = 64, **kwargs) -> EncNet:
     return EncNet(TinyBackbone(), num_classes, head_channels=head_channels, **kwargs)
 
 
-def fcn_tiny(num_classes: int, aux: bool = True) -> FCN:
+def fcn_tiny(num_classes: int, aux: bool = True, align_corners: bool = False) -> FCN:
     """The FCN baseline on :class:`TinyBackbone`: the context-blind reference."""
-    return FCN(TinyBackbone(), num_classes, aux)
+    return FCN(TinyBackbone(), num_classes, aux, align_corners)
+
+
+@torch.no_grad()
+def align_corners_disagreement(model: SegmentationModel, images: Tensor) -> float:
+    """Share of the pixels of ``images: (B, 3, H, W)`` whose argmax class differs between
+    ``align_corners=False`` and ``True``: the same weights, the same stride-8 logits, only
+    the upsampling differs. The model is run as it is (call ``eval()`` first)."""
+    before = model.align_corners
+    try:
+        labels = []
+        for flag in (False, True):
+            model.align_corners = flag
+            labels.append(model(images)["main"].argmax(1))
+    finally:
+        model.align_corners = before
+    return float((labels[0] != labels[1]).float().mean())
