@@ -458,6 +458,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run in OUT (a new run refuses a folder that holds one)")
     p.add_argument("--print-config", action="store_true", help="print the config and exit")
+    p.add_argument("--budget", nargs="?", const=5, type=int, default=None, metavar="N",
+                   help="time N training iterations (default 5) and a few evaluated images, "
+                   "print speed, memory and time per epoch / schedule / evaluation, and exit "
+                   "without writing anything")
     defaults = TrainConfig()
     for f in fields(TrainConfig):
         default = getattr(defaults, f.name)
@@ -508,6 +512,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
     from .data import DatasetNotFoundError
+
+    if args.budget is not None:
+        from .budget import format_budget, measure_budget
+
+        try:
+            print(format_budget(measure_budget(cfg, iterations=args.budget)))
+        except (DatasetNotFoundError, ValueError) as exc:
+            print(f"encnet-train: {exc}", file=sys.stderr)
+            return 2
+        return 0
 
     # A bare --resume means this run's folder, which must then hold a checkpoint.
     resume = cfg.out if args.resume == "auto" else args.resume

@@ -46,3 +46,16 @@ def test_measure_budget_on_the_tiny_preset_writes_nothing(tmp_path, monkeypatch)
     s = budget.suggest_batch(16, cfg.lr, b["peak_memory"], b["fixed_memory"], int(half) + 1)
     assert s["batch_size"] == 8 and s["lr"] == pytest.approx(cfg.lr / 2)
     assert "batch_size=8 with lr=0.025" in budget.format_budget({**b, "suggestion": s})
+
+
+def test_cli_budget_from_an_empty_folder_prints_and_writes_nothing(tmp_path, monkeypatch,
+                                                                   capsys):
+    from encnet_lite import train
+
+    monkeypatch.chdir(tmp_path)
+    assert train.main(["--preset", "scenes_encnet_tiny", "--budget", "2"]) == 0
+    out = capsys.readouterr().out
+    for words in ("iterations/s", "peak memory", "one epoch        32 iterations",
+                  "whole schedule   12 epochs", "evaluation       128 images"):
+        assert words in out
+    assert list(tmp_path.iterdir()) == []  # no run folder, no checkpoint
