@@ -1,20 +1,24 @@
 """The built site in a real headless browser (Debian's Chromium driven by Playwright).
 
-Checks every chapter page: it loads, no image is broken, math is typeset by
-MathJax, and its "Open in Colab" link points at that chapter's notebook.
-Runs when Chromium, Playwright and a built site are present; skipped with the
-reason otherwise. `make test` checks the un-executed build, `make book` the
-executed one. No network: MathJax's CDN address is served from the local
-`django-static-mathjax` copy and every other outside request is refused.
+Every page of the table of contents is opened from disk (``file://``, as a reader opens
+a saved site) with every other request refused and recorded: the site must work with
+no network at all. Per page: no request left the page, no broken image, every formula
+typeset by the site's own MathJax (no raw TeX left), no raw Markdown table text, no
+blank interactive output, no output block wider than the content column, and the
+"Open in Colab" link points at the chapter's notebook. Chapters 01-07 must have a
+Summary and an Exercises section and cite at least one work of the References page.
+
+Runs when Chromium, Playwright and a built site are present; skipped with the reason
+otherwise. `make test` checks the un-executed build (`make book-check`), `make book`
+the executed one. ``ENCNET_SCREENSHOTS=<folder>`` saves a full-page screenshot of
+every page there.
 """
 
 from __future__ import annotations
 
-import functools
-import http.server
 import os
+import re
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
@@ -27,6 +31,47 @@ pytestmark = pytest.mark.site
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SITE_CANDIDATES = [ROOT / "_build" / "html", ROOT / "_build" / "check" / "_build" / "html"]
+LOCAL_SCHEMES = ("file:", "data:", "blob:", "about:")
+CHAPTER = re.compile(r"book/0[1-7]_")
+RAW_TEX = re.compile(r"\\\(|\\\)|\\\[|\\\]|\$\$|\\begin\{|\$[^\s$][^$\n]{0,80}?[^\s$\\]\$")
+# A Markdown table left as text: "|---|" (Sphinx's smart quotes turn "---" into an em dash).
+RAW_TABLE = re.compile(r"\|\s*:?(?:-{3,}|[\u2014\u2013]+)\s*:?\|")
+
+# Everything the page shows outside code *inputs*, after MathJax: outputs are included.
+VISIBLE_TEXT_JS = """() => {
+  const main = document.querySelector('main').cloneNode(true);
+  main.querySelectorAll('.cell_input, code, mjx-container, script, style, '
+                        + '.headerlink, nav').forEach(e => e.remove());
+  return main.textContent;
+}"""
+
+# An interactive output (ipywidgets) with nothing a reader can see in its output area.
+BLANK_WIDGETS_JS = """() => {
+  const scripts = document.querySelectorAll(
+      'main script[type="application/vnd.jupyter.widget-view+json"]');
+  return Array.from(scripts).filter(s => {
+    const area = s.closest('.cell_output') || s.parentElement;
+    const media = Array.from(area.querySelectorAll('img, svg, canvas'))
+        .some(m => m.getBoundingClientRect().width > 0);
+    return area.innerText.trim().length === 0 && !media;
+  }).map(s => s.textContent.slice(0, 80));
+}"""
+
+# Output blocks that scroll sideways or stick out of the content column (px).
+WIDE_OUTPUTS_JS = """() => {
+  const column = document.querySelector('main article') || document.querySelector('main');
+  const right = column.getBoundingClientRect().right;
+  const wide = [];
+  document.querySelectorAll('main .cell_output, main .cell_output pre, '
+                            + 'main .cell_output table, main .cell_output img').forEach(el => {
+    const box = el.getBoundingClientRect();
+    if (box.width === 0) return;  // hidden (collapsed) outputs
+    const over = Math.max(el.scrollWidth - el.clientWidth, box.right - right);
+    if (over > 2) wide.push(`${el.tagName.toLowerCase()} ${Math.round(over)} px: `
+                            + el.innerText.trim().split('\\n')[0].slice(0, 60));
+  });
+  return wide;
+}"""
 
 
 def _site_dir() -> Path | None:
@@ -35,7 +80,7 @@ def _site_dir() -> Path | None:
     return next((d for d in SITE_CANDIDATES if (d / "index.html").exists()), None)
 
 
-def _chapter_stems() -> list[str]:
+def _page_stems() -> list[str]:
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     stems = [toc["root"]]
     for part in toc.get("parts", []):
@@ -43,26 +88,16 @@ def _chapter_stems() -> list[str]:
     return stems
 
 
-def _mathjax_dir() -> Path | None:
-    try:
-        import mathjax  # django-static-mathjax
-    except ImportError:
-        return None
-    path = Path(mathjax.__file__).parent / "static" / "mathjax"
-    return path if (path / "es5" / "tex-mml-chtml.js").exists() else None
+def _chapter_stems() -> list[str]:
+    return [s for s in _page_stems() if CHAPTER.match(s)]
 
 
 @pytest.fixture(scope="module")
-def site():
+def site() -> Path:
     site = _site_dir()
-    if site is None:
+    if site is None or not (site / "index.html").exists():
         pytest.skip("no built site: run `make book` (or `make book-check`) first")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
-    handler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield site, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    return site.resolve()
 
 
 @pytest.fixture(scope="module")
@@ -73,73 +108,129 @@ def browser():
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(
             executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
         )
         yield b
         b.close()
 
 
-def _route_offline(page, base: str, mathjax: Path | None) -> None:
-    """Serve MathJax from disk, allow the local site, refuse everything else."""
+def _inspect(browser, site: Path, stem: str) -> dict:
+    """Open one page offline and collect everything the tests check."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    refused: list[str] = []
 
     def handle(route):
         url = route.request.url
-        if url.startswith(base) or url.startswith("data:"):
+        if url.startswith(LOCAL_SCHEMES):
             return route.continue_()
-        if mathjax is not None and "mathjax" in url and "/es5/" in url:
-            local = mathjax / "es5" / url.split("/es5/", 1)[1].split("?")[0]
-            if local.is_file():
-                return route.fulfill(path=str(local))
+        refused.append(url)
         return route.abort()
 
     page.route("**/*", handle)
+    page.goto((site / f"{stem}.html").as_uri(), wait_until="load")
+    report = {"title": page.locator("main h1").count(), "typeset": True}
+    if page.locator("main .math").count() > 0:
+        try:  # every formula, hidden ones too (e.g. inside a collapsed dropdown)
+            page.wait_for_function(
+                "() => document.querySelectorAll('main .math').length === "
+                "document.querySelectorAll('main .math mjx-container').length",
+                timeout=30_000)
+        except Exception:  # reported by the test, with the page named
+            report["typeset"] = False
+    page.wait_for_timeout(300)  # fonts and late requests
+    text = page.evaluate(VISIBLE_TEXT_JS)
+    report.update(
+        refused=refused,
+        broken=page.evaluate("() => Array.from(document.images).filter(i => !i.complete "
+                             "|| i.naturalWidth === 0).map(i => i.src)"),
+        merror=page.locator("mjx-merror").count(),
+        raw_tex=sorted({m.group(0) for m in RAW_TEX.finditer(text)}),
+        raw_table=[text[max(m.start() - 30, 0):m.end() + 30] for m in RAW_TABLE.finditer(text)],
+        blank_widgets=page.evaluate(BLANK_WIDGETS_JS),
+        wide=page.evaluate(WIDE_OUTPUTS_JS),
+        headings=[h.strip().rstrip("#").strip() for h in page.eval_on_selector_all(
+            "main h2", "els => els.map(e => e.innerText)")],
+        citations=page.eval_on_selector_all(
+            "main a[href*='references.html#']", "els => els.map(e => e.innerText)"),
+        colab=page.eval_on_selector_all(
+            "a[href*='colab.research.google.com']", "els => els.map(e => e.href)"),
+    )
+    shots = os.environ.get("ENCNET_SCREENSHOTS")
+    if shots:
+        Path(shots).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(shots) / f"{stem.replace('/', '_')}.png"), full_page=True)
+    page.close()
+    return report
+
+
+@pytest.fixture(scope="module")
+def reports(site, browser):
+    cache: dict = {}
+
+    def get(stem: str) -> dict:
+        if stem not in cache:
+            cache[stem] = _inspect(browser, site, stem)
+        return cache[stem]
+
+    return get
+
+
+@pytest.mark.parametrize("stem", _page_stems())
+def test_page_works_offline(reports, stem):
+    r = reports(stem)
+    assert r["title"] >= 1, f"{stem}.html has no title"
+    assert r["refused"] == [], f"{stem}.html requested the network: {r['refused']}"
+    assert r["broken"] == [], f"{stem}.html has broken images: {r['broken']}"
+
+
+@pytest.mark.parametrize("stem", _page_stems())
+def test_math_is_typeset(reports, stem):
+    r = reports(stem)
+    assert r["typeset"], f"{stem}.html: MathJax did not typeset every formula offline"
+    assert r["merror"] == 0, f"{stem}.html: {r['merror']} formulas MathJax could not typeset"
+    assert r["raw_tex"] == [], f"{stem}.html shows raw TeX: {r['raw_tex']}"
+
+
+@pytest.mark.parametrize("stem", _page_stems())
+def test_tables_render(reports, stem):
+    r = reports(stem)
+    assert r["raw_table"] == [], f"{stem}.html shows raw Markdown table text: {r['raw_table']}"
+
+
+@pytest.mark.parametrize("stem", _page_stems())
+def test_no_blank_interactive_output(reports, stem):
+    r = reports(stem)
+    assert r["blank_widgets"] == [], f"{stem}.html: blank interactive outputs {r['blank_widgets']}"
+
+
+@pytest.mark.parametrize("stem", _page_stems())
+def test_outputs_fit_the_column(reports, stem):
+    r = reports(stem)
+    assert r["wide"] == [], f"{stem}.html: output blocks wider than the column: {r['wide']}"
+
+
+@pytest.mark.parametrize("stem", [s for s in _page_stems() if (ROOT / f"{s}.ipynb").exists()])
+def test_colab_link(reports, stem):
+    want = ("https://colab.research.google.com/github/"
+            + runtime.REPO_URL.split("github.com/", 1)[1]
+            + f"/blob/{runtime.REPO_REF}/{stem}.ipynb")
+    assert want in reports(stem)["colab"], f"{stem}.html: Colab link should be {want}"
 
 
 @pytest.mark.parametrize("stem", _chapter_stems())
-def test_chapter_page(site, browser, stem):
-    site_dir, base = site
-    mathjax = _mathjax_dir()
-    page = browser.new_page()
-    _route_offline(page, base, mathjax)
-    response = page.goto(f"{base}/{stem}.html", wait_until="load")
-    assert response is not None and response.status == 200, f"{stem}.html did not load"
-    assert page.locator("main h1").count() >= 1, f"{stem}.html has no title"
+def test_chapter_has_summary_exercises_and_citations(reports, stem):
+    r = reports(stem)
+    for heading in ("Summary", "Exercises"):
+        assert heading in r["headings"], f"{stem}.html has no '## {heading}' ({r['headings']})"
+    assert r["citations"], f"{stem}.html cites nothing from the References page"
 
-    broken = page.evaluate(
-        "() => Array.from(document.images)"
-        ".filter(img => !img.complete || img.naturalWidth === 0).map(img => img.src)"
-    )
-    assert broken == [], f"{stem}.html has broken images: {broken}"
 
-    if page.locator("main .math").count() > 0:
-        assert mathjax is not None, "pip install django-static-mathjax (the offline MathJax)"
-        # Every formula typeset (hidden ones too, e.g. inside a collapsed dropdown).
-        page.wait_for_function(
-            "() => document.querySelectorAll('main .math').length === "
-            "document.querySelectorAll('main .math mjx-container').length",
-            timeout=30_000,
-        )
-        errors = page.locator("mjx-merror").count()
-        assert errors == 0, f"{stem}.html: {errors} formulas MathJax could not typeset"
-
-    if (ROOT / f"{stem}.ipynb").exists():
-        want = (
-            "https://colab.research.google.com/github/"
-            + runtime.REPO_URL.split("github.com/", 1)[1]
-            + f"/blob/{runtime.REPO_REF}/{stem}.ipynb"
-        )
-        hrefs = page.eval_on_selector_all(
-            "a[href*='colab.research.google.com']", "els => els.map(e => e.href)"
-        )
-        assert want in hrefs, f"{stem}.html: Colab link {hrefs} should be {want}"
-
-    if stem.endswith("00_setup"):
-        page.screenshot(path=str(site_dir.parent / "screenshot_setup.png"), full_page=False)
-    page.close()
+def test_references_list_every_bib_entry(reports, site):
+    bib = (ROOT / "book" / "references.bib").read_text(encoding="utf-8")
+    keys = re.findall(r"^@\w+\{([^,]+),", bib, flags=re.M)
+    html = (site / "book" / "references.html").read_text(encoding="utf-8")
+    entries = re.findall(r'role="doc-biblioentry"', html)
+    assert len(keys) >= 14 and len(entries) == len(keys), (len(entries), keys)
+    r = reports("book/references")
+    assert r["refused"] == [] and r["title"] >= 1
