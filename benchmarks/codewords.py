@@ -25,10 +25,6 @@ codewords on every seed).
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -40,12 +36,13 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_common.py
+import _common  # noqa: E402  (puts the checkout on sys.path)
+
 from encnet_lite import presets  # noqa: E402
-from encnet_lite.checkpoint import write_json_atomic  # noqa: E402
 from encnet_lite.encoding import VARIANTS  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "codewords.json"
+RESULTS = _common.RESULTS / "codewords.json"
 HEALTH_IMAGES = 32
 METRICS = ("live_codewords", "assignment_perplexity", "largest_scale_share")
 BOOK_PRESET = "scenes_encnet_tiny"
@@ -66,17 +63,39 @@ def run_one(cfg: presets.TrainConfig) -> Dict[str, Any]:
 
     torch.set_num_threads(max(1, cfg.threads))
     start = time.perf_counter()
-    result = train(cfg)
+    result = train(cfg, overwrite=True)  # a rerun of the benchmark replaces its runs
     health = codeword_health(result.model, health_images(cfg))
     return {"seed": cfg.seed, "miou": 100 * float(result.history[-1]["mIoU"]), **health,
             "seconds": time.perf_counter() - start}
 
 
+def measure_run(folder: Path) -> Dict[str, Any]:
+    """The same record as :func:`run_one`, read from a finished run folder (``config.json``,
+    ``last.pt``, ``metrics.jsonl``) instead of training: e.g. the ablation's EncNet runs,
+    which are this study's runs of the variant they used."""
+    import json
+
+    from encnet_lite.checkpoint import load
+    from encnet_lite.context import codeword_health
+    from encnet_lite.engine import build_model
+
+    folder = Path(folder)
+    cfg = presets.TrainConfig.from_dict(json.loads((folder / "config.json").read_text()))
+    saved = load(folder / "last.pt")
+    model = build_model(cfg, len(saved["classes"]))
+    model.load_state_dict(saved["model"])
+    history = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    if history[-1].get("epoch") != cfg.epochs or "mIoU" not in history[-1]:
+        raise ValueError(f"{folder}: not a finished, validated run of {cfg.epochs} epochs")
+    return {"seed": cfg.seed, "encoder": cfg.encoder, "miou": 100 * history[-1]["mIoU"],
+            **codeword_health(model, health_images(cfg)), "source": str(folder.name)}
+
+
 def base_config(screen: bool = False, se_loss: bool = True, **overrides: Any
                 ) -> presets.TrainConfig:
-    """The preset's budget, or the screen's (6 of the 12 epochs)."""
+    """The preset's budget, or the screen's (4 epochs of 256 images: 1/6 of it)."""
     if screen:
-        overrides = {"epochs": 6, **overrides}
+        overrides = {"epochs": 4, "num_train_images": 256, **overrides}
     return presets.scenes_encnet_tiny(progress=False, threads=1, val_every=0, workers=0,
                                       se_loss=se_loss, **overrides)
 
@@ -86,16 +105,24 @@ def study(variants: Sequence[str], seeds: Sequence[int], base: presets.TrainConf
     """Train every (variant, seed) under ``base``; ``{variant: {metric: [per seed]}}``."""
     cfgs = [base.replace(encoder=v, seed=s, name=f"{v}_s{s}", out=f"{out_root}/{v}_s{s}")
             for v in variants for s in seeds]
-    with ProcessPoolExecutor(max(1, jobs), mp_context=get_context("spawn")) as pool:
-        futures = [(cfg, pool.submit(run_one, cfg)) for cfg in cfgs]
-        done = {}
-        for cfg, fut in futures:
-            rec = done[(cfg.encoder, cfg.seed)] = fut.result()
-            if log is not None:
-                log(f"{cfg.encoder:>10} seed {cfg.seed}: mIoU {rec['miou']:6.2f}  live "
-                    f"{rec['live_codewords']:4.0f}  perplexity "
-                    f"{rec['assignment_perplexity']:5.1f}  largest-scale share "
-                    f"{rec['largest_scale_share']:.2f}  ({rec['seconds']:.0f} s)")
+    done: Dict[tuple, Dict[str, Any]] = {}
+
+    def note(cfg: presets.TrainConfig, rec: Dict[str, Any]) -> None:
+        done[(cfg.encoder, cfg.seed)] = rec
+        if log is not None:
+            log(f"{cfg.encoder:>10} seed {cfg.seed}: mIoU {rec['miou']:6.2f}  live "
+                f"{rec['live_codewords']:4.0f}  perplexity "
+                f"{rec['assignment_perplexity']:5.1f}  largest-scale share "
+                f"{rec['largest_scale_share']:.2f}  ({rec['seconds']:.0f} s)", flush=True)
+
+    if jobs <= 1:
+        for cfg in cfgs:
+            note(cfg, run_one(cfg))
+    else:
+        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+            futures = [(cfg, pool.submit(run_one, cfg)) for cfg in cfgs]
+            for cfg, fut in futures:
+                note(cfg, fut.result())
     keys = ("miou", *METRICS, "seconds")
     return {v: {"seeds": list(seeds), **{k: [done[(v, s)][k] for s in seeds] for k in keys}}
             for v in variants}
@@ -108,30 +135,39 @@ def pick_book_variant(results: Dict[str, Dict[str, List[float]]], min_live: int 
     return max(ok, key=lambda v: statistics.fmean(results[v]["miou"])) if ok else "official"
 
 
-def machine() -> Dict[str, Any]:
-    return {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "platform": platform.platform()}
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = _common.parser(__doc__)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="default: 0 1 2 (0 with --screen)")
-    p.add_argument("--screen", action="store_true", help="reduced budget: 6 epochs")
+    p.add_argument("--screen", action="store_true",
+                   help="reduced budget: 4 epochs of 256 images")
+    p.add_argument("--runs-dir", default=None, help="keep the run folders here")
     p.add_argument("--no-se", action="store_true", help="FCN + Context Encoding, no SE-loss")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--jobs", type=int, default=2, help="runs at once (one thread each)")
     p.add_argument("--book-variant", default=None, choices=VARIANTS)
-    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--add-runs", nargs="+", default=[], type=Path, metavar="FOLDER",
+                   help="finished run folders (e.g. the ablation's encnet_s*) to measure "
+                        "instead of training their variant again")
     args = p.parse_args(argv)
+    if args.quick:  # seconds long: checks the script
+        args.variants, args.seeds, args.jobs = ["official", "kmeans"], [0], 1
     seeds = args.seeds or ([0] if args.screen else [0, 1, 2])
     overrides = {} if args.epochs is None else {"epochs": args.epochs}
+    if args.quick:
+        overrides.update(epochs=1, num_train_images=16, num_val_images=32, image_size=64)
     cfg = base_config(args.screen, not args.no_se, **overrides)
-    start, load = time.perf_counter(), [round(x, 2) for x in os.getloadavg()]
+    start, info = time.perf_counter(), _common.machine(torch.device("cpu"))
+    added = [measure_run(folder) for folder in args.add_runs]
+    reused = {rec["encoder"] for rec in added}
     with tempfile.TemporaryDirectory() as tmp:
-        results = study(args.variants, seeds, cfg, tmp, args.jobs)
+        results = study([v for v in args.variants if v not in reused], seeds, cfg,
+                        args.runs_dir or tmp, args.jobs)
+    for variant in sorted(reused):
+        recs = sorted((r for r in added if r["encoder"] == variant), key=lambda r: r["seed"])
+        results[variant] = {"seeds": [r["seed"] for r in recs],
+                            **{k: [r[k] for r in recs] for k in ("miou", *METRICS, "source")}}
     book = args.book_variant or pick_book_variant(results)
     out = {
         "benchmark": "encoding-layer variants on ContextScenes (tiny backbone, CPU)",
@@ -146,20 +182,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "book_preset": BOOK_PRESET,
         "config": {k: v for k, v in cfg.to_dict().items()
                    if k not in ("seed", "out", "name", "encoder")},
-        "machine": {**machine(), "load_average_at_start": load,
-                    "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
+        "machine": info,
         "command": " ".join(["benchmarks/codewords.py",
                              *(sys.argv[1:] if argv is None else argv)]),
         "jobs": args.jobs,
-        "date": datetime.date.today().isoformat(),
-        "seconds": round(time.perf_counter() - start, 1),
     }
-    write_json_atomic(args.out, out, indent=1)
+    _common.write_result(args.out or RESULTS, _common.finish(out, start), indent=1)
     for v, r in results.items():
         live = statistics.fmean(r["live_codewords"])
         miou = statistics.fmean(r["miou"])
         print(f"{v:>10}: mIoU {miou:6.2f}  live codewords {live:5.1f}")
-    print(f"book variant: {book}; wrote {args.out}")
+    print(f"book variant: {book}")
     return 0
 
 

@@ -141,9 +141,11 @@ def vlad(x: Tensor, codewords: Tensor) -> Tensor:
 #   normscale  scale_k ~ U(-1, 0) / mean ||x||^2 at the first training batch (O(1) logits);
 #   kmeans     codewords = k-means of the first training batch's descriptors, one common
 #              scale -1 / (mean squared distance to the nearest centre), as NetVLAD does;
-#   l2         descriptors L2-normalised before the encoding (||x|| = 1).
-VARIANTS = ("official", "shared", "softplus", "normscale", "kmeans", "l2")
-_DATA_INIT = ("normscale", "kmeans")  # variants initialised from the first training batch
+#   l2         descriptors L2-normalised before the encoding (||x|| = 1);
+#   shared_kmeans  k-means codewords and one shared factor (both of the above).
+VARIANTS = ("official", "shared", "softplus", "normscale", "kmeans", "l2", "shared_kmeans")
+_DATA_INIT = ("normscale", "kmeans", "shared_kmeans")  # initialised from the first batch
+_SHARED = ("shared", "shared_kmeans")  # one smoothing factor for all K codewords
 
 
 def kmeans(points: Tensor, k: int, iterations: int = 20,
@@ -172,7 +174,7 @@ class Encoding(nn.Module):
     ``Encoding(channels=D, num_codes=K, variant="official")``; ``forward(x)`` takes a
     feature map (B, D, H, W) or descriptors (B, N, D) and returns (B, K, D).
     Parameters: ``codewords`` (K, D), ``scale`` (K,) (scale = -s of the paper; (1,) for
-    ``variant="shared"``, and the pre-softplus parameter for ``"softplus"``).
+    the shared variants, and the pre-softplus parameter for ``"softplus"``).
 
     Why the official initialisation collapses: ``scale_k ||x_i - c_k||^2 = scale_k (||x_i||^2
     - 2 x_i.c_k + ||c_k||^2)`` and codewords start within ``1/sqrt(KD)`` of the origin, so
@@ -180,8 +182,8 @@ class Encoding(nn.Module):
     largest scale wins every position. The variants in :data:`VARIANTS` change only the
     factors, the initialisation or the descriptors; the assignment math is
     :func:`soft_assignment` for all of them. The data-initialised ones (``normscale``,
-    ``kmeans``) initialise at their first training-mode forward and record it in the
-    ``initialised`` buffer, so a checkpoint reloads the initialised values.
+    ``kmeans``, ``shared_kmeans``) initialise at their first training-mode forward and
+    record it in the ``initialised`` buffer, so a checkpoint reloads the initialised values.
     """
 
     def __init__(self, channels: int, num_codes: int, variant: str = "official") -> None:
@@ -190,7 +192,7 @@ class Encoding(nn.Module):
             raise ValueError(f"unknown encoding variant {variant!r}; choose one of {VARIANTS}")
         self.channels, self.num_codes, self.variant = channels, num_codes, variant
         self.codewords = nn.Parameter(torch.empty(num_codes, channels))
-        self.scale = nn.Parameter(torch.empty(1 if variant == "shared" else num_codes))
+        self.scale = nn.Parameter(torch.empty(1 if variant in _SHARED else num_codes))
         if variant in _DATA_INIT:
             self.register_buffer("initialised", torch.tensor(False))
         self.reset_parameters()
@@ -210,7 +212,7 @@ class Encoding(nn.Module):
 
     def smoothing(self) -> Tensor:
         """The per-codeword factors ``scale: (K,)`` the assignment uses (scale = -s)."""
-        if self.variant == "shared":
+        if self.variant in _SHARED:
             return self.scale.expand(self.num_codes)
         if self.variant == "softplus":
             return -F.softplus(self.scale)
@@ -240,7 +242,7 @@ class Encoding(nn.Module):
 
     @torch.no_grad()
     def init_from_data(self, x: Tensor, max_points: int = 4096) -> None:
-        """Initialise from descriptors ``x: (B, N, D)`` (``normscale``, ``kmeans``); under
+        """Initialise from descriptors ``x: (B, N, D)`` (the data-initialised variants); under
         torch.distributed, rank 0's values are broadcast so every process agrees."""
         points = x.detach().reshape(-1, self.channels).float()
         gen = torch.Generator(device=points.device).manual_seed(0)

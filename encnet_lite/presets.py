@@ -191,11 +191,18 @@ def scenes_encnet_tiny(**overrides: Any) -> TrainConfig:
     below the cap (about 63%). ``threads=1``: the tiny model gains little from a second
     thread, and on a CPU shared with other jobs two OpenMP threads can run 10x slower
     than one (measured here: 2 img/s instead of 40); pass ``threads=0`` to keep torch's.
+
+    ``encoder="shared_kmeans"`` (one smoothing factor, codewords from k-means of the first
+    batch's descriptors) instead of the official encoding layer: with the official one,
+    every trained run assigns all positions to the single codeword with the largest
+    smoothing factor (1 live codeword of 32), which ``benchmarks/codewords.py`` measures
+    against the other variants (``benchmarks/results/codewords.json``). Pass
+    ``encoder="official"`` for the official layer.
     """
     return TrainConfig(
         name="scenes_encnet_tiny", backbone="tiny", dataset="scenes", num_train_images=512,
         num_val_images=128, image_size=128, batch_size=16, lr=0.05, epochs=12, workers=0,
-        threads=1, out="runs/scenes_encnet_tiny",
+        threads=1, out="runs/scenes_encnet_tiny", encoder="shared_kmeans",
     ).replace(**overrides)
 
 

@@ -243,7 +243,7 @@ def test_official_variant_is_the_official_layer():
 
 
 @pytest.mark.parametrize("variant", ["official", "shared", "softplus", "normscale", "kmeans",
-                                     "l2"])
+                                     "l2", "shared_kmeans"])
 def test_variant_gradcheck(variant):
     """Forward and backward of every variant (w.r.t. input, codewords and scale) in float64."""
     layer = _initialised(variant).eval()
@@ -296,9 +296,11 @@ def test_kmeans_finds_separated_clusters():
     torch.testing.assert_close(found[order], centres, rtol=0, atol=0.1)
 
 
-def test_kmeans_variant_initialises_once_and_reloads_from_a_checkpoint():
+@pytest.mark.parametrize("variant", ["kmeans", "shared_kmeans"])
+def test_kmeans_variant_initialises_once_and_reloads_from_a_checkpoint(variant):
     torch.manual_seed(0)
-    layer = Encoding(2, 3, variant="kmeans")
+    layer = Encoding(2, 3, variant=variant)
+    assert layer.scale.shape == ((1,) if variant == "shared_kmeans" else (3,))
     centres = torch.tensor([[5.0, 5.0], [-5.0, 5.0], [0.0, -5.0]])
     x = (centres[:, None] + 0.2 * torch.randn(3, 20, 2)).reshape(1, -1, 2)
     layer.eval()(x)
@@ -313,7 +315,7 @@ def test_kmeans_variant_initialises_once_and_reloads_from_a_checkpoint():
     saved = {k: v.clone() for k, v in layer.state_dict().items()}
     layer.train()(x + 100.0)  # a later batch does not re-initialise
     torch.testing.assert_close(layer.codewords.detach(), saved["codewords"])
-    fresh = Encoding(2, 3, variant="kmeans")
+    fresh = Encoding(2, 3, variant=variant)
     fresh.load_state_dict(saved)
     fresh.train()(x + 100.0)
     torch.testing.assert_close(fresh.codewords.detach(), saved["codewords"])
