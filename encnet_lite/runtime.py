@@ -22,6 +22,12 @@ MODE_ENV = "ENCNET_MODE"
 # a copy of :func:`colab_install_source`; a test keeps those copies identical.
 REPO_URL = "https://github.com/encnet-lite/encnet-lite"
 REPO_REF = "main"
+# Environment variables that point the install cell elsewhere without editing it: another
+# repository (a fork, a local clone), another ref (a tag, a commit), another folder.
+REPO_ENV, REF_ENV, SRC_ENV = "ENCNET_REPO", "ENCNET_REF", "ENCNET_SRC"
+COLAB_SRC = "/content/encnet-lite"  # where the install cell clones the repository on Colab
+COLAB_DATA = "/content/data"  # the runtime's local disk: fast, forgotten when it stops
+DRIVE_ROOT = "/content/drive/MyDrive/encnet-lite"  # survives the runtime
 
 
 def in_colab() -> bool:
@@ -44,7 +50,7 @@ def persistent_dir(name: str, local_root: Union[str, Path] = "..") -> Path:
         from google.colab import drive  # type: ignore[import-not-found]
 
         drive.mount("/content/drive")
-        path = Path("/content/drive/MyDrive/encnet-lite") / name
+        path = Path(DRIVE_ROOT) / name
     else:
         path = Path(local_root) / name
     path.mkdir(parents=True, exist_ok=True)
@@ -52,16 +58,47 @@ def persistent_dir(name: str, local_root: Union[str, Path] = "..") -> Path:
 
 
 def benchmark_results(pattern: str) -> list:
-    """Committed benchmark JSON files matching ``pattern`` in ``benchmarks/results`` of the
-    checkout a chapter runs in (the working folder or one above it), sorted by name.
+    """Committed benchmark JSON files matching ``pattern`` in ``benchmarks/results``, sorted
+    by name: of the checkout a chapter runs in (the working folder or one above it), else of
+    the source tree ``encnet_lite`` was imported from (the clone the Colab install cell
+    makes, or any editable install), whatever the working folder.
 
-    ``[]`` where there is no checkout, e.g. a pip-installed copy on Colab.
+    ``[]`` where neither exists, e.g. a copy installed from a wheel.
     """
-    for root in (Path.cwd(), *Path.cwd().parents):
+    package_tree = Path(__file__).resolve().parents[1]
+    for root in (Path.cwd(), *Path.cwd().parents, package_tree):
         folder = root / "benchmarks" / "results"
         if folder.is_dir():
             return sorted(folder.glob(pattern))
     return []
+
+
+def dataset_root(name: str = "pcontext") -> Path:
+    """Where a prepared dataset lives, the same for every chapter (07 and the appendix).
+
+    ``ENCNET_<NAME>_ROOT`` when set; on Colab the runtime's local disk
+    (``/content/data/<name>``: reading ten thousand small files from Google Drive is slow);
+    elsewhere ``../data/<name>``, the checkout's ``data/`` seen from ``book/``.
+    """
+    forced = os.environ.get(f"ENCNET_{name.upper()}_ROOT", "").strip()
+    if forced:
+        return Path(forced)
+    return Path(COLAB_DATA) / name if in_colab() else Path("..") / "data" / name
+
+
+def archive_dir(name: str = "pcontext") -> Optional[Path]:
+    """Where the downloaded archives of a dataset are kept: Google Drive on Colab (fetched
+    once, then reused by every new runtime), None elsewhere (the prepare script's default,
+    ``ROOT/downloads``)."""
+    return persistent_dir(f"downloads/{name}") if in_colab() else None
+
+
+def runs_dir(persistent: bool = False) -> Path:
+    """The folder for run folders: ``runs/`` under the working folder; with ``persistent`` on
+    Colab, Google Drive instead, so that checkpoints outlive a disconnect."""
+    if persistent and in_colab():
+        return persistent_dir("runs")
+    return Path.cwd() / "runs"
 
 
 def book_mode(dataset_root: Optional[Union[str, Path]] = None) -> str:
@@ -102,18 +139,31 @@ def describe_mode(mode: str, full_does: str = "") -> str:
 def colab_install_source(url: str = REPO_URL, ref: str = REPO_REF) -> str:
     """The source of every chapter's first cell.
 
-    On Colab it pip-installs this repository at ``ref`` with ``--no-deps``, so the
-    preinstalled torch and IPython stay as they are (reinstalling torch costs
-    gigabytes; upgrading IPython crash-loops the runtime). Elsewhere it does nothing.
+    On Colab it clones the repository at ``ref`` into ``/content/encnet-lite`` and
+    pip-installs that clone editable with ``--no-deps``, so the preinstalled torch and
+    IPython stay as they are (reinstalling torch costs gigabytes; upgrading IPython
+    crash-loops the runtime) and the committed results (``benchmarks/results``) are there
+    for :func:`benchmark_results`. ``ENCNET_REPO`` / ``ENCNET_REF`` / ``ENCNET_SRC`` point
+    it at another repository, ref or folder. Elsewhere it does nothing.
     """
     return (
         "# Colab only: install encnet_lite from the repository (does nothing elsewhere).\n"
+        f"# {REPO_ENV} / {REF_ENV} choose another repository (a fork) or ref (a tag) without editing this.\n"
+        "import os\n"
         "import subprocess\n"
         "import sys\n"
         "\n"
         'if "google.colab" in sys.modules:\n'
-        f'    REPO, REF = "{url}", "{ref}"\n'
+        f'    REPO = os.environ.get("{REPO_ENV}", "{url}")\n'
+        f'    REF = os.environ.get("{REF_ENV}", "{ref}")\n'
+        f'    SRC = os.environ.get("{SRC_ENV}", "{COLAB_SRC}")\n'
+        '    if not os.path.isdir(os.path.join(SRC, ".git")):\n'
+        '        subprocess.run(["git", "clone", "-q", REPO, SRC], check=True)\n'
+        '    subprocess.run(["git", "-C", SRC, "fetch", "-q", REPO, REF], check=True)\n'
+        '    subprocess.run(["git", "-C", SRC, "checkout", "-q", "FETCH_HEAD"], check=True)\n'
         "    # --no-deps: Colab already has torch, numpy, matplotlib, scipy, tqdm; never reinstall them.\n"
-        "    cmd = [sys.executable, \"-m\", \"pip\", \"install\", \"-q\", \"--no-deps\"]\n"
-        "    subprocess.run(cmd + [f\"encnet-lite @ git+{REPO}@{REF}\"], check=True)\n"
+        '    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-e", SRC]\n'
+        "    subprocess.run(cmd, check=True)\n"
+        "    if SRC not in sys.path:  # importable now, without restarting the runtime\n"
+        "        sys.path.insert(0, SRC)\n"
     )

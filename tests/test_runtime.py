@@ -1,5 +1,7 @@
 """Quick/full mode switch and the Colab install cell."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -46,19 +48,44 @@ def test_colab_cell_is_a_no_op_outside_colab(monkeypatch):
     assert calls == []
 
 
-def test_colab_cell_installs_the_repo_without_deps(monkeypatch):
+def _run_cell_in_fake_colab(monkeypatch, tmp_path, env=None):
     import sys
     import types
 
     calls = []
     monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
     monkeypatch.setattr("subprocess.run", lambda cmd, **k: calls.append(cmd))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for key in ("ENCNET_REPO", "ENCNET_REF", "ENCNET_SRC"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in (env or {}).items():
+        monkeypatch.setenv(key, value)
     exec(compile(runtime.colab_install_source(), "<cell>", "exec"), {})
-    assert len(calls) == 1
-    cmd = calls[0]
-    assert "--no-deps" in cmd
-    assert f"encnet-lite @ git+{runtime.REPO_URL}@{runtime.REPO_REF}" in cmd
-    assert not any(word.startswith(("torch", "ipython")) for word in cmd)
+    return calls, sys.path
+
+
+def test_colab_cell_clones_the_repo_and_installs_it_editable_without_deps(monkeypatch,
+                                                                         tmp_path):
+    calls, path = _run_cell_in_fake_colab(monkeypatch, tmp_path)
+    src = runtime.COLAB_SRC
+    assert calls[0] == ["git", "clone", "-q", runtime.REPO_URL, src]
+    assert calls[1] == ["git", "-C", src, "fetch", "-q", runtime.REPO_URL, runtime.REPO_REF]
+    assert calls[2] == ["git", "-C", src, "checkout", "-q", "FETCH_HEAD"]
+    pip = calls[3]
+    assert pip[1:3] == ["-m", "pip"] and "--no-deps" in pip and pip[-2:] == ["-e", src]
+    assert not any(word.startswith(("torch", "ipython")) for word in pip)
+    assert path[0] == src  # importable at once, no runtime restart
+
+
+def test_colab_cell_follows_the_environment_variables(monkeypatch, tmp_path):
+    src = tmp_path / "clone"
+    (src / ".git").mkdir(parents=True)  # an existing clone is updated, not cloned again
+    calls, _ = _run_cell_in_fake_colab(monkeypatch, tmp_path, {
+        "ENCNET_REPO": "https://example.org/fork.git", "ENCNET_REF": "v0.2",
+        "ENCNET_SRC": str(src)})
+    assert calls[0] == ["git", "-C", str(src), "fetch", "-q", "https://example.org/fork.git",
+                        "v0.2"]
+    assert calls[-1][-2:] == ["-e", str(src)] and len(calls) == 3
 
 
 def test_persistent_dir_is_local_outside_colab(tmp_path):
@@ -75,3 +102,42 @@ def test_benchmark_results_finds_the_checkout_folder_from_below(tmp_path, monkey
     monkeypatch.chdir(tmp_path / "book")
     assert runtime.benchmark_results("models_*.json") == [results / "models_cpu.json"]
     assert runtime.benchmark_results("missing.json") == []
+
+
+def test_benchmark_results_are_found_from_any_working_folder(tmp_path, monkeypatch):
+    # Outside any checkout (Colab's /content): the source tree of the imported package.
+    monkeypatch.chdir(tmp_path)
+    found = runtime.benchmark_results("models_*.json")
+    assert found and all(p.parent.name == "results" for p in found)
+    assert found[0].parents[2] == Path(runtime.__file__).resolve().parents[1]
+
+
+def test_one_dataset_location_for_every_chapter(monkeypatch):
+    import sys
+    import types
+
+    monkeypatch.delenv("ENCNET_PCONTEXT_ROOT", raising=False)
+    assert runtime.dataset_root("pcontext") == Path("../data/pcontext")
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    assert runtime.dataset_root("pcontext") == Path("/content/data/pcontext")  # local disk
+    monkeypatch.setenv("ENCNET_PCONTEXT_ROOT", "/somewhere/pc")
+    assert runtime.dataset_root() == Path("/somewhere/pc")
+
+
+def test_archives_on_drive_and_runs_under_the_working_folder(monkeypatch, tmp_path):
+    import sys
+    import types
+
+    monkeypatch.chdir(tmp_path)
+    assert runtime.archive_dir("pcontext") is None  # the prepare script's default
+    assert runtime.runs_dir() == tmp_path / "runs"
+    assert runtime.runs_dir(persistent=True) == tmp_path / "runs"  # no Drive outside Colab
+    colab = types.ModuleType("google.colab")
+    mounted = []
+    colab.drive = types.SimpleNamespace(mount=mounted.append)
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    monkeypatch.setattr(runtime, "DRIVE_ROOT", str(tmp_path / "drive"))
+    assert runtime.archive_dir("pcontext") == tmp_path / "drive" / "downloads" / "pcontext"
+    assert runtime.runs_dir(persistent=True) == tmp_path / "drive" / "runs"
+    assert runtime.runs_dir() == tmp_path / "runs"  # quick runs stay under /content
+    assert mounted == ["/content/drive", "/content/drive"]
