@@ -80,8 +80,8 @@ def test_architecture_diagram_has_every_block_and_its_shape(resnet_geo):
     assert _gids(fig) == {"input", "stem", "stage1", "stage2", "stage3", "stage4", "head_conv",
                           "cem", "classifier", "main", "se", "aux"}
     text = _texts(fig)
-    for want in ["3 × 480 × 480", "2048 × 60 × 60", "stride 8, dilation 4",
-                 "stride 8, dilation 2", "K = 32 codewords", "59 presence logits",
+    for want in ["3 × 480 × 480", "2048 × 60 × 60", "Stage 4\nstride 8\ndilation 4",
+                 "Stage 3\nstride 8\ndilation 2", "K = 32 codewords", "59 presence logits",
                  "59 × 480 × 480", "output stride 8", "Aux FCN head"]:
         assert want in text, want
     plt.close(fig)

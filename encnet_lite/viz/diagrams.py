@@ -34,7 +34,7 @@ TRACED = {
 }
 COLOURS = {"input": "#e8e8e8", "backbone": "#cfe2f3", "head": "#d9ead3", "cem": "#fce5cd",
            "loss": "#f4cccc", "aux": "#ead1dc"}
-FONT = 8.5
+FONT = 9.5
 
 
 def _stem_name(model: nn.Module) -> str:
@@ -112,7 +112,7 @@ def _box(ax, x: float, y: float, lines: Sequence[str], colour: str, w: float = 1
     patch = FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.02,rounding_size=0.08",
                            facecolor=colour, edgecolor="#444444", linewidth=0.9)
     ax.add_patch(patch)
-    step = min(0.22, h / (len(lines) + 0.5))
+    step = min(0.29, h / (len(lines) + 0.4))  # line height in data units (about 1 unit = 47 pt)
     top = y + step * (len(lines) - 1) / 2
     for i, line in enumerate(lines):
         ax.text(x, top - i * step, line, ha="center", va="center", fontsize=FONT,
@@ -143,7 +143,7 @@ def _canvas(width: float, height: float, figsize: Tuple[float, float]):
 
 def _stage_lines(geo: Dict[str, dict], i: int) -> List[str]:
     block = geo[f"stage{i}"]
-    return [f"Stage {i}", f"stride {block['stride']}, dilation {block['dilation']}",
+    return [f"Stage {i}", f"stride {block['stride']}", f"dilation {block['dilation']}",
             shape_text(block)]
 
 
@@ -180,30 +180,30 @@ def plot_encnet_architecture(geo: Optional[Dict[str, dict]] = None, title: Optio
     """
     geo = default_geometry() if geo is None else geo
     labels = architecture_labels(geo)
-    fig, ax = _canvas(13.4, 8.0, figsize=(8.8, 5.3))
-    bb_y, head_y, se_y, aux_y = 5.2, 2.9, 0.75, 7.1
+    fig, ax = _canvas(13.4, 8.4, figsize=(8.8, 5.5))
+    bb_y, head_y, se_y, aux_y = 5.3, 2.85, 0.7, 7.55
     xs = [1.05 + 2.26 * i for i in range(6)]  # 6 boxes of width 2, arrows between them
     row = ["input", "stem", "stage1", "stage2", "stage3", "stage4"]
     for key, x in zip(row, xs):
         colour = COLOURS["input"] if key == "input" else COLOURS["backbone"]
-        _box(ax, x, bb_y, labels[key], colour, w=2.0, h=1.0).set_gid(key)
+        _box(ax, x, bb_y, labels[key], colour, w=2.0, h=1.35).set_gid(key)
     for a, b in zip(xs, xs[1:]):
         _arrow(ax, (a + 1.0, bb_y), (b - 1.0, bb_y))
     right, cem_x, cls_x, main_x = xs[5], 8.45, 5.1, 2.0
-    place = {"head_conv": (right, 2.0, COLOURS["head"]), "cem": (cem_x, 3.3, COLOURS["cem"]),
-             "classifier": (cls_x, 2.0, COLOURS["head"]), "main": (main_x, 2.3, COLOURS["input"])}
+    place = {"head_conv": (right, 2.0, COLOURS["head"]), "cem": (cem_x, 3.4, COLOURS["cem"]),
+             "classifier": (cls_x, 2.2, COLOURS["head"]), "main": (main_x, 2.2, COLOURS["input"])}
     for key, (x, w, colour) in place.items():
-        _box(ax, x, head_y, labels[key], colour, w=w, h=1.25 if key == "cem" else 1.0).set_gid(key)
-    _arrow(ax, (right, bb_y - 0.5), (right, head_y + 0.5), label="c4")
-    _arrow(ax, (right - 1.0, head_y), (cem_x + 1.65, head_y))
-    _arrow(ax, (cem_x - 1.65, head_y), (cls_x + 1.0, head_y))
-    _arrow(ax, (cls_x - 1.0, head_y), (main_x + 1.15, head_y))
+        _box(ax, x, head_y, labels[key], colour, w=w, h=1.35 if key == "cem" else 1.05).set_gid(key)
+    _arrow(ax, (right, bb_y - 0.675), (right, head_y + 0.525), label="c4")
+    _arrow(ax, (right - 1.0, head_y), (cem_x + 1.7, head_y))
+    _arrow(ax, (cem_x - 1.7, head_y), (cls_x + 1.1, head_y))
+    _arrow(ax, (cls_x - 1.1, head_y), (main_x + 1.1, head_y))
     if "se" in labels:
         _box(ax, cem_x, se_y, labels["se"], COLOURS["loss"], w=2.6, h=1.0).set_gid("se")
-        _arrow(ax, (cem_x, head_y - 0.625), (cem_x, se_y + 0.5), label="e")
+        _arrow(ax, (cem_x, head_y - 0.675), (cem_x, se_y + 0.5), label="e")
     if "aux" in labels:
-        _box(ax, xs[4], aux_y, labels["aux"], COLOURS["aux"], w=2.9, h=1.0).set_gid("aux")
-        _arrow(ax, (xs[4], bb_y + 0.5), (xs[4], aux_y - 0.5), label="c3", dashed=True)
+        _box(ax, xs[4], aux_y, labels["aux"], COLOURS["aux"], w=3.3, h=1.0).set_gid("aux")
+        _arrow(ax, (xs[4], bb_y + 0.675), (xs[4], aux_y - 0.5), label="c3", dashed=True)
     stride = geo["stage4"]["stride"]
     ax.set_title(title or f"EncNet, {geo['input']['hw']} × {geo['input']['hw']} input, "
                  f"output stride {stride} (shapes C × H × W, traced from the model)",
@@ -252,7 +252,7 @@ def plot_context_encoding_pipeline(geo: Optional[Dict[str, dict]] = None,
     fig, ax = _canvas(13.0, 7.6, figsize=(8.8, 5.1))
     xs = [1.55 + 3.3 * i for i in range(4)]
     top, bottom, code_y, se_y = 4.4, 2.2, 6.6, 0.55
-    w, h = 2.9, 1.1
+    w, h = 3.0, 1.1
     for key, x in zip(["features", "descriptors", "residuals", "assign"], xs):
         colour = COLOURS["input"] if key == "features" else COLOURS["cem"]
         _box(ax, x, top, labels[key], colour, w=w, h=h).set_gid(key)
@@ -260,7 +260,7 @@ def plot_context_encoding_pipeline(geo: Optional[Dict[str, dict]] = None,
         colour = COLOURS["head"] if key == "attention" else COLOURS["cem"]
         _box(ax, x, bottom, labels[key], colour, w=w, h=h).set_gid(key)
     code_x = (xs[2] + xs[3]) / 2
-    _box(ax, code_x, code_y, labels["codewords"], COLOURS["backbone"], w=3.2, h=h
+    _box(ax, code_x, code_y, labels["codewords"], COLOURS["backbone"], w=3.6, h=h
          ).set_gid("codewords")
     for a, b in zip(xs, xs[1:]):
         _arrow(ax, (a + w / 2, top), (b - w / 2, top))
