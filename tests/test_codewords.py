@@ -124,3 +124,23 @@ def test_encoder_choice_reaches_the_encoding_layer():
     a = model.eval().assignments(images)
     assert a.shape == (2, 8, 8, 4)
     torch.testing.assert_close(a.sum(-1), torch.ones(2, 8, 8))
+
+
+def test_plot_codeword_health_draws_the_records():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from encnet_lite.viz import plot_codeword_health
+
+    runs = {"a": [{"epoch": 1, "live_codewords": 1.0, "largest_scale_share": 1.0},
+                  {"epoch": 2, "loss": 0.3},  # no health in this record: skipped
+                  {"epoch": 3, "live_codewords": 1.0, "largest_scale_share": 0.9}],
+            "b": [{"epoch": 1, "live_codewords": 12.0, "largest_scale_share": 0.1}],
+            "fcn": [{"epoch": 1, "loss": 0.5}]}
+    fig = plot_codeword_health(runs, num_codes=32)
+    live, share = fig.axes[:2]
+    lines = {ln.get_label(): ln for ln in live.get_lines()}
+    assert list(lines["a"].get_xdata()) == [1, 3] and list(lines["a"].get_ydata()) == [1.0, 1.0]
+    assert list(lines["b"].get_ydata()) == [12.0] and "fcn" not in lines
+    assert list(lines["K = 32"].get_ydata()) == [32, 32]
+    assert [list(ln.get_ydata()) for ln in share.get_lines()] == [[1.0, 0.9], [0.1]]

@@ -14,7 +14,7 @@ the built site) and may wrap it in ``ipywidgets.interact``. Statistics (means ov
 codeword usage) come from the library modules they belong to, never from here.
 """
 
-from .codewords import plot_codeword_maps, plot_codeword_usage
+from .codewords import plot_codeword_health, plot_codeword_maps, plot_codeword_usage
 from .context import (
     plot_context_schemes,
     plot_embedding_2d,
@@ -49,7 +49,8 @@ from .widgets import codeword_explorer
 
 __all__ = [
     "add_class_legend", "codeword_explorer", "markdown_table", "plot_ablation",
-    "plot_assignment_map", "plot_class_frequency", "plot_codeword_maps", "plot_codeword_usage",
+    "plot_assignment_map", "plot_class_frequency", "plot_codeword_health", "plot_codeword_maps",
+    "plot_codeword_usage",
     "plot_confusion", "plot_context_encoding_pipeline", "plot_context_schemes",
     "plot_embedding_2d", "plot_encnet_architecture", "plot_encnet_outputs",
     "plot_encoding_benchmark", "plot_gamma_heatmap", "plot_gate_forms", "plot_history",

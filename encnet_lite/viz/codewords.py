@@ -3,7 +3,7 @@ classes use it (the statistics come from :mod:`encnet_lite.context`)."""
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -84,3 +84,37 @@ def plot_codeword_usage(usage: torch.Tensor, classes: Sequence[str], relative: b
     ax.figure.colorbar(im, ax=ax, fraction=0.03)
     ax.figure.tight_layout()
     return ax.figure
+
+
+HEALTH_LABELS = {
+    "live_codewords": "live codewords (win >= 1 % of positions)",
+    "assignment_perplexity": "assignment perplexity",
+    "largest_scale_share": "share won by the largest-scale codeword",
+}
+
+
+def plot_codeword_health(histories: Mapping[str, Sequence[Mapping]],
+                         keys: Sequence[str] = ("live_codewords", "largest_scale_share"),
+                         num_codes: Optional[int] = None):
+    """The codeword health during training: one panel per key of ``keys``, one line per run.
+
+    ``histories``: ``{label: epoch records}`` as in ``metrics.jsonl`` (records without the
+    key, e.g. FCN runs or epochs without validation, are skipped). ``num_codes`` draws the
+    ceiling K on the live-codewords panel.
+    """
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for label, records in histories.items():
+            points = [(r["epoch"], r[key]) for r in records if key in r]
+            if points:
+                ax.plot(*zip(*points), marker="o", ms=3, label=label)
+        if key == "live_codewords" and num_codes:
+            ax.axhline(num_codes, color="grey", ls="--", lw=1, label=f"K = {num_codes}")
+        if key == "largest_scale_share":
+            ax.set_ylim(-0.05, 1.05)
+        ax.set_xlabel("epoch")
+        ax.set_title(HEALTH_LABELS.get(key, key), fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
