@@ -57,18 +57,26 @@ BLANK_WIDGETS_JS = """() => {
   }).map(s => s.textContent.slice(0, 80));
 }"""
 
-# Output blocks that scroll sideways or stick out of the content column (px).
+# Output blocks that scroll sideways or stick out of the content column (px), and printed
+# lines too long for the column (the site wraps them, _static/outputs.css: a wrapped line
+# makes its block taller than its line count).
 WIDE_OUTPUTS_JS = """() => {
   const column = document.querySelector('main article') || document.querySelector('main');
   const right = column.getBoundingClientRect().right;
   const wide = [];
+  const first = el => el.innerText.trim().split('\\n')[0].slice(0, 60);
   document.querySelectorAll('main .cell_output, main .cell_output pre, '
                             + 'main .cell_output table, main .cell_output img').forEach(el => {
     const box = el.getBoundingClientRect();
     if (box.width === 0) return;  // hidden (collapsed) outputs
     const over = Math.max(el.scrollWidth - el.clientWidth, box.right - right);
-    if (over > 2) wide.push(`${el.tagName.toLowerCase()} ${Math.round(over)} px: `
-                            + el.innerText.trim().split('\\n')[0].slice(0, 60));
+    if (over > 2) wide.push(`${el.tagName.toLowerCase()} ${Math.round(over)} px: ${first(el)}`);
+    if (el.tagName !== 'PRE') return;
+    const css = getComputedStyle(el);
+    const lh = parseFloat(css.lineHeight) || 1.2 * parseFloat(css.fontSize);
+    const lines = el.innerText.replace(/\\n+$/, '').split('\\n').length;
+    const height = el.clientHeight - parseFloat(css.paddingTop) - parseFloat(css.paddingBottom);
+    if (height > (lines + 0.5) * lh) wide.push(`pre, a line wraps: ${first(el)}`);
   });
   return wide;
 }"""
