@@ -9,7 +9,8 @@ order, E[x^2] - E[x]^2 for the synchronized variance), about 1e-7 at the first s
 amplifies it step after step (at the scenes preset's lr 0.02, with the head at 10x, to 1e-3
 after 8 steps), so this test trains at lr 0.002, where losses agree to 1e-4 relative and
 weights to 1e-3 after 8 steps. Dropout is switched off in both runs (its masks are drawn
-per process).
+per process), and the encoding layer is the official one: a data-initialised variant
+(k-means of the first batch) would start from rank 0's half of that batch under torchrun.
 """
 
 import json
@@ -31,7 +32,7 @@ from encnet_lite.train import load_history, train
 out, tag = sys.argv[1], sys.argv[2]
 cfg = presets.scenes_encnet_tiny(num_train_images=32, num_val_images=8, image_size=64,
                                  batch_size=8, epochs=2, workers=0, progress=False, lr=0.002,
-                                 out=os.path.join(out, tag))
+                                 encoder="official", out=os.path.join(out, tag))
 torch.manual_seed(cfg.seed)
 model = build_model(cfg, 7)
 for m in model.modules():
@@ -70,7 +71,8 @@ def test_torchrun_two_cpu_processes_match_one_process(tmp_path):
         assert torch.equal(a, r1["state"][name]), name
     assert r0["history"] == r1["history"]
     # Only rank 0 wrote the run folder.
-    assert not list(tmp_path.glob("ddp/*.tmp")) and (tmp_path / "ddp" / "last.pt").is_file()
+    assert not list(tmp_path.glob("ddp/.*.tmp-*")) and (tmp_path / "ddp" / "last.pt").is_file()
+    assert not (tmp_path / "ddp" / "train.lock").exists()  # released by rank 0
 
     def steps(tag):
         lines = (tmp_path / tag / "iterations.jsonl").read_text().splitlines()
@@ -82,7 +84,10 @@ def test_torchrun_two_cpu_processes_match_one_process(tmp_path):
     torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
     for name, x in single["state"].items():
         if x.is_floating_point():
-            torch.testing.assert_close(r0["state"][name], x, rtol=1e-3, atol=1e-4,
+            # Running statistics average the synchronized batch moments of every step, whose
+            # rounding differs most (E[x^2] - E[x]^2): measured up to 3.4e-4 on a mean of 0.08.
+            atol = 1e-3 if "running_" in name else 1e-4
+            torch.testing.assert_close(r0["state"][name], x, rtol=1e-3, atol=atol,
                                        msg=lambda m, n=name: f"{n}: {m}")
     for h1, h2 in zip(single["history"], r0["history"]):
         assert h2["pixAcc"] == pytest.approx(h1["pixAcc"], abs=2e-3)
