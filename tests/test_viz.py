@@ -238,3 +238,30 @@ def test_plot_output_strides_draws_one_cell_per_prediction():
     fine, coarse = fig.axes
     assert len(fine.lines) == 2 * (64 // 8 + 1) and len(coarse.lines) == 2 * (64 // 32 + 1)
     assert "8 x 8 cells" in fine.get_title() and "2 x 2 cells" in coarse.get_title()
+
+
+def test_confusion_text_colour_follows_the_cell_colour_not_the_largest_value():
+    # all cells light (max 30 % on a 0-100 % scale): dark text everywhere
+    m = np.array([[0.3, 0.1], [0.2, 0.25]])
+    ax = viz.plot_confusion(m, ["a", "b"], ["a", "b"]).axes[0]
+    assert {t.get_color() for t in ax.texts} == {"black"}
+
+
+def test_figures_fit_the_page_width():
+    from encnet_lite.viz.data import PAGE_WIDTH
+
+    ds = ContextScenes(num_images=6, size=64, seed=0)
+    image = ds[0][0]
+    outputs = {"main": torch.randn(1, 7, 64, 64), "se": torch.randn(1, 7),
+               "gamma": torch.rand(1, 16), "e": torch.rand(1, 16)}
+    masks = torch.stack([ds[i][1] for i in range(6)])
+    figures = [viz.show_samples(ds, range(6)),
+               viz.show_predictions(torch.stack([ds[i][0] for i in range(6)]), masks, masks,
+                                    ds.classes, ds.palette),
+               viz.show_scene_construction(ds, 0, window=27),
+               viz.plot_context_schemes(image, (32, 32), window=27),
+               viz.plot_output_strides(image),
+               viz.plot_encnet_outputs(image, outputs, ds.classes, ds.palette)]
+    for fig in figures:
+        assert fig.get_figwidth() <= PAGE_WIDTH + 1e-6
+        plt.close(fig)

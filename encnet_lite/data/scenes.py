@@ -9,8 +9,9 @@ very same code for every kind. Their class depends on the scene only: ``boat`` i
 ``car`` in a street, ``wagon`` by a railway.
 
 Why a context-blind model is capped. At ``size=128`` every cue pixel lies at least
-``CUE_GAP`` = 36 px (Chebyshev distance) from every look-alike pixel. A network whose
-receptive field is at most 61 px wide (the tiny FCN: +-30 px around a pixel) therefore sees,
+``CUE_GAP`` = 36 px (Chebyshev distance) from every look-alike pixel. A network whose output
+at a pixel depends only on input pixels less than that far away (the tiny FCN: its 52 px
+receptive field, ``models.receptive_field``, reaches at most 29 px from the pixel) therefore sees,
 around a look-alike pixel, only ground and look-alikes, whose distribution is the same for
 every kind (the layout and its random numbers are drawn before, and independently of, the
 kind). Its prediction there is independent of the true class. If it sends a fraction ``q_j``
@@ -30,7 +31,7 @@ A model that encodes the whole image (EncNet) can reach 100 %. :func:`blind_caps
 these numbers; the tests check the construction and the cap on generated data.
 
 Smaller images: every distance scales with ``size / 128``; below 128 the gap shrinks
-(``size=64``: 18 px) and a 61 px receptive field can reach the cue, so the task becomes
+(``size=64``: 18 px) and the tiny FCN's receptive field can reach the cue, so the task becomes
 partly solvable locally and the cap no longer binds. Random rescaling (``transform``) has
 the same effect when it shrinks the image. At ``size >= 128`` the guarantee holds.
 

@@ -9,9 +9,10 @@ from typing import Optional, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.ticker import MaxNLocator
 
 from ..data import colorize
-from .data import to_rgb
+from .data import PAGE_WIDTH, to_rgb
 
 
 def plot_receptive_field(image: torch.Tensor, support, pixel: Sequence[int],
@@ -47,7 +48,7 @@ def plot_context_schemes(image: torch.Tensor, pixel: Sequence[int], window: int,
     rgb = to_rgb(image)
     h, w = rgb.shape[:2]
     r, c = pixel
-    fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.9))
+    fig, axes = plt.subplots(1, 3, figsize=(PAGE_WIDTH, 2.9))
     for ax in axes:
         ax.imshow(rgb)
         ax.plot([c], [r], "r+", ms=12, mew=2)
@@ -55,7 +56,7 @@ def plot_context_schemes(image: torch.Tensor, pixel: Sequence[int], window: int,
     half = window // 2
     axes[0].add_patch(plt.Rectangle((c - half - 0.5, r - half - 0.5), window, window,
                                     fill=False, edgecolor="red", linewidth=2))
-    axes[0].set_title(f"FCN: a {window} px window", fontsize=10)
+    axes[0].set_title(f"FCN: a {window} px window", fontsize=9)
     colors = plt.cm.autumn(np.linspace(0, 0.8, len(bins)))
     for b, color in zip(bins, colors):
         bh, bw = h / b, w / b
@@ -63,16 +64,17 @@ def plot_context_schemes(image: torch.Tensor, pixel: Sequence[int], window: int,
         axes[1].add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), bw, bh, fill=False,
                                         edgecolor=color, linewidth=2.5 - 0.3 * bins.index(b),
                                         label=f"{b}x{b} bin"))
-    axes[1].legend(fontsize=7, loc="lower left", framealpha=0.8)
-    axes[1].set_title("pyramid pooling: bin averages", fontsize=10)
+    axes[1].legend(fontsize=8, loc="lower left", framealpha=0.85, handlelength=1.2,
+                   borderpad=0.3, labelspacing=0.25)
+    axes[1].set_title("pyramid pooling: bins", fontsize=9)
     for y in np.arange(0, h + 1, stride):
         axes[2].axhline(y - 0.5, color="white", linewidth=0.4, alpha=0.7)
     for x in np.arange(0, w + 1, stride):
         axes[2].axvline(x - 0.5, color="white", linewidth=0.4, alpha=0.7)
     axes[2].add_patch(plt.Rectangle((-0.5, -0.5), w, h, fill=False, edgecolor="red",
                                     linewidth=4))
-    axes[2].set_title(f"EncNet: all {(h // stride) * (w // stride)} cells -> e -> gates",
-                      fontsize=10)
+    axes[2].set_title(f"EncNet: all {(h // stride) * (w // stride)} cells -> e",
+                      fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -82,7 +84,9 @@ def plot_output_strides(image: torch.Tensor, strides: Sequence[int] = (8, 16, 32
     prediction before upsampling."""
     rgb = to_rgb(image)
     h, w = rgb.shape[:2]
-    fig, axes = plt.subplots(1, len(strides), figsize=(3.2 * len(strides), 3.4), squeeze=False)
+    side = min(3.2, PAGE_WIDTH / len(strides))
+    fig, axes = plt.subplots(1, len(strides), figsize=(side * len(strides), side + 0.3),
+                             squeeze=False)
     for ax, s in zip(axes[0], strides):
         ax.imshow(rgb)
         for y in np.arange(0, h + 1, s):
@@ -91,7 +95,7 @@ def plot_output_strides(image: torch.Tensor, strides: Sequence[int] = (8, 16, 32
             ax.axvline(x - 0.5, color="white", linewidth=0.5, alpha=0.8)
         ax.set_xlim(-0.5, w - 0.5)
         ax.set_ylim(h - 0.5, -0.5)
-        ax.set_title(f"output stride {s}: {-(-h // s)} x {-(-w // s)} cells", fontsize=10)
+        ax.set_title(f"stride {s}: {-(-h // s)} x {-(-w // s)} cells", fontsize=9)
         ax.set_axis_off()
     fig.tight_layout()
     return fig
@@ -155,7 +159,7 @@ def plot_gamma_heatmap(gamma, kinds, kind_names: Sequence[str], ax=None, title: 
     edges = np.concatenate([[-0.5], bounds, [len(sorted_kinds) - 0.5]])
     ax.set_yticks((edges[:-1] + edges[1:]) / 2, [kind_names[g] for g in groups])
     ax.set_xlabel(f"channel ({len(channels)} of {values.shape[1]}, grouped by the kind "
-                  "that opens them most)")
+                  "that opens them most)", fontsize=9)
     ax.set_title(title, fontsize=10)
     ax.figure.colorbar(im, ax=ax, label=r"$\gamma$", fraction=0.04)
     ax.figure.tight_layout()
@@ -178,6 +182,9 @@ def plot_embedding_2d(features, kinds, kind_names: Sequence[str], ax=None, title
         ax.scatter(pts[:, 0], pts[:, 1], s=14, label=kind_names[g], alpha=0.8)
     ax.set_xlabel(f"PC 1 ({100 * share[0]:.0f}% of variance)")
     ax.set_ylabel(f"PC 2 ({100 * share[1]:.0f}%)")
+    for axis in (ax.xaxis, ax.yaxis):  # few ticks, small values as "x 1e-4" on the axis
+        axis.set_major_locator(MaxNLocator(4))
+    ax.ticklabel_format(style="sci", scilimits=(-2, 3))
     ax.legend(frameon=False, fontsize=8)
     ax.set_title(title, fontsize=10)
     ax.figure.tight_layout()
@@ -189,7 +196,7 @@ def plot_presence(image: torch.Tensor, mask: torch.Tensor, classes: Sequence[str
                   probs: Optional[torch.Tensor] = None):
     """Image, mask and the presence vector built from it (bars: target 0/1; dots: the
     predicted presence probabilities ``probs`` if given)."""
-    fig, axes = plt.subplots(1, 3, figsize=(10.0, 3.0),
+    fig, axes = plt.subplots(1, 3, figsize=(PAGE_WIDTH, 2.6),
                              gridspec_kw={"width_ratios": [1, 1, 1.6]})
     axes[0].imshow(to_rgb(image))
     axes[1].imshow(colorize(mask.cpu().numpy(), palette), interpolation="nearest")
@@ -204,7 +211,7 @@ def plot_presence(image: torch.Tensor, mask: torch.Tensor, classes: Sequence[str
                      label="predicted")
         axes[2].legend(frameon=False, fontsize=8)
     axes[2].set_xticks(range(len(classes)), classes, rotation=45, fontsize=8)
-    axes[2].set_ylim(0, 1.1)
+    axes[2].set_ylim(0, 1.05)
     axes[2].set_title("presence target $t_c$", fontsize=10)
     fig.tight_layout()
     return fig
@@ -231,13 +238,15 @@ def plot_encnet_outputs(image: torch.Tensor, outputs: dict, classes: Sequence[st
                         palette: np.ndarray, index: int = 0):
     """One image's named EncNet outputs: ``main`` (argmax), ``se`` (presence
     probabilities), ``gamma`` (channel gates, sorted) and ``e`` (encoded context)."""
-    fig, axes = plt.subplots(1, 5, figsize=(16.0, 3.2),
-                             gridspec_kw={"width_ratios": [1, 1, 1.3, 1.3, 1.3]})
+    fig = plt.figure(figsize=(PAGE_WIDTH, 5.4))
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1.1, 1])
+    axes = [*top.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1, 1.3]}),
+            *bottom.subplots(1, 2)]
     axes[0].imshow(to_rgb(image))
     axes[0].set_title("image", fontsize=10)
     pred = outputs["main"][index].argmax(0).cpu().numpy()
     axes[1].imshow(colorize(pred, palette), interpolation="nearest")
-    axes[1].set_title("main: argmax over classes", fontsize=10)
+    axes[1].set_title("main: argmax", fontsize=10)
     for ax in axes[:2]:
         ax.set_axis_off()
     if "se" in outputs:
@@ -246,7 +255,7 @@ def plot_encnet_outputs(image: torch.Tensor, outputs: dict, classes: Sequence[st
                     edgecolor="0.3")
         axes[2].set_xticks(range(len(classes)), classes, rotation=45, fontsize=8)
         axes[2].set_ylim(0, 1)
-    axes[2].set_title("se: sigmoid = P(class present)", fontsize=10)
+    axes[2].set_title("se: P(class present)", fontsize=10)
     gamma = outputs["gamma"][index].float().detach().cpu().sort(descending=True).values
     axes[3].plot(gamma.numpy())
     axes[3].set_ylim(0, 1)
@@ -256,7 +265,8 @@ def plot_encnet_outputs(image: torch.Tensor, outputs: dict, classes: Sequence[st
     axes[4].bar(range(len(e)), e, width=1.0)
     axes[4].set_xlabel("channel")
     axes[4].set_title("e: encoded context", fontsize=10)
-    fig.tight_layout()
+    for sub_fig in (top, bottom):
+        sub_fig.subplots_adjust(wspace=0.35, bottom=0.22)
     return fig
 
 
@@ -267,15 +277,14 @@ def plot_presence_predictions(probabilities: torch.Tensor, targets: torch.Tensor
     ``probabilities, targets: (B, num_classes)``; one row per image.
     """
     if ax is None:
-        _, ax = plt.subplots(figsize=(min(0.3 * len(classes) + 2, 14),
+        _, ax = plt.subplots(figsize=(min(0.3 * len(classes) + 2, PAGE_WIDTH),
                                       0.35 * probabilities.shape[0] + 1.6))
     im = ax.imshow(probabilities.cpu().numpy(), aspect="auto", cmap="Blues", vmin=0, vmax=1)
     rows, cols = torch.nonzero(targets.cpu() > 0.5, as_tuple=True)
     ax.scatter(cols.numpy(), rows.numpy(), s=14, c="tab:red", marker="o", label="present")
-    ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
+    ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=8)
     ax.set_ylabel("image")
-    ax.set_title("SE branch: predicted presence probability (blue), true presence (red)",
-                 fontsize=10)
+    ax.set_title("SE branch: P(present) (blue), truly present (red)", fontsize=10)
     ax.legend(loc="upper right", fontsize=8, bbox_to_anchor=(1.0, 1.25))
     ax.figure.colorbar(im, ax=ax, fraction=0.03)
     ax.figure.tight_layout()

@@ -13,6 +13,10 @@ import torch
 
 from ..data import colorize, denormalize
 
+# The book's text column is about 750 px wide and figures are drawn at 100 dpi: a figure at
+# most PAGE_WIDTH inches wide is shown at its own size, so its 8-10 pt fonts stay readable.
+PAGE_WIDTH = 7.5
+
 
 def to_rgb(image: torch.Tensor) -> np.ndarray:
     """Normalised ``(3, H, W)`` tensor -> ``(H, W, 3)`` float array in [0, 1] for imshow."""
@@ -20,35 +24,47 @@ def to_rgb(image: torch.Tensor) -> np.ndarray:
 
 
 def add_class_legend(fig, classes, palette, ids):
+    """One legend row of class colours under the figure (``ids``: the classes to list)."""
     handles = [plt.Rectangle((0, 0), 1, 1, color=np.asarray(palette[c]) / 255)
                for c in ids if c < len(classes)]
     names = [classes[c] for c in ids if c < len(classes)]
     if 255 in ids:
         handles.append(plt.Rectangle((0, 0), 1, 1, facecolor="white", edgecolor="0.5"))
         names.append("ignore (255)")
-    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 8), fontsize=8,
-               frameon=False, bbox_to_anchor=(0.5, -0.02))
+    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 5), fontsize=9,
+               frameon=False, bbox_to_anchor=(0.5, -0.02), handlelength=1.2,
+               columnspacing=1.0)
     fig.subplots_adjust(bottom=0.12)
+
+
+def legend_height(num_entries: int, per_row: int = 5) -> float:
+    """Inches that :func:`add_class_legend` needs under a figure for ``num_entries``."""
+    return 0.15 + 0.22 * -(-num_entries // per_row) if num_entries else 0.0
 
 
 def show_samples(dataset, indices: Sequence[int], titles: Optional[Sequence[str]] = None,
                  size: float = 2.4, legend: bool = True):
-    """Images (top row) and their colour-coded masks (bottom row; ignore = white)."""
+    """Images (top row) and their colour-coded masks (bottom row; ignore = white).
+
+    Panels are ``size`` inches, shrunk so that the figure fits the page width.
+    """
     indices = list(indices)
-    fig, axes = plt.subplots(2, len(indices), figsize=(size * len(indices), 2 * size + 0.4),
+    size = min(size, PAGE_WIDTH / len(indices))
+    pairs = [dataset[i] for i in indices]
+    present = sorted(set().union(*(set(mask.unique().tolist()) for _, mask in pairs)))
+    below = legend_height(len(present)) if legend else 0.0
+    height = 2 * size + 0.3 + below
+    fig, axes = plt.subplots(2, len(indices), figsize=(size * len(indices), height),
                              squeeze=False)
-    present = set()
-    for col, i in enumerate(indices):
-        image, mask = dataset[i]
+    for col, (i, (image, mask)) in enumerate(zip(indices, pairs)):
         axes[0, col].imshow(to_rgb(image))
         axes[1, col].imshow(colorize(mask.numpy(), dataset.palette), interpolation="nearest")
         axes[0, col].set_title(titles[col] if titles else f"#{i}", fontsize=9)
-        present |= set(mask.unique().tolist())
     for ax in axes.ravel():
         ax.set_axis_off()
     if legend:
-        add_class_legend(fig, dataset.classes, dataset.palette, sorted(present))
-    fig.tight_layout()
+        add_class_legend(fig, dataset.classes, dataset.palette, present)
+    fig.tight_layout(rect=(0, below / height, 1, 1), h_pad=0.4)  # room for the legend
     return fig
 
 
@@ -61,25 +77,31 @@ def plot_class_frequency(counts: np.ndarray, classes: Sequence[str],
     share = counts / max(counts.sum(), 1.0)
     order = [i for i in np.argsort(-share, kind="stable") if share[i] > 0 or not skip_empty]
     if ax is None:
-        _, ax = plt.subplots(figsize=(max(4.0, 0.22 * len(order) + 1.5), 3.2))
+        _, ax = plt.subplots(figsize=(min(PAGE_WIDTH, max(4.0, 0.22 * len(order) + 1.5)), 3.2))
     colors = None if palette is None else np.asarray(palette)[order] / 255
     ax.bar(range(len(order)), 100 * share[order], color=colors, edgecolor="0.3", linewidth=0.3)
     ax.set_xticks(range(len(order)))
     ax.set_xticklabels([classes[i] for i in order], rotation=90, fontsize=8)
     ax.set_ylabel("% of labelled pixels")
+    ax.set_xlim(-0.6, len(order) - 0.4)
     if log:
         ax.set_yscale("log")
+    else:
+        ax.set_ylim(0, 100)  # a share: the axis ends at 100 %
     ax.set_title(title, fontsize=10)
     ax.figure.tight_layout()
     return ax.figure
 
 
-def show_scene_construction(dataset, index: int, half_rf: int = 30):
+def show_scene_construction(dataset, index: int, window: int):
     """One ContextScenes layout rendered as every scene kind, with the cue band, the
-    look-alike boxes and the tiny FCN's receptive field (``2 * half_rf + 1`` px) drawn around
-    the look-alike pixel closest to the cue."""
+    look-alike boxes and a square receptive field ``window`` px wide (e.g.
+    ``models.receptive_field(fcn)``) drawn around the look-alike pixel closest to the cue."""
     kinds = dataset.scene_kinds
-    fig, axes = plt.subplots(2, len(kinds), figsize=(3.0 * len(kinds), 6.2), squeeze=False)
+    side = min(3.0, PAGE_WIDTH / len(kinds))
+    fig, axes = plt.subplots(2, len(kinds), figsize=(side * len(kinds), 2 * side + 0.5),
+                             squeeze=False)
+    before = window // 2  # px of the window above / left of the pixel
     for k, name in enumerate(kinds):
         scene = dataset.render(index, kind=k)
         axes[0, k].imshow(scene.image)
@@ -89,14 +111,13 @@ def show_scene_construction(dataset, index: int, half_rf: int = 30):
         row = look_rows.min() if r0 == 0 else look_rows.max()  # look-alike row nearest the cue
         col = int(np.nonzero(np.isin(scene.mask[row], dataset.context_classes))[0].mean())
         for ax in axes[:, k]:
-            ax.add_patch(plt.Rectangle((col - half_rf - 0.5, row - half_rf - 0.5),
-                                       2 * half_rf + 1, 2 * half_rf + 1, fill=False,
+            ax.add_patch(plt.Rectangle((col - before - 0.5, row - before - 0.5),
+                                       window, window, fill=False,
                                        edgecolor="red", linewidth=1.5, linestyle="--"))
             ax.plot([col], [row], "r+")
             ax.set_axis_off()
         axes[0, k].set_title(f"as a {name}", fontsize=10)
         axes[1, k].set_title(f"label: {dataset.classes[dataset.context_classes[k]]}", fontsize=10)
-    fig.suptitle(f"same layout, three kinds: red = {2 * half_rf + 1} px receptive field",
-                 fontsize=10)
+    fig.suptitle(f"same layout, three kinds: red = {window} px receptive field", fontsize=10)
     fig.tight_layout()
     return fig

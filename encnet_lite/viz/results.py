@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..data import colorize
-from .data import add_class_legend, to_rgb
+from .data import PAGE_WIDTH, add_class_legend, legend_height, to_rgb
 
 
 def show_predictions(images: torch.Tensor, masks: torch.Tensor, preds: torch.Tensor,
@@ -23,14 +23,16 @@ def show_predictions(images: torch.Tensor, masks: torch.Tensor, preds: torch.Ten
     """Image, true mask and predicted mask (rows) for each of ``images: (B, 3, H, W)``
     (columns); ``masks, preds: (B, H, W)`` class ids."""
     n = len(images)
-    fig, axes = plt.subplots(3, n, figsize=(size * n, 3 * size + 0.5), squeeze=False)
-    present = set()
+    size = min(size, (PAGE_WIDTH - 0.4) / n)
+    present = sorted(set(torch.cat([masks.flatten(), preds.flatten()]).cpu().unique().tolist()))
+    below = legend_height(len(present))
+    height = 3 * size + 0.3 + below
+    fig, axes = plt.subplots(3, n, figsize=(size * n + 0.4, height), squeeze=False)
     for col in range(n):
         axes[0, col].imshow(to_rgb(images[col]))
         for row, m in ((1, masks[col]), (2, preds[col])):
-            m = m.detach().cpu().numpy()
-            axes[row, col].imshow(colorize(m, palette), interpolation="nearest")
-            present |= set(np.unique(m).tolist())
+            axes[row, col].imshow(colorize(m.detach().cpu().numpy(), palette),
+                                  interpolation="nearest")
         if titles:
             axes[0, col].set_title(titles[col], fontsize=9)
     for row, name in enumerate(("image", "truth", "prediction")):
@@ -38,8 +40,8 @@ def show_predictions(images: torch.Tensor, masks: torch.Tensor, preds: torch.Ten
                           ha="right", va="center", fontsize=9)
     for ax in axes.ravel():
         ax.set_axis_off()
-    add_class_legend(fig, classes, palette, sorted(present))
-    fig.tight_layout()
+    add_class_legend(fig, classes, palette, present)
+    fig.tight_layout(rect=(0, below / height, 1, 1), h_pad=0.4)  # room for the legend
     return fig
 
 
@@ -48,12 +50,17 @@ def plot_confusion(matrix, rows: Sequence[str], cols: Sequence[str], ax=None, ti
     """A (row-normalised) confusion matrix as a heatmap with its numbers; rows = truth."""
     m = np.asarray(matrix, dtype=float)
     if ax is None:
-        _, ax = plt.subplots(figsize=(0.8 * len(cols) + 1.8, 0.6 * len(rows) + 1.4))
-    ax.imshow(m, cmap="Blues", vmin=0, vmax=max(1.0, m.max()) if fmt.endswith("%}") else None)
+        _, ax = plt.subplots(figsize=(min(PAGE_WIDTH, 0.8 * len(cols) + 1.8),
+                                      0.6 * len(rows) + 1.4))
+    im = ax.imshow(m, cmap="Blues", vmin=0,
+                   vmax=max(1.0, m.max()) if fmt.endswith("%}") else None)
     for i in range(m.shape[0]):
         for j in range(m.shape[1]):
+            # text colour from the cell's own colour: light text on dark cells only
+            r, g, b, _ = im.cmap(im.norm(m[i, j]))
+            dark = 0.2126 * r + 0.7152 * g + 0.0722 * b < 0.5
             ax.text(j, i, fmt.format(m[i, j]), ha="center", va="center", fontsize=9,
-                    color="white" if m[i, j] > 0.6 * m.max() else "black")
+                    color="white" if dark else "black")
     ax.set_xticks(range(len(cols)), cols, fontsize=9)
     ax.set_yticks(range(len(rows)), rows, fontsize=9)
     ax.set_xlabel("predicted")
@@ -73,7 +80,8 @@ def plot_history(runs, keys: Sequence[str] = ("loss", "mIoU"), steps: bool = Fal
     ``main``, ``aux``, ``se``, ``lr``, ``pixAcc``, ``mIoU``, ``images_per_s``.
     """
     named = runs if isinstance(runs, dict) else {"": runs}
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(keys), figsize=(min(3.6 * len(keys), PAGE_WIDTH), 3.0),
+                             squeeze=False)
     xkey = "iteration" if steps else "epoch"
     for label, run in named.items():
         records = list(getattr(run, "history", run))
@@ -102,7 +110,8 @@ def plot_ablation(seeds: dict, stats: dict, labels: dict,
     ``caps = {metric: value}`` draws a dashed line (e.g. the context-blind cap).
     """
     names = list(seeds)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics) + 1.5, 3.4),
+    fig, axes = plt.subplots(1, len(metrics),
+                             figsize=(min(3.2 * len(metrics) + 1.5, PAGE_WIDTH), 3.4),
                              squeeze=False)
     colors = plt.cm.tab10(np.arange(len(names)))
     for ax, metric in zip(axes[0], metrics):
@@ -112,7 +121,8 @@ def plot_ablation(seeds: dict, stats: dict, labels: dict,
             ax.bar(i, mean, yerr=std, color=colors[i], alpha=0.75, capsize=4)
             ax.plot(np.full(len(values), i) + np.linspace(-0.15, 0.15, len(values)), values,
                     "k.", ms=5)
-            ax.text(i, mean + std + 0.5, f"{mean:.1f}", ha="center", va="bottom", fontsize=8)
+            ax.text(i, min(mean + std + 0.5, 97.0), f"{mean:.1f}", ha="center",
+                    va="bottom", fontsize=8)
         if caps and caps.get(metric) is not None:
             ax.axhline(caps[metric], color="0.3", linestyle="--", linewidth=1,
                        label="context-blind cap")
@@ -120,7 +130,7 @@ def plot_ablation(seeds: dict, stats: dict, labels: dict,
         ax.set_xticks(range(len(names)), [labels.get(n, n) for n in names], fontsize=8,
                       rotation=15)
         low = min(np.nanmin(np.asarray(seeds[n][metric], dtype=float)) for n in names)
-        ax.set_ylim(max(0.0, low - 10), 100 + 3)
+        ax.set_ylim(max(0.0, low - 10), 100)  # a percentage: the axis ends at 100
         ax.set_title({"miou": "mIoU (%)", "pixacc": "pixAcc (%)"}.get(metric, metric),
                      fontsize=10)
         ax.grid(axis="y", alpha=0.3)
@@ -138,7 +148,7 @@ def plot_per_class_iou(classes: Sequence[str], stats: dict, labels: dict,
     """
     names = list(stats)
     if ax is None:
-        _, ax = plt.subplots(figsize=(1.0 * len(classes) + 2.5, 3.4))
+        _, ax = plt.subplots(figsize=(min(1.0 * len(classes) + 2.5, PAGE_WIDTH), 3.4))
     width = 0.8 / len(names)
     for c in highlight:
         ax.axvspan(c - 0.45, c + 0.45, color="gold", alpha=0.2, lw=0)
@@ -150,10 +160,9 @@ def plot_per_class_iou(classes: Sequence[str], stats: dict, labels: dict,
     for c in highlight:
         ax.get_xticklabels()[c].set_fontweight("bold")
     ax.set_ylabel("IoU (%)")
-    ax.set_ylim(0, 105)
+    ax.set_ylim(0, 100)
     ax.legend(fontsize=8, loc="lower left", framealpha=0.9)
-    ax.set_title("per-class IoU (shaded: look-alike classes, decided by the scene only)",
-                 fontsize=10)
+    ax.set_title("per-class IoU (shaded: look-alike classes)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.figure.tight_layout()
     return ax.figure
