@@ -163,6 +163,8 @@ def measure_budget(cfg: TrainConfig, iterations: int = 5, warmup: Optional[int] 
     warmup = (2 if device.type == "cuda" else 1) if warmup is None else warmup
     run = _time_training(cfg, device, iterations, warmup)
     evals = _time_evaluation(run.pop("model"), cfg, run["num_classes"], device, eval_images)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # give the measurement's memory back before the real run
     sec = run["seconds_per_iteration"]
     epoch_s = run["iterations_per_epoch"] * sec
     validations = 1  # the last epoch is always validated

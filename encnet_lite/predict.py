@@ -92,7 +92,8 @@ def predict_files(model: nn.Module, cfg: TrainConfig, num_classes: int,
     """Write ``STEM.mask.png`` and ``STEM.overlay.png`` into ``out`` for each image.
 
     Every image is checked before any model work, so that a typo fails at once.
-    ``options`` go to :func:`segment_image`. Returns the written paths per image.
+    ``options`` go to :func:`segment_image`. Returns, per image, the written paths
+    (``"mask"``, ``"overlay"``) and the class ids (``"labels"``: ``(H, W)`` uint8).
     """
     rgbs = [_read(Path(p)) for p in images]
     palette = palette_for(cfg, num_classes)
@@ -105,7 +106,8 @@ def predict_files(model: nn.Module, cfg: TrainConfig, num_classes: int,
         stem = Path(path).stem
         written.append({"mask": save_png(out / f"{stem}.mask.png", colours),
                         "overlay": save_png(out / f"{stem}.overlay.png",
-                                            overlay(rgb, colours, alpha))})
+                                            overlay(rgb, colours, alpha)),
+                        "labels": labels})
     return written
 
 
