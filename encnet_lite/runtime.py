@@ -125,15 +125,17 @@ def book_mode(dataset_root: Optional[Union[str, Path]] = None) -> str:
 def describe_mode(mode: str, full_does: str = "") -> str:
     """Plain sentences for a chapter's output: which mode ran, what full would do.
 
-    Wrapped at 88 characters, so that no line is wider than a book page's column.
+    Wrapped at 76 characters: the widest printed line the site's column shows without
+    wrapping (measured in Chromium at a 1280 px wide window).
     """
     device = get_device()
     if mode == "quick":
-        text = f"QUICK mode on {device.type}: synthetic ContextScenes data, tiny backbone, short runs."
+        text = textwrap.fill(f"QUICK mode on {device.type}: synthetic ContextScenes data, "
+                             "tiny backbone, short runs.", 76)
         if full_does:
-            text += "\n" + textwrap.fill(f"Full mode ({MODE_ENV}=full, a CUDA GPU) would {full_does}.", 88)
+            text += "\n" + textwrap.fill(f"Full mode ({MODE_ENV}=full, a CUDA GPU) would {full_does}.", 76)
         return text
-    return textwrap.fill(f"FULL mode on {device.type}" + (f": {full_does}." if full_does else "."), 88)
+    return textwrap.fill(f"FULL mode on {device.type}" + (f": {full_does}." if full_does else "."), 76)
 
 
 def colab_install_source(url: str = REPO_URL, ref: str = REPO_REF) -> str:
