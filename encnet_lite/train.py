@@ -170,7 +170,8 @@ def train(cfg: TrainConfig, *, resume: runfolder.ResumeArg = None, overwrite: bo
             cm = None
             for epoch in range(state.epoch, cfg.epochs):
                 train_one_epoch(run, state, epoch)
-                cm = finish_epoch(run, state, epoch) or cm
+                validated = finish_epoch(run, state, epoch)  # validates, saves, logs
+                cm = validated if validated is not None else cm
         finally:
             folder.close()
     best = state.best_miou if state.best_epoch else float("nan")
