@@ -78,3 +78,40 @@ def test_check_finite_names_the_first_bad_tensor():
     assert isinstance(info.value, ckpt_io.CheckpointError)
     with pytest.raises(ckpt_io.NonFiniteError, match="c.weight"):
         ckpt_io.check_finite({"c.weight": bad["c.weight"]})
+
+
+def test_train_state_round_trips_and_reads_older_checkpoints():
+    history = [{"epoch": 1, "iteration": 4, "mIoU": 0.25}, {"epoch": 2, "iteration": 8,
+                                                            "mIoU": 0.5}]
+    state = ckpt_io.TrainState(epoch=2, iteration=8, history=history, best_miou=0.5,
+                               best_epoch=2, epoch_sums=torch.tensor([1.0, 2.0, 3.0, 4.0]),
+                               epoch_seconds=1.5)
+    saved = state.to_dict()
+    saved["epoch_sums"].zero_()  # a copy: the live state is not changed through it
+    assert state.epoch_sums.tolist() == [1.0, 2.0, 3.0, 4.0]
+    back = ckpt_io.TrainState.from_dict(state.to_dict())
+    assert back.epoch_sums.dtype == torch.float64
+    assert (back.epoch, back.iteration, back.best_epoch, back.history) == (2, 8, 2, history)
+    old = {k: v for k, v in state.to_dict().items() if k != "best_epoch"}  # an older last.pt
+    assert ckpt_io.TrainState.from_dict(old).best_epoch == 2  # found from the history
+
+
+def test_the_first_validation_is_always_the_best_so_far():
+    fresh = ckpt_io.TrainState()
+    assert fresh.improves(0.0) and fresh.improves(float("nan"))
+    seen = ckpt_io.TrainState(best_miou=0.4, best_epoch=1)
+    assert seen.improves(0.41) and not seen.improves(0.4) and not seen.improves(float("nan"))
+    assert ckpt_io.TrainState(best_miou=float("nan"), best_epoch=1).improves(0.1)
+
+
+def test_best_checkpoint_holds_the_best_epochs_record_and_no_optimizer(tmp_path):
+    history = [{"epoch": 1, "iteration": 4, "mIoU": 0.5}, {"epoch": 2, "iteration": 8,
+                                                           "mIoU": 0.25}]
+    state = ckpt_io.TrainState(epoch=2, iteration=8, history=history, best_miou=0.5,
+                               best_epoch=1)
+    header = {"config": {}, "num_classes": 3, "classes": ["a", "b", "c"]}
+    best = ckpt_io.best_checkpoint(header, {"w": torch.ones(2)}, state)
+    assert (best["epoch"], best["iteration"], best["metrics"]) == (1, 4, history[0])
+    path = ckpt_io.save_atomic(best, tmp_path / "best.pt")
+    with pytest.raises(ckpt_io.CheckpointError, match="no optimizer state"):
+        ckpt_io.load_training(path)
