@@ -128,6 +128,20 @@ def study(variants: Sequence[str], seeds: Sequence[int], base: presets.TrainConf
             for v in variants}
 
 
+def screen_section(paths: Sequence[Path]) -> Dict[str, Any]:
+    """The variants of earlier ``--screen`` results, merged, with their budget and commands."""
+    import json
+
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    cfg = parts[0]["config"]
+    return {"budget": f"{cfg['epochs']} epochs of {cfg['num_train_images']} images",
+            "seed": parts[0]["variants"][next(iter(parts[0]["variants"]))]["seeds"][0],
+            "commands": [part.get("command", "") for part in parts],
+            "notes": [part["note"] for part in parts if "note" in part],
+            "variants": {v: {k: r[k][0] for k in ("miou", *METRICS)}
+                         for part in parts for v, r in part["variants"].items()}}
+
+
 def pick_book_variant(results: Dict[str, Dict[str, List[float]]], min_live: int = 8) -> str:
     """The variant with the best mean mIoU among those with >= ``min_live`` live codewords
     on every seed ("official" if none qualifies)."""
@@ -147,6 +161,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--jobs", type=int, default=2, help="runs at once (one thread each)")
     p.add_argument("--book-variant", default=None, choices=VARIANTS)
+    p.add_argument("--screen-from", nargs="+", default=[], type=Path, metavar="JSON",
+                   help="results of earlier --screen runs to record under \"screen\"")
     p.add_argument("--add-runs", nargs="+", default=[], type=Path, metavar="FOLDER",
                    help="finished run folders (e.g. the ablation's encnet_s*) to measure "
                         "instead of training their variant again")
@@ -187,6 +203,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              *(sys.argv[1:] if argv is None else argv)]),
         "jobs": args.jobs,
     }
+    if args.screen_from:
+        out["screen"] = screen_section(args.screen_from)
     _common.write_result(args.out or RESULTS, _common.finish(out, start), indent=1)
     for v, r in results.items():
         live = statistics.fmean(r["live_codewords"])
