@@ -202,6 +202,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "command": " ".join(["benchmarks/codewords.py",
                              *(sys.argv[1:] if argv is None else argv)]),
         "jobs": args.jobs,
+        "quick": args.quick,
     }
     if args.screen_from:
         out["screen"] = screen_section(args.screen_from)

@@ -1,5 +1,6 @@
 """Codeword health: live codewords, perplexity, largest-scale share, class x codeword usage."""
 
+import json
 import math
 
 import pytest
@@ -144,3 +145,46 @@ def test_plot_codeword_health_draws_the_records():
     assert list(lines["b"].get_ydata()) == [12.0] and "fcn" not in lines
     assert list(lines["K = 32"].get_ydata()) == [32, 32]
     assert [list(ln.get_ydata()) for ln in share.get_lines()] == [[1.0, 0.9], [0.1]]
+
+
+def _bench():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "codewords.py"
+    spec = importlib.util.spec_from_file_location("bench_codewords", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_book_variant_is_the_best_with_enough_live_codewords():
+    bench = _bench()
+    results = {"official": {"live_codewords": [1, 1], "miou": [95.0, 94.0]},
+               "a": {"live_codewords": [12, 9], "miou": [90.0, 92.0]},
+               "b": {"live_codewords": [20, 7], "miou": [99.0, 99.0]},  # one seed below 8
+               "c": {"live_codewords": [10, 10], "miou": [93.0, 93.0]}}
+    assert bench.pick_book_variant(results) == "c"
+    assert bench.pick_book_variant({"official": results["official"]}) == "official"
+
+
+def test_codewords_script_quick_run_and_reuse_of_a_run_folder(tmp_path):
+    bench = _bench()
+    out = tmp_path / "codewords.json"
+    threads = torch.get_num_threads()
+    try:
+        assert bench.main(["--quick", "--threads", "1", "--out", str(out),
+                           "--runs-dir", str(tmp_path / "runs")]) == 0
+        result = json.loads(out.read_text())
+        assert set(result["variants"]) == {"official", "kmeans"}
+        for rec in result["variants"].values():
+            assert rec["seeds"] == [0] and len(rec["miou"]) == 1
+            assert 1 <= rec["live_codewords"][0] <= 32 and 0 <= rec["miou"][0] <= 100
+        assert result["official_variant"] == "official" and result["book_preset"]
+        # a finished run folder is measured, not retrained: the same numbers come back
+        rec = bench.measure_run(tmp_path / "runs" / "kmeans_s0")
+        assert rec["encoder"] == "kmeans"
+        assert rec["miou"] == pytest.approx(result["variants"]["kmeans"]["miou"][0])
+        assert rec["live_codewords"] == result["variants"]["kmeans"]["live_codewords"][0]
+    finally:
+        torch.set_num_threads(threads)
