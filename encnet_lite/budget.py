@@ -215,8 +215,9 @@ def format_budget(b: Dict[str, Any]) -> str:
     gib = 2**30
     limit = f" of {b['memory_limit'] / gib:.1f} GiB" if b.get("memory_limit") else ""
     lines = [
-        f"Budget of {b['name']} on {b['device_name']} (autocast {b['amp']}, batch "
-        f"{b['batch_size']}; {b['timed_iterations']} timed iterations):",
+        f"Budget of {b['name']} (batch {b['batch_size']}, autocast {b['amp']}), "
+        f"{b['timed_iterations']} timed iterations",
+        f"  device           {b['device_name']}",
         f"  speed            {b['iterations_per_s']:.2f} iterations/s "
         f"({b['images_per_s']:.1f} images/s)",
         f"  peak memory      {b['peak_memory'] / gib:.2f} GiB ({b['memory_kind']}){limit}",
@@ -229,9 +230,9 @@ def format_budget(b: Dict[str, Any]) -> str:
     ]
     s = b.get("suggestion")
     if s and s["batch_size"]:
-        lines.append(f"  memory is short ({s['why']}): try batch_size={s['batch_size']} with "
-                     f"lr={s['lr']:.3g} (the linear rule: lr x {s['batch_size']}/"
-                     f"{b['batch_size']})")
+        lines += [f"  memory is short: {s['why']}",
+                  f"  try batch_size={s['batch_size']} with lr={s['lr']:.3g} "
+                  f"(the linear rule: lr x {s['batch_size']}/{b['batch_size']})"]
     elif s:
         lines.append(f"  memory is short: {s['why']}")
     return "\n".join(lines)

@@ -94,11 +94,12 @@ def archive_dir(name: str = "pcontext") -> Optional[Path]:
 
 
 def runs_dir(persistent: bool = False) -> Path:
-    """The folder for run folders: ``runs/`` under the working folder; with ``persistent`` on
-    Colab, Google Drive instead, so that checkpoints outlive a disconnect."""
+    """The folder for run folders: ``runs`` under the working folder (a relative path);
+    with ``persistent`` on Colab, Google Drive instead, so that checkpoints outlive a
+    disconnect."""
     if persistent and in_colab():
         return persistent_dir("runs")
-    return Path.cwd() / "runs"
+    return Path("runs")
 
 
 def book_mode(dataset_root: Optional[Union[str, Path]] = None) -> str:

@@ -45,7 +45,9 @@ def test_measure_budget_on_the_tiny_preset_writes_nothing(tmp_path, monkeypatch)
     half = (b["fixed_memory"] + (b["peak_memory"] - b["fixed_memory"]) / 2) / budget.HEADROOM
     s = budget.suggest_batch(16, cfg.lr, b["peak_memory"], b["fixed_memory"], int(half) + 1)
     assert s["batch_size"] == 8 and s["lr"] == pytest.approx(cfg.lr / 2)
-    assert "batch_size=8 with lr=0.025" in budget.format_budget({**b, "suggestion": s})
+    text = budget.format_budget({**b, "suggestion": s})
+    assert "batch_size=8 with lr=0.025" in text
+    assert max(map(len, text.splitlines())) <= 88  # fits a book page's column
 
 
 def test_cli_budget_from_an_empty_folder_prints_and_writes_nothing(tmp_path, monkeypatch,

@@ -130,8 +130,8 @@ def test_archives_on_drive_and_runs_under_the_working_folder(monkeypatch, tmp_pa
 
     monkeypatch.chdir(tmp_path)
     assert runtime.archive_dir("pcontext") is None  # the prepare script's default
-    assert runtime.runs_dir() == tmp_path / "runs"
-    assert runtime.runs_dir(persistent=True) == tmp_path / "runs"  # no Drive outside Colab
+    assert runtime.runs_dir() == Path("runs")  # under the working folder
+    assert runtime.runs_dir(persistent=True) == Path("runs")  # no Drive outside Colab
     colab = types.ModuleType("google.colab")
     mounted = []
     colab.drive = types.SimpleNamespace(mount=mounted.append)
@@ -139,5 +139,5 @@ def test_archives_on_drive_and_runs_under_the_working_folder(monkeypatch, tmp_pa
     monkeypatch.setattr(runtime, "DRIVE_ROOT", str(tmp_path / "drive"))
     assert runtime.archive_dir("pcontext") == tmp_path / "drive" / "downloads" / "pcontext"
     assert runtime.runs_dir(persistent=True) == tmp_path / "drive" / "runs"
-    assert runtime.runs_dir() == tmp_path / "runs"  # quick runs stay under /content
+    assert runtime.runs_dir() == Path("runs")  # quick runs stay under /content
     assert mounted == ["/content/drive", "/content/drive"]
