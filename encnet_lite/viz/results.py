@@ -187,6 +187,8 @@ def plot_k_sweep(ks: Sequence[int], stats: Sequence[Sequence[float]],
         ax.legend(fontsize=8, loc="lower right")
     ax.set_xticks(x, [f"K = {k}" + (" (FCN)" if k == 0 else "") for k in ks], fontsize=9)
     ax.set_ylabel(ylabel)
+    if "%" in ylabel:  # a percentage axis ends at 100, however long the error bars
+        ax.set_ylim(top=min(ax.get_ylim()[1], 100.0))
     ax.set_title("number of codewords K", fontsize=10)
     ax.grid(alpha=0.3)
     ax.figure.tight_layout()
