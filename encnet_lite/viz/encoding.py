@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..encoding import soft_assignment
+from .data import PAGE_WIDTH
 
 
 def plot_assignment_map(codewords: torch.Tensor, smoothing, points: Optional[torch.Tensor] = None,
@@ -53,6 +54,7 @@ def plot_assignment_map(codewords: torch.Tensor, smoothing, points: Optional[tor
 def plot_smoothing_sweep(codewords: torch.Tensor, smoothings: Sequence[float],
                          points: Optional[torch.Tensor] = None, size: float = 2.8, **kwargs):
     """One :func:`plot_assignment_map` panel per smoothing factor, side by side."""
+    size = min(size, PAGE_WIDTH / len(smoothings))  # side by side within the page width
     fig, axes = plt.subplots(1, len(smoothings), figsize=(size * len(smoothings), size + 0.3),
                              squeeze=False)
     for ax, s in zip(axes[0], smoothings):
@@ -65,7 +67,7 @@ def plot_encoding_benchmark(result: dict):
     """Bars of forward+backward time and extra peak memory from benchmarks/encoding.py's JSON."""
     batches = sorted({r["batch"] for r in result["rows"]})
     impls = ["default", "reference"]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig, axes = plt.subplots(1, 2, figsize=(PAGE_WIDTH, 3.2))
     for ax, key, label in zip(axes, ("time_ms", "extra_peak_mib"),
                               ("forward+backward time (ms)", "extra peak memory (MiB)")):
         for j, impl in enumerate(impls):
@@ -80,7 +82,7 @@ def plot_encoding_benchmark(result: dict):
                 else:
                     ax.text(x, v, f"{v:.0f}", ha="center", va="bottom", fontsize=8)
         ax.set_yscale("log")
-        ax.set_xticks(np.arange(len(batches)), [f"batch {b}" for b in batches])
+        ax.set_xticks(np.arange(len(batches)), [f"batch {b}" for b in batches], fontsize=8)
         ax.set_ylabel(label)
     axes[0].legend(frameon=False, loc="upper left")
     fig.suptitle(f"encoding layer, D={result['shape']['D']}, K={result['shape']['K']}, "
