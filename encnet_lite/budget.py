@@ -215,18 +215,17 @@ def format_budget(b: Dict[str, Any]) -> str:
     gib = 2**30
     limit = f" of {b['memory_limit'] / gib:.1f} GiB" if b.get("memory_limit") else ""
     lines = [
-        f"Budget of {b['name']} (batch {b['batch_size']}, autocast {b['amp']}), "
-        f"{b['timed_iterations']} timed iterations",
-        f"  device           {b['device_name']}",
-        f"  speed            {b['iterations_per_s']:.2f} iterations/s "
+        f"Budget of {b['name']} (batch {b['batch_size']}, autocast {b['amp']})",
+        f"  device         {b['device_name']}; {b['timed_iterations']} timed steps",
+        f"  speed          {b['iterations_per_s']:.2f} iterations/s "
         f"({b['images_per_s']:.1f} images/s)",
-        f"  peak memory      {b['peak_memory'] / gib:.2f} GiB ({b['memory_kind']}){limit}",
-        f"  one epoch        {b['iterations_per_epoch']} iterations: {duration(b['epoch_s'])}",
-        f"  whole schedule   {b['epochs']} epochs + {b['validations']} validations: "
+        f"  peak memory    {b['peak_memory'] / gib:.2f} GiB ({b['memory_kind']}){limit}",
+        f"  one epoch      {b['iterations_per_epoch']} iterations: {duration(b['epoch_s'])}",
+        f"  whole schedule {b['epochs']} epochs + {b['validations']} validations: "
         f"{duration(b['schedule_s'])}",
-        f"  evaluation       {b['eval_images']} images: single scale "
+        f"  evaluation     {b['eval_images']} images: one scale "
         f"{duration(b['eval_single_s'])}, multi-scale + flip {duration(b['eval_multi_s'])}",
-        "  (estimates from a few iterations and images; the first epoch also warms caches)",
+        "  (estimated from a few steps and images; epoch 1 also warms caches)",
     ]
     s = b.get("suggestion")
     if s and s["batch_size"]:

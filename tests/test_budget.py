@@ -47,7 +47,7 @@ def test_measure_budget_on_the_tiny_preset_writes_nothing(tmp_path, monkeypatch)
     assert s["batch_size"] == 8 and s["lr"] == pytest.approx(cfg.lr / 2)
     text = budget.format_budget({**b, "suggestion": s})
     assert "batch_size=8 with lr=0.025" in text
-    assert max(map(len, text.splitlines())) <= 88  # fits a book page's column
+    assert max(map(len, text.splitlines())) <= 76  # fits the book's column
 
 
 def test_cli_budget_from_an_empty_folder_prints_and_writes_nothing(tmp_path, monkeypatch,
@@ -57,7 +57,7 @@ def test_cli_budget_from_an_empty_folder_prints_and_writes_nothing(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     assert train.main(["--preset", "scenes_encnet_tiny", "--budget", "2"]) == 0
     out = capsys.readouterr().out
-    for words in ("iterations/s", "peak memory", "one epoch        32 iterations",
-                  "whole schedule   12 epochs", "evaluation       128 images"):
+    for words in ("iterations/s", "peak memory", "one epoch      32 iterations",
+                  "whole schedule 12 epochs", "evaluation     128 images"):
         assert words in out
     assert list(tmp_path.iterdir()) == []  # no run folder, no checkpoint

@@ -59,7 +59,7 @@ def test_rehearsal_chapter_07_full_mode_on_a_fabricated_pcontext(tmp_path, monke
     seconds = time.perf_counter() - start
     text = outputs_text(nb)
 
-    assert "FULL mode" in text and "pcontext_encnet_r50: encnet, backbone resnet50" in text
+    assert "FULL mode" in text and "pcontext_encnet_r50: encnet, backbone resnet50, K=32" in text
     assert "align_corners=True" in text  # the official upsampling in the PASCAL preset
     for words in ("iterations/s", "peak memory", "whole schedule", "multi-scale + flip"):
         assert words in text  # the budget ran before training
