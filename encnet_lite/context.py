@@ -125,8 +125,12 @@ def assignment_perplexity(assign: Tensor) -> float:
 def largest_scale_share(assign: Tensor, scale: Tensor) -> float:
     """Share of the positions of ``assign: (..., K)`` whose winner is the codeword with the
     largest ``scale: (K,)`` (the least negative one). Near 1: the winner is decided by the
-    smoothing factors, not by where the descriptors lie."""
-    return float(codeword_shares(assign)[int(scale.detach().argmax())])
+    smoothing factors, not by where the descriptors lie. NaN when no single codeword has the
+    largest scale (e.g. one factor shared by all): the question does not arise."""
+    scale = scale.detach()
+    if int((scale == scale.max()).sum()) > 1:
+        return float("nan")
+    return float(codeword_shares(assign)[int(scale.argmax())])
 
 
 def codeword_usage(assignments: Tensor, masks: Tensor, num_classes: int,
