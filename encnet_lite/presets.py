@@ -186,11 +186,12 @@ def scenes_encnet_tiny(**overrides: Any) -> TrainConfig:
     512 training images of 128 px (the size at which the tiny FCN provably cannot see the
     scene cue), batches of 16, 12 epochs = 384 iterations. Trained from scratch, so the lr
     (0.05, head 0.5) is far above the ImageNet-initialised recipe's 1e-3. On a 2-core CPU
-    an epoch takes 6-15 s (one thread); EncNet passes the context-blind mIoU cap (65.7%)
-    after 5-8 epochs, depending on the seed, and ends near 92% mIoU, while the FCN stays
-    below the cap (about 63%). ``threads=1``: the tiny model gains little from a second
-    thread, and on a CPU shared with other jobs two OpenMP threads can run 10x slower
-    than one (measured here: 2 img/s instead of 40); pass ``threads=0`` to keep torch's.
+    an epoch takes 6-15 s (one thread) when the CPU is not shared; EncNet passes the
+    context-blind mIoU cap during training and the FCN cannot (the final scores of three
+    seeds of each are in ``benchmarks/results/ablation.json``). ``threads=1``: the tiny
+    model gains little from a second thread, and on a CPU shared with other jobs two OpenMP
+    threads can run 10x slower than one (measured here: 2 img/s instead of 40); pass
+    ``threads=0`` to keep torch's.
 
     ``encoder="shared_kmeans"`` (one smoothing factor, codewords from k-means of the first
     batch's descriptors) instead of the official encoding layer: with the official one,

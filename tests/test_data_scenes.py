@@ -142,7 +142,7 @@ def test_blind_oracle_scores_the_cap_on_generated_data():
     assert _iou(conf_const).mean() == pytest.approx(caps["miou_constant_guess"], abs=0.015)
     pixacc = np.diag(conf_blind).sum() / conf_blind.sum()
     assert pixacc == pytest.approx(caps["pixacc"], abs=0.005)
-    assert caps["miou"] < 0.66 and 0.04 < look_pixels / conf_blind.sum() < 0.1
+    assert caps["miou"] < 0.66 and 0.08 < look_pixels / conf_blind.sum() < 0.18
 
 
 def test_transform_is_applied_jointly():

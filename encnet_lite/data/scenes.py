@@ -4,7 +4,7 @@ Each image is one of ``num_kinds`` scene kinds: ``harbour``, ``street`` and (def
 ``railway``. A horizontal band along the top or the bottom edge carries the scene's *cue*: a
 textured strip of ``water``, ``house`` fronts or ``rails``, one cue class per kind, each easy
 to recognise locally. The rest of the image is ``ground``, a neutral texture drawn the same way
-whatever the kind, with 2-4 *look-alike* objects on it: grey rounded rectangles drawn by the
+whatever the kind, with 4-8 *look-alike* objects on it: grey rounded rectangles drawn by the
 very same code for every kind. Their class depends on the scene only: ``boat`` in a harbour,
 ``car`` in a street, ``wagon`` by a railway.
 
@@ -25,7 +25,7 @@ concave, so the best split is ``q_j = 1/K`` and
   (K = 3, C = 7: **65.7 %**; K = 2, C = 5: **73.3 %**); a constant guess gets
   (C - K + 1/K) / C (61.9 % and 70.0 %);
 - look-alike pixel accuracy <= 1/K, so pixAcc <= 1 - (1 - 1/K) * f with f the look-alike
-  share of pixels (about 7 % here: pixAcc <= ~95 % for K = 3).
+  share of pixels (about 12 % here: pixAcc <= ~92 % for K = 3).
 
 A model that encodes the whole image (EncNet) can reach 100 %. :func:`blind_caps` computes
 these numbers; the tests check the construction and the cap on generated data.
@@ -55,6 +55,10 @@ KINDS = ("harbour", "street", "railway")
 CUE_CLASSES = ("water", "house", "rails")  # one per kind, same order as KINDS
 LOOKALIKE_CLASSES = ("boat", "car", "wagon")  # one per kind, same order as KINDS
 CUE_GAP = 36  # px at size 128: min Chebyshev distance cue <-> look-alike
+# Look-alike objects per image: numpy's [low, high). 4-8 rather than 2-4: with about 7 % of
+# the pixels on look-alikes, the per-pixel loss alone (no SE-loss) rarely taught a context
+# vector to separate them within the preset's budget (benchmarks/results/ablation.json).
+LOOKALIKE_COUNT = (4, 9)
 BASE_SIZE = 128
 SPLITS = ("train", "val")
 
@@ -198,7 +202,7 @@ class ContextScenes(torch.utils.data.Dataset):
         # Object rows must be >= gap rows away from the nearest band row.
         lo, hi = (band_h - 1 + self.cue_gap, n) if top else (0, n - band_h - self.cue_gap + 1)
         boxes = []
-        for _ in range(int(rng.integers(2, 5))):
+        for _ in range(int(rng.integers(*LOOKALIKE_COUNT))):
             h = int(rng.integers(self._obj_h[0], self._obj_h[1] + 1))
             w = int(rng.integers(self._obj_w[0], self._obj_w[1] + 1))
             y0 = int(rng.integers(lo, hi - h + 1))
