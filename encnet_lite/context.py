@@ -166,7 +166,8 @@ def codeword_health(model: nn.Module, images: Tensor) -> Dict[str, float]:
     """How the model's encoding layer uses its codewords on ``images: (B, 3, H, W)``.
 
     Returns ``live_codewords`` (:func:`live_codewords`, as a float), ``assignment_perplexity``
-    and ``largest_scale_share`` over every position of every image; ``{}`` for a model
+    and ``largest_scale_share`` (absent where no single codeword has the largest scale) over
+    every position of every image; ``{}`` for a model
     without a Context Encoding Module. Runs in eval mode without gradients (the module's
     input is caught with a forward hook) and restores the training mode.
     """
@@ -184,11 +185,14 @@ def codeword_health(model: nn.Module, images: Tensor) -> Dict[str, float]:
     finally:
         hook.remove()
         model.train(was_training)
-    return {
+    health = {
         "live_codewords": float(live_codewords(assign)),
         "assignment_perplexity": assignment_perplexity(assign),
-        "largest_scale_share": largest_scale_share(assign, module.encoding.smoothing()),
     }
+    top = largest_scale_share(assign, module.encoding.smoothing())
+    if top == top:  # NaN (one shared factor) is left out: metrics.jsonl stays plain JSON
+        health["largest_scale_share"] = top
+    return health
 
 
 # --- analysis helpers (chapters measure how well gamma / e tell scene kinds apart) ------

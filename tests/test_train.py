@@ -46,8 +46,10 @@ def test_train_writes_logs_and_checkpoints(tmp_path):
     assert [h["epoch"] for h in result.history] == [1, 2]
     assert load_history(out) == json.loads(json.dumps(result.history))
     for key in ("loss", "main", "aux", "se", "lr", "pixAcc", "mIoU", "seconds", "images_per_s",
-                "live_codewords", "assignment_perplexity", "largest_scale_share"):
+                "live_codewords", "assignment_perplexity"):
         assert key in result.history[-1]
+    # the preset's shared_kmeans layer has one smoothing factor: no "largest scale" to report
+    assert cfg.encoder == "shared_kmeans" and "largest_scale_share" not in result.history[-1]
     assert 1 <= result.history[-1]["live_codewords"] <= cfg.num_codes
     # The returned confusion matrix is the last validation's: the same scores.
     assert result.confusion.mean_iou() == pytest.approx(result.history[-1]["mIoU"])
