@@ -168,6 +168,15 @@ def test_markdown_table_rows():
     assert table.data == "| a | b |\n|---|---|\n| 1 | x |\n| 2.5 | y |"
 
 
+def test_markdown_table_keeps_pipes_inside_cells():
+    from markdown_it import MarkdownIt  # the parser myst-nb renders outputs with
+
+    table = viz.markdown_table(["t", "mean ||x||²"], [(0.1, "a|b")])
+    html = MarkdownIt("commonmark").enable("table").render(table.data)
+    assert html.count("<th>") == 2 and html.count("<td>") == 2
+    assert "<th>mean ||x||²</th>" in html and "<td>a|b</td>" in html
+
+
 
 def test_plot_assignment_map_paints_each_codewords_region_in_its_colour():
     codewords = torch.tensor([[-2.0, 0.0], [2.0, 0.0]])

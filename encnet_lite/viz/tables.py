@@ -9,6 +9,11 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence]):
     """Rows as a Markdown table: rendered as a real table in Jupyter and on the built site."""
     from IPython.display import Markdown
 
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+    lines = [_row(header), "|" + "---|" * len(header)]
+    lines += [_row(row) for row in rows]
     return Markdown("\n".join(lines))
+
+
+def _row(cells: Sequence) -> str:
+    """One table row; a ``|`` inside a cell (e.g. ``||x||``) is escaped, else it splits it."""
+    return "| " + " | ".join(str(v).replace("|", "\\|") for v in cells) + " |"
