@@ -8,7 +8,6 @@ working folder, with the dataset prepared from a miniature in the upstream forma
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -65,9 +64,7 @@ def test_rehearsal_chapter_07_full_mode_on_a_fabricated_pcontext(tmp_path, monke
                        "ENCNET_PCONTEXT_ROOT": str(data_root), "MKL_NUM_THREADS": "1"}.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("ENCNET_PHOTO", raising=False)
-    start = time.perf_counter()
     nb = execute_chapter(CHAPTER, work)
-    seconds = time.perf_counter() - start
     text = outputs_text(nb)
 
     assert "FULL mode" in text and "pcontext_encnet_r50: encnet, backbone resnet50, K=32" in text
@@ -85,5 +82,4 @@ def test_rehearsal_chapter_07_full_mode_on_a_fabricated_pcontext(tmp_path, monke
     # Everything was written under the working folder; the dataset was left as it was.
     assert {p.name for p in work.iterdir()} == {"runs"}
     assert (data_root / "prepared.json").read_text() == prepared
-    assert seconds < 180, f"the rehearsal took {seconds:.0f} s"
     assert os.environ["ENCNET_MODE"] == "full"
