@@ -1,6 +1,5 @@
 """ContextScenes: interface, determinism, the no-local-cue construction and the blind cap."""
 
-
 import numpy as np
 import pytest
 import torch
