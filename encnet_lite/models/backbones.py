@@ -57,30 +57,49 @@ def load_resnet_state_dict(depth: int, weights_path: Optional[Union[str, Path]] 
         path = Path(weights_path).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"weights_path={str(path)!r} does not exist")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # a pickle that needs code, a truncated or foreign file
+            raise RuntimeError(f"weights_path={str(path)!r} is not a plain state dict of "
+                               f"tensors ({type(err).__name__}); nothing was run. Give a "
+                               "torchvision ResNet .pth file.") from err
         for key in ("state_dict", "model"):
             if isinstance(state, dict) and isinstance(state.get(key), dict):
                 state = state[key]
     else:
-        try:
-            # Called through the module so that tests can make it fail (monkeypatch).
-            state = torch.hub.load_state_dict_from_url(weights.url, progress=True,
-                                                       check_hash=True)
-        except Exception as err:  # offline, proxy, corrupt file: all end the same way
-            filename = weights.url.rsplit("/", 1)[-1]
-            cache = Path(torch.hub.get_dir()) / "checkpoints"
-            raise RuntimeError(
-                f"Could not fetch the ImageNet weights of ResNet-{depth} ({weights.url}): "
-                f"{type(err).__name__}: {err}\n"
-                "No network? Either\n"
-                "  * pass pretrained_backbone=False (random initialisation: fine for tests "
-                "and the tiny experiments, poor for real training), or\n"
-                f"  * download {filename} on another machine and pass "
-                f"weights_path='/path/to/{filename}', or copy it to {cache}/ where "
-                "torch.hub looks first."
-            ) from err
+        state = _hub_state_dict(depth, weights.url)
     return {k.removeprefix("module."): v for k, v in state.items()
             if not k.removeprefix("module.").startswith("fc.")}
+
+
+def _hub_state_dict(depth: int, url: str) -> Dict[str, Tensor]:
+    """torch.hub's cached copy of ``url`` (downloaded first if missing), loaded with
+    ``weights_only=True``: the hash is checked only on download, so a file planted in the
+    cache must not be able to run code when it is unpickled."""
+    filename = url.rsplit("/", 1)[-1]
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    try:
+        # Called through the module so that tests can make it fail (monkeypatch).
+        return torch.hub.load_state_dict_from_url(url, progress=True, check_hash=True,
+                                                  weights_only=True)
+    except Exception as err:  # offline, proxy, corrupt or unsafe file: all end the same way
+        if (cache / filename).is_file():
+            raise RuntimeError(
+                f"{cache / filename} is not a plain ResNet-{depth} weights file "
+                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                "it was not loaded (only tensors are read from the torch.hub cache, no "
+                "code runs). Delete it and download it again, or pass "
+                f"weights_path='/path/to/{filename}'.") from err
+        raise RuntimeError(
+            f"Could not fetch the ImageNet weights of ResNet-{depth} ({url}): "
+            f"{type(err).__name__}: {err}\n"
+            "No network? Either\n"
+            "  * pass pretrained_backbone=False (random initialisation: fine for tests "
+            "and the tiny experiments, poor for real training), or\n"
+            f"  * download {filename} on another machine and pass "
+            f"weights_path='/path/to/{filename}', or copy it to {cache}/ where "
+            "torch.hub looks first."
+        ) from err
 
 
 class ResNetBackbone(nn.Module):
