@@ -1,11 +1,11 @@
-"""ConfusionMatrix: pixAcc / mIoU by hand, against torchmetrics, merging, all_reduce."""
+"""ConfusionMatrix: pixAcc / mIoU by hand, against torchmetrics, merging (all_reduce in two
+processes: test_gloo_group.py)."""
 
 import math
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from encnet_lite.metrics import ConfusionMatrix
@@ -111,19 +111,6 @@ def test_all_reduce_without_process_group_is_a_no_op():
     cm = ConfusionMatrix(5).update(*random_pair(0))
     before = cm.matrix.clone()
     assert torch.equal(cm.all_reduce().matrix, before)
-
-
-def test_all_reduce_in_a_gloo_group(tmp_path):
-    if dist.is_initialized():
-        pytest.skip("a process group already exists")
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
-                            world_size=1)
-    try:
-        cm = ConfusionMatrix(5).update(*random_pair(0))
-        before = cm.matrix.clone()
-        assert torch.equal(cm.all_reduce().matrix, before)  # one process: the sum is itself
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -157,15 +157,24 @@ def test_load_rejects_foreign_files_and_other_models(tmp_path):
         ckpt_io.check_compatible(saved, {"model": "fcn"}, 7, ("model",))
 
 
-def test_cpu_sync_batchnorm_is_batchnorm_in_one_process():
+def test_convert_sync_batchnorm_keeps_the_parameters_and_falls_back_without_a_group():
+    # Without a process group CPUSyncBatchNorm is plain BatchNorm; the synchronized path is
+    # checked in two real processes in test_gloo_group.py.
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Flatten(2),
                         nn.BatchNorm1d(4))
+    with torch.no_grad():
+        net[1].weight.uniform_(0.5, 2.0)
+        net[1].running_mean.fill_(0.3)
+        net[1].num_batches_tracked.fill_(5)
     synced = convert_sync_batchnorm(copy.deepcopy(net), "cpu")
-    assert sum(isinstance(m, CPUSyncBatchNorm) for m in synced.modules()) == 2
+    assert [type(m) for m in synced.modules()].count(CPUSyncBatchNorm) == 2
+    assert torch.equal(synced[1].weight, net[1].weight)
+    assert torch.equal(synced[1].running_mean, net[1].running_mean)
+    assert int(synced[1].num_batches_tracked) == 5
     x = torch.randn(5, 3, 6, 6)
-    assert torch.allclose(net(x), synced(x))
-    assert torch.allclose(net[1].running_var, synced[1].running_var)
+    torch.testing.assert_close(synced(x), net(x))
+    torch.testing.assert_close(synced[1].running_var, net[1].running_var)
 
 
 def test_validate_returns_the_split_confusion_matrix_and_keeps_the_mode():
