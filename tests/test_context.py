@@ -39,11 +39,79 @@ def test_gamma_in_open_unit_interval_and_e_nonnegative(x):
     assert bool((out.e >= 0).all())  # mean over K of a ReLU
 
 
-def test_e_follows_official_sequence(x):
-    module = ContextEncoding(C, num_codes=K).eval()
-    codes = module.encoding(module.project(x))  # (B, K, C)
-    expected = F.relu(module.code_norm(codes)).mean(dim=1)
-    torch.testing.assert_close(module(x).e, expected)
+def _randomise_norms(module: ContextEncoding) -> None:
+    """Running statistics and affine parameters away from the identity, so that an eval-mode
+    BatchNorm left out or applied to the wrong axis changes ``e``."""
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for bn in (module.project[1], module.code_norm):
+            n = bn.num_features
+            bn.running_mean.copy_(torch.randn(n, generator=gen, dtype=bn.running_mean.dtype))
+            bn.running_var.copy_(torch.rand(n, generator=gen, dtype=bn.running_var.dtype) + 0.5)
+            bn.weight.copy_(torch.rand(n, generator=gen, dtype=bn.weight.dtype) + 0.5)
+            bn.bias.copy_(torch.randn(n, generator=gen, dtype=bn.bias.dtype) * 0.5)
+
+
+def _paper_e(module: ContextEncoding, x: torch.Tensor) -> torch.Tensor:
+    """``e: (B, C)`` from the equations, one descriptor and one codeword at a time.
+
+    x_i = ReLU(BN(W x)) at each position i; a_ik = exp(-s_k ||x_i - c_k||^2) / sum_j
+    exp(-s_j ||x_i - c_j||^2) with s = -scale (the official code's sign);
+    e_k = sum_i a_ik (x_i - c_k); then, as the official code, BatchNorm over the K
+    codewords (eval mode: running statistics), ReLU and the mean over k.
+    """
+    conv, bn2, _ = module.project
+    c, s = module.encoding.codewords, -module.encoding.scale
+    out = torch.zeros(x.shape[0], x.shape[1], dtype=x.dtype)
+    for b in range(x.shape[0]):
+        desc = []
+        for h in range(x.shape[2]):
+            for w in range(x.shape[3]):
+                v = conv.weight[:, :, 0, 0] @ x[b, :, h, w]
+                v = (v - bn2.running_mean) / torch.sqrt(bn2.running_var + bn2.eps)
+                desc.append(torch.clamp(v * bn2.weight + bn2.bias, min=0))
+        e = []
+        for k in range(c.shape[0]):
+            logits = torch.stack([torch.stack([-s[j] * ((xi - c[j]) ** 2).sum()
+                                               for j in range(c.shape[0])]) for xi in desc])
+            weights = torch.exp(logits[:, k]) / torch.exp(logits).sum(1)
+            e.append(sum(a * (xi - c[k]) for a, xi in zip(weights, desc)))
+        norm = module.code_norm
+        for k, ek in enumerate(e):
+            z = (ek - norm.running_mean[k]) / torch.sqrt(norm.running_var[k] + norm.eps)
+            out[b] += torch.clamp(z * norm.weight[k] + norm.bias[k], min=0) / len(e)
+    return out
+
+
+def test_e_follows_the_papers_equations(x):
+    torch.manual_seed(2)
+    module = ContextEncoding(C, num_codes=K).double().eval()
+    _randomise_norms(module)
+    xd = x.double()
+    with torch.no_grad():
+        got, expected = module(xd).e, _paper_e(module, xd)
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
+    assert float(expected.abs().max()) > 0.1  # not all clamped to zero by the ReLUs
+
+
+def test_e_in_training_mode_normalises_each_codeword_over_the_batch(x):
+    # Train mode: code_norm uses the batch's statistics of each codeword's C values.
+    torch.manual_seed(4)
+    module = ContextEncoding(C, num_codes=K).double().train()
+    xd = x.double()
+    with torch.no_grad():
+        # the projection's BN at its initial weight 1, bias 0, with batch statistics
+        z = F.relu(F.batch_norm(F.conv2d(xd, module.project[0].weight), None, None,
+                                training=True))
+        desc = z.flatten(2).transpose(1, 2)  # (B, N, C)
+        c, scale = module.encoding.codewords, module.encoding.scale
+        dist2 = ((desc[:, :, None, :] - c[None, None]) ** 2).sum(-1)  # (B, N, K)
+        a = torch.softmax(scale * dist2, dim=-1)
+        codes = torch.einsum("bnk,bnkd->bkd", a, desc[:, :, None, :] - c[None, None])
+        mean = codes.mean((0, 2), keepdim=True)
+        var = codes.var((0, 2), unbiased=False, keepdim=True)
+        expected = F.relu((codes - mean) / torch.sqrt(var + module.code_norm.eps)).mean(1)
+        torch.testing.assert_close(module(xd).e, expected, rtol=1e-9, atol=1e-12)
 
 
 def test_assignments_are_distributions(x):
