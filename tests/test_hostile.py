@@ -45,3 +45,78 @@ def test_a_poisoned_hub_cache_file_runs_no_code(tmp_path, monkeypatch):
         encnet_resnet50(59, weights_path=cached)
     assert not marker.exists()
     assert os.path.getsize(cached) > 0  # the file is left for the user to inspect
+
+
+# ---------------------------------------------------------------------------- ids as paths
+
+
+def _voc(tmp_path, voc_members=None, sbd_members=None, sbd=False, force=True):
+    from encnet_lite.data.miniature import make_voc_miniature
+    from encnet_lite.data.prepare_voc import prepare_voc
+
+    extra = {}
+    if voc_members:
+        extra["VOCtrainval_11-May-2012.tar"] = voc_members
+    if sbd_members:
+        extra["benchmark.tgz"] = sbd_members
+    remotes = make_voc_miniature(tmp_path / "up", n_train=2, n_val=1, n_sbd=1, extra=extra)
+    return prepare_voc(tmp_path / "root", tmp_path / "up", sbd=sbd, skip_download=True,
+                       force=force, remotes=remotes, progress=False)
+
+
+@pytest.mark.parametrize("bad_id", ["../../outside", "/etc/outside", "..", "a\\..\\b",
+                                    "x\x00y"])
+def test_voc_split_ids_that_are_paths_are_refused(tmp_path, bad_id):
+    from encnet_lite.data import DataError
+
+    outside = tmp_path / "outside.jpg"
+    outside.write_bytes(b"keep me")
+    seg = "VOCdevkit/VOC2012/ImageSets/Segmentation"
+    lists = {f"{seg}/val.txt": f"2008_000000\n{bad_id}\n".encode(),
+             f"{seg}/trainval.txt": f"2007_000000\n2007_000001\n2008_000000\n{bad_id}\n"
+             .encode()}
+    with pytest.raises(DataError, match="not a plain file name") as info:
+        _voc(tmp_path, lists)
+    assert "ImageSets/Segmentation/val.txt" in str(info.value)
+    assert outside.read_bytes() == b"keep me"
+    assert not (tmp_path / "root" / "prepared.json").exists()
+
+
+def test_sbd_member_named_dotdot_is_refused(tmp_path):
+    from encnet_lite.data import DataError
+    from encnet_lite.data.miniature import mat_bytes
+
+    member = "benchmark_RELEASE/dataset/cls/...mat"  # the id before ".mat" is ".."
+    with pytest.raises(DataError, match=r"'\.\.'"):
+        _voc(tmp_path, sbd_members={member: mat_bytes({"x": 1})}, sbd=True)
+
+
+def test_pcontext_split_ids_that_are_paths_are_refused(tmp_path):
+    from encnet_lite.data import DataError
+    from encnet_lite.data.miniature import make_pcontext_miniature
+    from encnet_lite.data.prepare_pcontext import prepare_pcontext
+
+    main = "VOCdevkit/VOC2010/ImageSets/Main"
+    remotes = make_pcontext_miniature(tmp_path / "up", n_train=2, n_val=1, extra={
+        "VOCtrainval_03-May-2010.tar": {f"{main}/val.txt": b"2009_000000\n../../../etc/x\n"}})
+    with pytest.raises(DataError, match=r"Main/val\.txt: image id '\.\./\.\./\.\./etc/x'"):
+        prepare_pcontext(tmp_path / "root", tmp_path / "up", skip_download=True,
+                         remotes=remotes, progress=False)
+
+
+def test_prepared_roots_with_hostile_lists_or_a_damaged_marker(tmp_path):
+    from encnet_lite.data import DataError, DatasetNotFoundError, PascalContext, PascalVOC
+
+    _voc(tmp_path)
+    root = tmp_path / "root"
+    assert len(PascalVOC(root, "val")) == 1
+    (root / "ImageSets" / "val.txt").write_text("2008_000000\n../../../etc/passwd\n")
+    with pytest.raises(DataError, match="passwd"):
+        PascalVOC(root, "val")
+    (root / "prepared.json").write_text('{"dataset": "pascal-voc-2012", ')  # cut short
+    with pytest.raises(DatasetNotFoundError, match="prepared.json is damaged.*--force"):
+        PascalVOC(root, "train_aug")
+    with pytest.raises(DatasetNotFoundError, match="prepared.json is damaged"):
+        PascalContext(root, "val")
+    # prepare again (no --force) over a damaged marker: it is redone, not a JSON traceback
+    assert _voc(tmp_path, force=False)["val"] == 1

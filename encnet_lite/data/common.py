@@ -9,6 +9,7 @@ image and mask of different sizes, or label values outside the class range.
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
@@ -220,6 +221,44 @@ def save_mask_png(path: PathLike, mask: np.ndarray) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def check_id(image_id: str, source: object) -> str:
+    """``image_id`` if it is safe to put into a file name, else :class:`DataError`.
+
+    Ids come from list files and archive member names and become ``<root>/<dir>/<id>.jpg``:
+    an id that is empty, ``.``/``..``, absolute, holds a path separator, a NUL or another
+    control character could read or replace a file outside the dataset root.
+    """
+    bad = (not image_id or image_id in (".", "..") or any(c in image_id for c in "/\\")
+           or any(ord(c) < 32 or ord(c) == 127 for c in image_id)
+           or Path(image_id).is_absolute() or image_id != image_id.strip())
+    if bad:
+        raise DataError(f"{source}: image id {image_id!r} is not a plain file name (empty, "
+                        "'..', a path or a control character); the list or archive is damaged "
+                        "or hostile: fetch it again from the official source")
+    return image_id
+
+
+def parse_id_list(text: str, source: object) -> List[str]:
+    """Image ids of a split list's ``text``, one per line (first word), each checked with
+    :func:`check_id` (``source`` names the list in errors)."""
+    return [check_id(line.split()[0], source) for line in text.splitlines() if line.strip()]
+
+
 def read_id_list(path: PathLike) -> List[str]:
-    """Image ids of a split file, one per line (VOC ``ImageSets`` format)."""
-    return [line.split()[0] for line in Path(path).read_text().splitlines() if line.strip()]
+    """Image ids of a split file, one per line (VOC ``ImageSets`` format), checked."""
+    return parse_id_list(Path(path).read_text(encoding="utf-8", errors="replace"), path)
+
+
+def read_marker(path: Path, dataset: str) -> dict:
+    """The JSON of a dataset's ``prepared.json``; a damaged one raises
+    :class:`DatasetNotFoundError` saying to prepare again."""
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        info = err
+    if not isinstance(info, dict):
+        why = f"{type(info).__name__}: {info}" if isinstance(info, Exception) else "not a dict"
+        raise DatasetNotFoundError(
+            f"{path} is damaged ({why}): {dataset} must be prepared again (run its prepare "
+            "script with --force)")
+    return info

@@ -20,7 +20,6 @@ Prepared layout (written by ``data_scripts/prepare_pcontext.py``)::
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -33,6 +32,7 @@ from .common import (
     PathLike,
     SegmentationFiles,
     read_id_list,
+    read_marker,
     voc_palette,
 )
 
@@ -124,7 +124,7 @@ class PascalContext(SegmentationFiles):
         if not marker.is_file():
             raise not_prepared(root, f"{MARKER} is missing: preparation never ran or did not "
                                      "finish")
-        info = json.loads(marker.read_text())
+        info = read_marker(marker, "PASCAL-Context")
         if num_classes not in info.get("variants", []):
             raise not_prepared(root, f"the {num_classes}-class masks were not written; "
                                      f"it has {info.get('variants')}")

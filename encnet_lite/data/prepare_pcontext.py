@@ -38,10 +38,14 @@ from . import pcontext as pc
 from .archive import describe, iter_files, read_files
 from .common import (
     DataError,
+    DatasetNotFoundError,
     PathLike,
     atomic_write_bytes,
     atomic_write_text,
+    check_id,
     check_pair_sizes,
+    parse_id_list,
+    read_marker,
     save_mask_png,
 )
 from .download import Remote, locate, prepare_parser, run_prepare
@@ -104,7 +108,10 @@ def already_prepared(root: Path, variants: List[int], force: bool
     marker = root / pc.MARKER
     if not marker.is_file() or force:
         return None, variants
-    info = json.loads(marker.read_text())
+    try:
+        info = read_marker(marker, "PASCAL-Context")
+    except DatasetNotFoundError:
+        return None, variants  # damaged: prepare again
     done = set(info.get("variants", []))
     if set(variants) <= done:
         return info, variants
@@ -130,7 +137,7 @@ def convert_annotations(ctx: Path, root: Path, variants: Sequence[int], force: b
         if name.endswith("labels.txt"):
             check_labels_txt(data.decode("utf-8", "replace"), describe(ctx, name))
             continue
-        image_id = _MAT.search(name).group(1)
+        image_id = check_id(_MAT.search(name).group(1), describe(ctx, name))
         ids.add(image_id)
         outs = {v: root / pc.mask_dir(v) / f"{image_id}.png" for v in variants}
         outs = {v: p for v, p in outs.items() if force or not p.exists()}
@@ -152,8 +159,8 @@ def read_split_lists(voc: Path) -> Dict[str, List[str]]:
     missing = [n for n in lists.values() if n not in text]
     if missing:
         raise DataError(f"{voc} lacks {missing}: is it VOCtrainval_03-May-2010.tar?")
-    return {split: [line.split()[0] for line in text[member].decode().splitlines()
-                    if line.strip()] for split, member in lists.items()}
+    return {split: parse_id_list(text[member].decode("utf-8", "replace"),
+                                 describe(voc, member)) for split, member in lists.items()}
 
 
 def extract_images(voc: Path, images: Path, annotated: Set[str], force: bool,

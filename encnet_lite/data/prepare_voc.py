@@ -29,12 +29,16 @@ from . import voc
 from .archive import describe, iter_files, read_files
 from .common import (
     DataError,
+    DatasetNotFoundError,
     PathLike,
     atomic_write_bytes,
     atomic_write_text,
+    check_id,
     check_labels,
     check_pair_sizes,
     load_mask,
+    parse_id_list,
+    read_marker,
     save_mask_png,
 )
 from .download import Remote, locate, prepare_parser, run_prepare
@@ -92,7 +96,10 @@ def already_prepared(root: Path, sbd: bool, force: bool) -> Optional[Dict]:
     """The marker's contents when ``root`` already holds what is asked (and not ``force``)."""
     marker = root / voc.MARKER
     if marker.is_file() and not force:
-        info = json.loads(marker.read_text())
+        try:
+            info = read_marker(marker, "PASCAL VOC 2012")
+        except DatasetNotFoundError:
+            return None  # damaged: prepare again
         if info.get("sbd") or not sbd:
             return info
     return None
@@ -116,7 +123,7 @@ def read_splits(vsrc: Path) -> Dict[str, List[str]]:
     if len(text) != len(lists):
         raise DataError(f"{vsrc} lacks {sorted(set(lists.values()) - set(text))}: is it "
                         f"VOCtrainval_11-May-2012.tar?")
-    return {s: [ln.split()[0] for ln in text[m].decode().splitlines() if ln.strip()]
+    return {s: parse_id_list(text[m].decode("utf-8", "replace"), describe(vsrc, m))
             for s, m in lists.items()}
 
 
@@ -128,7 +135,7 @@ def convert_sbd(ssrc: Path, out: _Layout, splits: Mapping[str, List[str]], force
     sbd_ids: Set[str] = set()
     bar = tqdm(desc="convert SBD", unit="mask", disable=not progress)
     for name, data in iter_files(ssrc, lambda n: bool(_SBD_MAT.search(n))):
-        i = _SBD_MAT.search(name).group(1)
+        i = check_id(_SBD_MAT.search(name).group(1), describe(ssrc, name))
         sbd_ids.add(i)
         path = out.aug / f"{i}.png"
         if i not in train and i not in val and (force or not path.exists()):

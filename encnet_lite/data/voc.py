@@ -15,11 +15,17 @@ VOC has one and SBD's (``GTcls.Segmentation``) otherwise: the usual protocol.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable, Optional
 
-from .common import DatasetNotFoundError, PathLike, SegmentationFiles, read_id_list, voc_palette
+from .common import (
+    DatasetNotFoundError,
+    PathLike,
+    SegmentationFiles,
+    read_id_list,
+    read_marker,
+    voc_palette,
+)
 
 CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
            "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
@@ -64,7 +70,7 @@ class PascalVOC(SegmentationFiles):
         if not marker.is_file():
             raise not_prepared(root, f"{MARKER} is missing: preparation never ran or did not "
                                      "finish", aug)
-        if aug and not json.loads(marker.read_text()).get("sbd"):
+        if aug and not read_marker(marker, "PASCAL VOC 2012").get("sbd"):
             raise not_prepared(root, "it was prepared without the SBD train_aug set", True)
         list_file = root / "ImageSets" / f"{split}.txt"
         if not list_file.is_file():
