@@ -16,6 +16,7 @@ MD5 = hashlib.md5(PAYLOAD).hexdigest()
 class _Handler(http.server.BaseHTTPRequestHandler):
     honour_range = True
     truncate_next_at = None  # close the connection after this many body bytes, once
+    wrong_offset_once = False  # answer the next Range request with a 206 from byte 0
     ranges: list = []
 
     def do_GET(self):  # noqa: N802 (http.server's naming)
@@ -25,6 +26,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         start = 0
         if header and cls.honour_range:
             start = int(header.split("=")[1].split("-")[0])
+            if start >= len(PAYLOAD):  # as real servers do: 416 with the full size
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(PAYLOAD)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            if cls.wrong_offset_once:
+                start, cls.wrong_offset_once = 0, False
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(PAYLOAD) - 1}/{len(PAYLOAD)}")
         else:
@@ -134,3 +143,34 @@ def test_locate_accepts_an_extracted_folder(tmp_path):
     (tmp_path / "VOCdevkit" / "VOC2010").mkdir(parents=True)
     remote = Remote("VOC.tar", "http://host.example/VOC.tar", MD5)
     assert locate(remote, tmp_path, "VOCdevkit/VOC2010", skip_download=True) == tmp_path
+
+
+def test_a_complete_part_answered_with_416_is_finished_not_retried_forever(tmp_path):
+    remote = Remote("file.bin", "", MD5)
+    (tmp_path / "file.bin.part").write_bytes(PAYLOAD)  # killed after the last byte
+    with _server() as (url, handler):
+        path = fetch(Remote("file.bin", url, MD5), tmp_path, progress=False)
+    assert handler.ranges == [f"bytes={len(PAYLOAD)}-"]  # one request, no retries
+    assert path.read_bytes() == PAYLOAD and not (tmp_path / "file.bin.part").exists()
+    assert verify(path, remote, progress=False)
+
+
+def test_an_oversized_part_answered_with_416_restarts_cleanly(tmp_path, capsys):
+    dest = tmp_path / "file.bin"
+    (tmp_path / "file.bin.part").write_bytes(PAYLOAD + b"junk after the end")
+    with _server() as (url, handler):
+        download(url, dest, progress=False, backoff=0.0)
+    assert handler.ranges == [f"bytes={len(PAYLOAD) + 18}-", None]
+    assert dest.read_bytes() == PAYLOAD
+    assert "HTTP 416" in capsys.readouterr().out
+
+
+def test_a_206_at_the_wrong_offset_is_not_appended(tmp_path, capsys):
+    dest = tmp_path / "file.bin"
+    (tmp_path / "file.bin.part").write_bytes(PAYLOAD[:1_000_000])
+    with _server() as (url, handler):
+        handler.wrong_offset_once = True
+        download(url, dest, progress=False, backoff=0.0)
+    assert handler.ranges == ["bytes=1000000-", None]
+    assert hashlib.md5(dest.read_bytes()).hexdigest() == MD5
+    assert "Content-Range 'bytes 0-" in capsys.readouterr().out

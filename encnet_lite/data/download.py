@@ -13,6 +13,7 @@ import argparse
 import hashlib
 import http.client
 import json
+import re
 import shutil
 import sys
 import time
@@ -20,7 +21,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 from tqdm.auto import tqdm
 
@@ -93,6 +94,9 @@ def download(url: str, dest: PathLike, progress: bool = True, retries: int = 3,
     """Download ``url`` to ``dest`` via ``dest.part``, resuming an existing ``.part``.
 
     Resumes with ``Range: bytes=N-``; a server that ignores it (status 200) restarts the file.
+    A 206 is appended only if its ``Content-Range`` starts at byte N (else the part is
+    dropped and fetched again); a 416 (nothing after byte N) finishes a part of exactly the
+    full size and restarts any other.
     Connection errors are retried ``retries`` times, each time resuming where it stopped.
     """
     dest = Path(dest)
@@ -123,27 +127,68 @@ def _download_once(url: str, part: Path, progress: bool, timeout: float) -> None
     request = urllib.request.Request(url, headers={"User-Agent": "encnet-lite"})
     if have and url.startswith(("http://", "https://")):
         request.add_header("Range", f"bytes={have}-")
-    with urllib.request.urlopen(request, timeout=timeout) as response:
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and have:  # range not satisfiable: the part is complete or too long
+            _unsatisfiable_range(part, have, err.headers.get("Content-Range"))
+            return
+        raise
+    with response:
         status = getattr(response, "status", None) or response.getcode()
-        if status == 206:  # partial content: append
-            mode = "ab"
-            length = response.headers.get("Content-Length")
-            total = have + int(length) if length else None
+        length = response.headers.get("Content-Length")
+        if status == 206:  # partial content: append, if it starts where the part ends
+            _check_content_range(part, have, response.headers.get("Content-Range"))
+            mode, total = "ab", have + int(length) if length else None
         else:  # 200 (or file://): the server sends the whole file; start again
             mode, have = "wb", 0
-            length = response.headers.get("Content-Length")
             total = int(length) if length else None
-        with open(part, mode) as out, tqdm(total=total, initial=have, unit="B",
-                                           unit_scale=True, desc=part.name[:-5],
-                                           disable=not progress) as bar:
-            while True:
-                block = response.read(CHUNK)
-                if not block:
-                    break
-                out.write(block)
-                bar.update(len(block))
+        _copy_body(response, part, mode, have, total, progress)
     if total is not None and part.stat().st_size != total:
         raise ConnectionError(f"connection closed after {part.stat().st_size} of {total} bytes")
+
+
+def _copy_body(response, part: Path, mode: str, have: int, total: Optional[int],
+               progress: bool) -> None:
+    with open(part, mode) as out, tqdm(total=total, initial=have, unit="B", unit_scale=True,
+                                       desc=part.name[:-5], disable=not progress) as bar:
+        for block in iter(lambda: response.read(CHUNK), b""):
+            out.write(block)
+            bar.update(len(block))
+
+
+def _range_numbers(header: Optional[str]) -> Tuple[Optional[int], Optional[int]]:
+    """``(first byte, full size)`` of a ``Content-Range`` header (None where absent or
+    ``*``): ``"bytes 100-199/1000"`` -> ``(100, 1000)``, ``"bytes */1000"`` -> ``(None, 1000)``."""
+    match = re.fullmatch(r"\s*bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)\s*", header or "")
+    if not match:
+        return None, None
+    first, size = match.groups()
+    return (int(first) if first else None), (int(size) if size and size != "*" else None)
+
+
+def _check_content_range(part: Path, have: int, header: Optional[str]) -> None:
+    """A 206 must continue the part exactly; otherwise appending would corrupt it, so the
+    part is dropped and the retry downloads the whole file."""
+    first, _ = _range_numbers(header)
+    if first != have:
+        part.unlink(missing_ok=True)
+        raise ConnectionError(f"the server answered the resume request at byte {have} with "
+                              f"Content-Range {header!r}; the partial file was discarded and "
+                              "the download starts again")
+
+
+def _unsatisfiable_range(part: Path, have: int, header: Optional[str]) -> None:
+    """HTTP 416 for ``Range: bytes=have-``: a part of exactly the full size is complete
+    (the MD5 check that follows judges it); any other part is discarded and fetched again."""
+    _, size = _range_numbers(header)
+    if size == have:
+        return
+    part.unlink(missing_ok=True)
+    raise ConnectionError(f"the server has no bytes after {have} (HTTP 416, full size "
+                          f"{size if size is not None else 'unknown'}): the partial file "
+                          f"{part.name} does not fit it; it was discarded and the download "
+                          "starts again")
 
 
 def fetch(remote: Remote, download_dir: PathLike, skip_download: bool = False,
