@@ -14,11 +14,12 @@ JB     := $(BIN)/jupyter-book build . -W -n --keep-going
 # run: 8.5 min vs 35 s), whether or not other processes shared the cores.
 THREAD_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
-.PHONY: help venv chromium book test lint unit notebooks book-check site-check clean
+.PHONY: help venv chromium book test lint unit notebooks book-check site-check mutants clean
 
 help:
 	@echo "make book   build the site into _build/html, executing every chapter"
 	@echo "make test   ruff, unit tests, every chapter under nbval, a build check of the site"
+	@echo "make mutants  one-line bugs put into a copy of the library: does the suite catch each?"
 
 venv: $(STAMP)
 
@@ -70,6 +71,10 @@ site-check: $(STAMP) chromium
 	ENCNET_SITE=_build/check/_build/html $(BIN)/python -m pytest -p no:cacheprovider -m site tests/test_site.py
 
 test: lint book-check site-check unit notebooks
+
+# Not part of `make test`: each mutant runs the test files that guard it (about 1.5 min).
+mutants: $(STAMP)
+	$(THREAD_ENV) $(BIN)/python tests/mutants.py
 
 clean:
 	rm -rf _build .pytest_cache
