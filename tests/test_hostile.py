@@ -120,3 +120,76 @@ def test_prepared_roots_with_hostile_lists_or_a_damaged_marker(tmp_path):
         PascalContext(root, "val")
     # prepare again (no --force) over a damaged marker: it is redone, not a JSON traceback
     assert _voc(tmp_path, force=False)["val"] == 1
+
+
+# ---------------------------------------------------------------------------- size limits
+
+
+def _png_header(width, height):
+    """A PNG that declares ``width x height`` 8-bit grey pixels and holds none of them."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_a_decompression_bomb_image_is_a_data_error_naming_file_and_limit(tmp_path,
+                                                                          monkeypatch):
+    from encnet_lite.data import DataError
+    from encnet_lite.data.common import load_image, load_mask
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_png_header(16000, 16000))  # 256M pixels: PIL's own bomb error
+    for load in (load_image, load_mask):
+        with pytest.raises(DataError, match=r"bomb\.png.*limit of 89478485 pixels.*"
+                                            r"ENCNET_MAX_IMAGE_PIXELS"):
+            load(bomb)
+    # Under PIL's threshold, the configurable limit decides, before any decoding.
+    big = tmp_path / "big.png"
+    big.write_bytes(_png_header(400, 300))
+    monkeypatch.setenv("ENCNET_MAX_IMAGE_PIXELS", "100000")
+    with pytest.raises(DataError, match=r"big\.png is 400x300 = 120000 pixels, over the "
+                                        r"limit of 100000 pixels"):
+        load_mask(big)
+    monkeypatch.setenv("ENCNET_MAX_IMAGE_PIXELS", "lots")
+    with pytest.raises(DataError, match="ENCNET_MAX_IMAGE_PIXELS='lots' is not a positive"):
+        load_mask(big)
+
+
+def test_archive_members_over_the_limit_are_refused_unread(tmp_path, monkeypatch):
+    from encnet_lite.data import DataError
+    from encnet_lite.data.archive import iter_files, read_files
+    from encnet_lite.data.miniature import write_tar
+
+    archive = write_tar(tmp_path / "a.tar.gz", {"small.txt": b"ok\n",
+                                                "huge.bin": b"\0" * 300_000})
+    monkeypatch.setenv("ENCNET_MAX_MEMBER_BYTES", "100000")
+    assert dict(iter_files(archive, lambda n: n == "small.txt")) == {"small.txt": b"ok\n"}
+    for read in (lambda: dict(iter_files(archive, lambda n: True)),
+                 lambda: read_files(archive, ["huge.bin"])):
+        with pytest.raises(DataError, match=r"a\.tar\.gz:huge\.bin is 300000 bytes, over the "
+                                            r"limit of 100000 bytes.*ENCNET_MAX_MEMBER_BYTES"):
+            read()
+    # the same from an extracted folder
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "huge.bin").write_bytes(b"\0" * 300_000)
+    with pytest.raises(DataError, match="huge.bin is 300000 bytes"):
+        dict(iter_files(tmp_path / "x", lambda n: True))
+    monkeypatch.setenv("ENCNET_MAX_MEMBER_BYTES", "400000")
+    assert len(read_files(archive, ["huge.bin"])["huge.bin"]) == 300_000
+
+
+def test_a_link_out_of_an_extracted_folder_is_refused(tmp_path):
+    from encnet_lite.data import DataError
+    from encnet_lite.data.archive import iter_files
+
+    (tmp_path / "secret.txt").write_text("not a dataset file")
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "a.jpg").symlink_to(tmp_path / "secret.txt")
+    with pytest.raises(DataError, match="outside"):
+        dict(iter_files(tmp_path / "x", lambda n: True))

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -86,15 +88,70 @@ def colorize(mask: Union[np.ndarray, torch.Tensor], palette: np.ndarray,
     return lut[np.clip(mask, 0, 255).astype(np.uint8)]
 
 
+# --------------------------------------------------------------------------- size limits
+
+# Defaults of the two limits below; the environment variables override them (for datasets
+# with unusually large images or archive members).
+MAX_IMAGE_PIXELS = 89_478_485  # PIL's own warning threshold (about 9459 x 9459)
+MAX_MEMBER_BYTES = 512 << 20  # no file of the PASCAL archives comes near this
+IMAGE_PIXELS_ENV = "ENCNET_MAX_IMAGE_PIXELS"
+MEMBER_BYTES_ENV = "ENCNET_MAX_MEMBER_BYTES"
+
+
+def _limit(env: str, default: int) -> int:
+    text = os.environ.get(env, "").strip()
+    if not text:
+        return default
+    if not text.isdigit() or int(text) < 1:
+        raise DataError(f"{env}={text!r} is not a positive whole number; set it to a count, "
+                        f"e.g. {env}={default}, or unset it")
+    return int(text)
+
+
+def max_image_pixels() -> int:
+    """Largest image (width x height) any loader decodes: ``$ENCNET_MAX_IMAGE_PIXELS`` or
+    :data:`MAX_IMAGE_PIXELS`. Above about 179M pixels PIL refuses on its own as well
+    (raise ``PIL.Image.MAX_IMAGE_PIXELS`` too for such images)."""
+    return _limit(IMAGE_PIXELS_ENV, MAX_IMAGE_PIXELS)
+
+
+def max_member_bytes() -> int:
+    """Largest archive member read: ``$ENCNET_MAX_MEMBER_BYTES`` or :data:`MAX_MEMBER_BYTES`."""
+    return _limit(MEMBER_BYTES_ENV, MAX_MEMBER_BYTES)
+
+
+def too_large(name: object, size: str, limit: str, env: str) -> DataError:
+    return DataError(f"{name} is {size}, over the limit of {limit}: a damaged or hostile file? "
+                     f"If your data really are that large, raise the limit with {env}")
+
+
+@contextmanager
+def open_image(path: Union[PathLike, io.BytesIO], name: object) -> Iterator[Image.Image]:
+    """``PIL.Image.open`` with the pixel limit checked on the header, before any decoding
+    (a decompression bomb becomes a :class:`DataError` naming the file and the limit)."""
+    limit = max_image_pixels()
+    try:
+        img = Image.open(path)
+    except Image.DecompressionBombError as err:
+        raise too_large(name, f"too many pixels ({err})", f"{limit} pixels",
+                        IMAGE_PIXELS_ENV) from err
+    with img:
+        width, height = img.size
+        if width * height > limit:
+            raise too_large(name, f"{width}x{height} = {width * height} pixels",
+                            f"{limit} pixels", IMAGE_PIXELS_ENV)
+        yield img
+
+
 # --------------------------------------------------------------------------- checked loading
 
 def load_image(path: PathLike) -> np.ndarray:
     """Read an image file as ``(H, W, 3)`` uint8 RGB; a corrupt file raises :class:`DataError`."""
     try:
-        with Image.open(path) as img:
+        with open_image(path, path) as img:
             img.load()  # decode now, so a truncated file fails here and not later
             return np.array(img.convert("RGB"))
-    except FileNotFoundError:
+    except (FileNotFoundError, DataError):
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DataError(f"corrupt or unreadable image file {path}: {err}") from err
@@ -104,15 +161,13 @@ def load_mask(path: Union[PathLike, io.BytesIO], name: Optional[str] = None) -> 
     """Read a label PNG (mode L or P) as ``(H, W)`` uint8 class ids (``name``: for errors)."""
     name = name or str(path)
     try:
-        with Image.open(path) as img:
+        with open_image(path, name) as img:
             img.load()
             if img.mode not in ("L", "P"):
                 raise DataError(f"mask {name} has mode {img.mode}; expected a single-channel "
                                 "label image (mode L or P) of class ids")
             return np.asarray(img)
-    except FileNotFoundError:
-        raise
-    except DataError:
+    except (FileNotFoundError, DataError):
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DataError(f"corrupt or unreadable annotation file {name}: {err}") from err
@@ -145,9 +200,9 @@ def check_pair_sizes(pairs: Sequence[Tuple[Path, Path]], progress: bool = False)
         sizes = []
         for path, kind in ((image_path, "image"), (mask_path, "annotation")):
             try:
-                with Image.open(path) as img:
+                with open_image(path, path) as img:
                     sizes.append(img.size[::-1])
-            except FileNotFoundError:
+            except (FileNotFoundError, DataError):
                 raise
             except Exception as err:
                 raise DataError(f"corrupt or unreadable {kind} file {path}: {err}") from err
