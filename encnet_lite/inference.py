@@ -39,6 +39,11 @@ def _forward(model: nn.Module, x: Tensor, flip: bool) -> Tensor:
     return scores
 
 
+def _check_classes(scores: Tensor, num_classes: int) -> None:
+    if scores.shape[1] != num_classes:
+        raise ValueError(f"the model predicts {scores.shape[1]} classes, not {num_classes}")
+
+
 def sliding_window_starts(size: int, crop: int, stride: int) -> List[int]:
     """Offsets of windows of ``crop`` px every ``stride`` px covering ``size`` px; the last
     window is moved back to end at the border instead of running past it."""
@@ -62,8 +67,9 @@ def _sliding(model: nn.Module, x: Tensor, num_classes: int, crop: int, stride: i
     count = x.new_zeros((1, 1, hp, wp), dtype=torch.float32)
     for r in sliding_window_starts(hp, crop, stride):
         for c in sliding_window_starts(wp, crop, stride):
-            total[..., r:r + crop, c:c + crop] += _forward(model, x[..., r:r + crop, c:c + crop],
-                                                           flip)
+            scores = _forward(model, x[..., r:r + crop, c:c + crop], flip)
+            _check_classes(scores, num_classes)  # before the sum, which would fail unclearly
+            total[..., r:r + crop, c:c + crop] += scores
             count[..., r:r + crop, c:c + crop] += 1
     return (total / count)[..., :h, :w]
 
@@ -96,7 +102,6 @@ def predict(model: nn.Module, image: Tensor, num_classes: int,
             scores = _sliding(model, x, num_classes, crop_size, stride, flip)
         else:
             scores = _forward(model, x, flip)
-        if scores.shape[1] != num_classes:
-            raise ValueError(f"the model predicts {scores.shape[1]} classes, not {num_classes}")
+        _check_classes(scores, num_classes)
         total += scores if scores.shape[-2:] == (h, w) else _resize(scores, (h, w))
     return total / len(scales)

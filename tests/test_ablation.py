@@ -72,6 +72,7 @@ def test_script_quick_run_writes_the_schema(tmp_path):
     assert result["fcn_enc"]["overrides"] == {"model": "encnet", "se_loss": False}
 
 
+@pytest.mark.data_check
 @pytest.mark.skipif(not RESULTS.is_file(), reason="no saved ablation results")
 def test_saved_results_show_the_context_gap():
     result = json.loads(RESULTS.read_text())

@@ -69,8 +69,18 @@ def test_labels_match_the_upstream_files(prepared):
 
 
 def test_image_only_in_sbd_is_taken_from_sbd(prepared):
-    root = prepared[0]
-    assert (root / "JPEGImages" / "2011_000002.jpg").exists()
+    root, remotes, _, _ = prepared
+    voc_jpgs = _members(remotes["voc2012"].url[len("file://"):], ".jpg")
+    sbd_jpgs = _members(remotes["sbd"].url[len("file://"):], ".jpg")
+    only_sbd = {Path(n).stem for n in sbd_jpgs} - {Path(n).stem for n in voc_jpgs}
+    assert only_sbd == {"2011_000002"}
+    # The prepared file is SBD's image, byte for byte, and train_aug serves its pixels.
+    (member,) = [b for n, b in sbd_jpgs.items() if n.endswith("/img/2011_000002.jpg")]
+    assert (root / "JPEGImages" / "2011_000002.jpg").read_bytes() == member
+    aug = PascalVOC(root, "train_aug")
+    image, mask = aug[aug.ids.index("2011_000002")]
+    decoded = np.asarray(Image.open(io.BytesIO(member)).convert("RGB"))
+    assert tuple(image.shape) == (3, *decoded.shape[:2]) == (3, *mask.shape)
 
 
 def test_rerun_is_idempotent(prepared, capsys):

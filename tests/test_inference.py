@@ -54,24 +54,53 @@ def test_sliding_windows_of_a_local_model_equal_one_pass(size):
     torch.testing.assert_close(scores, model(image))
 
 
+MULTI_SCALE_TOL = 2e-3  # relative to the largest score, on smooth_image
+
+
+def _multi_vs_single(model: nn.Module, smooth: torch.Tensor) -> float:
+    """Largest |multi-scale + flip - single scale| relative to the largest score."""
+    single = predict(model, smooth, CLASSES)
+    multi = predict(model, smooth, CLASSES, scales=MS_SCALES, flip=True, crop_size=100)
+    return float((multi - single).abs().max() / single.abs().max())
+
+
 def test_multi_scale_of_a_scale_equivariant_model_equals_single_scale():
     model = pointwise_model()
     constant = torch.tensor([0.3, -1.2, 0.7]).reshape(1, 3, 1, 1).expand(1, 3, 61, 83)
     single = predict(model, constant, CLASSES)
     multi = predict(model, constant, CLASSES, scales=MS_SCALES, flip=True)
     torch.testing.assert_close(multi, single)  # resampling a constant is exact
-    smooth = smooth_image(96, 128)
-    single = predict(model, smooth, CLASSES)
-    multi = predict(model, smooth, CLASSES, scales=MS_SCALES, flip=True, crop_size=100)
-    assert (multi - single).abs().max() < 2e-3 * single.abs().max()
+    assert _multi_vs_single(model, smooth_image(96, 128)) < MULTI_SCALE_TOL
 
 
-def test_misaligned_views_would_be_caught():
-    # The smooth-image tolerance above is sharp enough to see a one-pixel shift.
-    model, smooth = pointwise_model(), smooth_image(96, 128)
-    single = predict(model, smooth, CLASSES)
-    shifted = single[..., :, 1:] - single[..., :, :-1]  # scores moved by one pixel
-    assert shifted.abs().max() > 5 * 2e-3 * single.abs().max()
+def test_views_resized_one_pixel_off_break_the_multi_scale_agreement(monkeypatch):
+    # predict() itself with a resize that lands one pixel off: the check above must fail.
+    from encnet_lite import inference
+
+    resize = inference._resize
+    monkeypatch.setattr(inference, "_resize",
+                        lambda x, size: torch.roll(resize(x, size), 1, dims=-1))
+    assert _multi_vs_single(pointwise_model(), smooth_image(96, 128)) > 5 * MULTI_SCALE_TOL
+
+
+def test_flip_averages_the_mirrored_views_scores_mirrored_back():
+    # A 3x3 conv with a lopsided kernel is not flip-equivariant: the two views differ.
+    torch.manual_seed(0)
+    model = nn.Conv2d(3, CLASSES, 3, padding=1).eval()
+    with torch.no_grad():
+        model.weight[..., 0] += 1.0
+    image = torch.randn(1, 3, 20, 27)
+    with torch.no_grad():
+        plain, mirrored = model(image), model(image.flip(-1)).flip(-1)
+    assert float((plain - mirrored).abs().mean()) > 0.5
+    torch.testing.assert_close(predict(model, image, CLASSES, flip=True), (plain + mirrored) / 2)
+
+
+def test_a_model_with_another_class_count_is_refused():
+    with pytest.raises(ValueError, match=f"predicts {CLASSES} classes, not {CLASSES + 1}"):
+        predict(pointwise_model(), torch.randn(1, 3, 16, 16), CLASSES + 1)
+    with pytest.raises(ValueError, match=f"predicts {CLASSES} classes, not 2"):
+        predict(pointwise_model(), torch.randn(1, 3, 90, 70), 2, crop_size=48, flip=True)
 
 
 def test_any_size_with_a_real_model():

@@ -95,12 +95,36 @@ def test_environment_yml_mirrors_pyproject():
     assert _requirement_names(listed) == _requirement_names(wanted)
 
 
+def _constraints() -> dict:
+    from packaging.requirements import Requirement
+
+    lines = (ROOT / "constraints.txt").read_text().splitlines()
+    reqs = [Requirement(s.split("#")[0]) for s in lines if s.split("#")[0].strip()]
+    return {r.name: r for r in reqs}
+
+
 def test_constraints_pin_torch_and_pyproject_stays_loose():
-    constraints = (ROOT / "constraints.txt").read_text()
-    assert "torch==2.14.1" in constraints and "torchvision==0.29.1" in constraints
-    deps = _requirement_names(_pyproject()["project"]["dependencies"])
-    # Lower bounds only (Colab's torch is accepted as is): 2.3 has torch.amp.GradScaler.
-    assert deps["torch"] == "torch>=2.3" and deps["torchvision"] == "torchvision>=0.18"
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    pins = _constraints()
+    deps = {n: Requirement(r) for n, r in
+            _requirement_names(_pyproject()["project"]["dependencies"]).items()}
+    versions = {}
+    for name in ("torch", "torchvision"):
+        (spec,) = pins[name].specifier  # exactly one specifier: an exact pin
+        assert spec.operator == "==" and "*" not in spec.version, f"{name}: {spec} is no pin"
+        versions[name] = Version(spec.version)
+        # pyproject accepts the pinned version, with lower bounds only (Colab's torch is
+        # accepted as is): no upper bound, no pin of its own.
+        assert deps[name].specifier.contains(versions[name]), name
+        assert {s.operator for s in deps[name].specifier} == {">="}, name
+    # A torchvision release is built for one torch release: 0.(m + 15) goes with 2.m.
+    torch_v, vision_v = versions["torch"], versions["torchvision"]
+    assert (torch_v.major, vision_v.major) == (2, 0)
+    assert vision_v.minor == torch_v.minor + 15, f"torch {torch_v} with torchvision {vision_v}"
+    # 2.3 is the first torch with torch.amp.GradScaler, which the training loop uses.
+    assert min(Version(s.version) for s in deps["torch"].specifier) >= Version("2.3")
 
 
 def _pyproject() -> dict:

@@ -93,13 +93,28 @@ def test_torchrun_two_cpu_processes_match_one_process(tmp_path):
         assert h2["pixAcc"] == pytest.approx(h1["pixAcc"], abs=2e-3)
 
 
-def test_single_process_never_needs_a_process_group():
+def test_single_process_never_needs_a_process_group(monkeypatch):
     import torch.distributed as dist
 
-    from encnet_lite.distributed import DistInfo, setup
+    from encnet_lite import distributed as d
 
-    assert "WORLD_SIZE" not in os.environ or os.environ["WORLD_SIZE"] == "1"
-    assert setup("cpu") == DistInfo() and not dist.is_initialized()
-
-
-
+    for world in (None, "1"):  # a plain `python` run, or torchrun with one process
+        if world is None:
+            monkeypatch.delenv("WORLD_SIZE", raising=False)
+        else:
+            monkeypatch.setenv("WORLD_SIZE", world)
+        assert not d.launched_by_torchrun()
+        info = d.setup("cpu")
+        assert info == d.DistInfo() and not info.enabled and info.is_main
+        assert not dist.is_initialized()
+    # Every helper is the single-process identity.
+    t = torch.tensor([1.0, 2.0])
+    assert d.all_reduce_sum(t, info) is t and t.tolist() == [1.0, 2.0]
+    assert d.all_reduce_mean(t, info).tolist() == [1.0, 2.0]
+    assert d.all_gather_object({"a": 1}, info) == [{"a": 1}]
+    assert d.broadcast_object("x", info) == "x"
+    d.barrier(info)
+    d.teardown()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert d.launched_by_torchrun()  # what setup() would then join
+    assert d.DistInfo(1, 2).enabled and not d.DistInfo(1, 2).is_main
