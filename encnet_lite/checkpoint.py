@@ -164,6 +164,27 @@ def load(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict
     return ckpt
 
 
+def check_header(ckpt: Mapping[str, Any], path: PathLike) -> None:
+    """Raise :class:`CheckpointError` unless ``ckpt`` has what building its model needs: a
+    ``config`` dict naming a model, ``num_classes`` >= 1 and a ``model`` state dict."""
+    problems = []
+    config = ckpt.get("config")
+    if not isinstance(config, dict):
+        problems.append("no 'config' dict")
+    elif not isinstance(config.get("model"), str) or not isinstance(config.get("backbone"),
+                                                                      str):
+        problems.append("a 'config' without 'model' and 'backbone' names")
+    n = ckpt.get("num_classes")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        problems.append(f"'num_classes' {n!r} (need a count >= 1)")
+    if not isinstance(ckpt.get("model"), dict):
+        problems.append("no 'model' state dict")
+    if problems:
+        raise CheckpointError(f"{path} lacks what a model is built from: "
+                              f"{'; '.join(problems)}. Use a best.pt or last.pt written by "
+                              "encnet-train (or encnet_lite.train.train)")
+
+
 def load_training(path: PathLike) -> Dict[str, Any]:
     """Load a checkpoint to resume from (``last.pt``); a clear error for a ``best.pt``."""
     ckpt = load(path)

@@ -166,9 +166,15 @@ def load_model(path: str, device: Optional[torch.device] = None
     :class:`~encnet_lite.checkpoint.NonFiniteError` naming the tensor.
     """
     saved = ckpt_io.load(path)
+    ckpt_io.check_header(saved, path)
     ckpt_io.check_finite(saved["model"], what=f"{path} (model weights)")
-    cfg = TrainConfig.from_dict(saved["config"])
-    model = build_model(cfg.replace(pretrained_backbone=False), saved["num_classes"])
+    try:
+        cfg = TrainConfig.from_dict(saved["config"])
+        model = build_model(cfg.replace(pretrained_backbone=False), saved["num_classes"])
+    except (TypeError, ValueError, KeyError) as exc:  # a model name this version lacks
+        raise ckpt_io.IncompatibleCheckpointError(
+            f"{path}: cannot build its model ({exc}); it was written by another version "
+            "or edited: use a checkpoint of this version's encnet-train") from exc
     try:
         model.load_state_dict(saved["model"])
     except RuntimeError as exc:  # keys or shapes differ: another model version
@@ -191,6 +197,8 @@ def eval_dataset(cfg: TrainConfig, data_root: Optional[str] = None,
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .cli import non_negative_int, positive_int
+
     p = argparse.ArgumentParser(prog="encnet-eval", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="best.pt or last.pt of a run")
@@ -199,34 +207,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flip", action="store_true", help="add flips at a single scale")
     p.add_argument("--data-root", default=None, help="dataset folder (default: the run's)")
     p.add_argument("--split", default="val")
-    p.add_argument("--max-images", type=int, default=None, help="score only the first N")
+    p.add_argument("--max-images", type=positive_int, default=None,
+                   help="score only the first N")
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", default="auto", choices=("auto", "on", "off", "bf16", "fp16"))
     p.add_argument("--out", default=None, help="JSON file (default: beside the checkpoint)")
-    p.add_argument("--save-every", type=int, default=25,
+    p.add_argument("--save-every", type=positive_int, default=25,
                    help="save the partial result (OUT.partial) every N images; a rerun "
                         "after a disconnect continues from it")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=non_negative_int, default=None,
                    help="torch CPU threads (default: the run's config; 0: torch's default)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    from .data import DatasetNotFoundError
+    from . import cli
 
-    info = dist_utils.setup(resolve_device(args.device).type)
-    device = resolve_device(args.device)  # after setup: this process's GPU under torchrun
+    args = build_parser().parse_args(argv)
+    return cli.run("encnet-eval", lambda: run_cli(args))
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """``encnet-eval``'s work once its arguments are parsed: every argument and the output
+    are checked before the (possibly hours long) evaluation starts."""
+    from . import cli
+
+    device = cli.check_device(args.device)
     ckpt = Path(args.checkpoint)
     suffix = "eval-ms" if args.multi_scale else "eval"
     out = Path(args.out) if args.out else ckpt.with_name(f"{ckpt.stem}.{suffix}.json")
+    cli.check_writable_file(out, "--out", inputs=[ckpt])
+    info = dist_utils.setup(device.type)
+    device = resolve_device(args.device)  # after setup: this process's GPU under torchrun
     try:
         model, cfg, saved = load_model(args.checkpoint, device)
         threads = cfg.threads if args.threads is None else args.threads
+        cli.check_threads(threads, "--threads (or the run's threads)")
         if threads:
             torch.set_num_threads(threads)
-        dataset = eval_dataset(cfg, args.data_root, args.split)
+        try:
+            dataset = eval_dataset(cfg, args.data_root, args.split)
+        except ValueError as exc:
+            raise cli.UsageError(f"--split {args.split}: {cli.one_line(exc)}") from None
         crop = cfg.crop_size if cfg.dataset != "scenes" else None
         result = evaluate(model, dataset, saved["num_classes"], multi_scale=args.multi_scale,
                           flip=True if args.flip else None, crop_size=crop, device=device,
@@ -234,13 +257,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           progress=not args.no_progress,
                           state=out.with_name(out.name + ".partial"),
                           save_every=args.save_every)
-    except (FileNotFoundError, DatasetNotFoundError, ckpt_io.CheckpointError) as exc:
-        print(f"encnet-eval: {exc}", file=sys.stderr)
-        return 2
     finally:
         dist_utils.teardown()
-    if not info.is_main:
-        return 0
+    if info.is_main:
+        report_result(args, out, cfg, saved, result)
+    return 0
+
+
+def report_result(args: argparse.Namespace, out: Path, cfg: TrainConfig,
+                  saved: Dict[str, Any], result: Dict[str, Any]) -> None:
+    """Print the scores and write the JSON report ``out``."""
     mode = "multi-scale + flip" if args.multi_scale else ("flip" if args.flip else "single scale")
     note = ""
     if cfg.dataset == "pcontext":
@@ -255,7 +281,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if result["resumed_from"]:
         print(f"(continued after {result['resumed_from']} images scored by an earlier run)")
     print(f"wrote {out}")
-    return 0
 
 
 if __name__ == "__main__":

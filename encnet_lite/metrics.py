@@ -33,7 +33,10 @@ class ConfusionMatrix:
     """
 
     def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
-        self.num_classes = num_classes
+        if isinstance(num_classes, bool) or not hasattr(num_classes, "__index__") or \
+                num_classes < 1:
+            raise ValueError(f"num_classes must be a count >= 1, got {num_classes!r}")
+        self.num_classes = int(num_classes)
         self.ignore_index = ignore_index
         self.matrix: Optional[Tensor] = None
 
@@ -53,8 +56,18 @@ class ConfusionMatrix:
         ``pred`` may also be scores with a class axis after the batch one,
         ``(B, classes, H, W)``: its argmax is used.
         """
+        n = self.num_classes
+        if target.is_floating_point() or target.is_complex():
+            raise ValueError(f"target: a {target.dtype} mask {tuple(target.shape)}; masks hold "
+                             "class ids: pass an integer tensor (e.g. mask.long())")
         if pred.dim() == target.dim() + 1:
+            if pred.shape[1] != n:
+                raise ValueError(f"pred: scores {tuple(pred.shape)} have {pred.shape[1]} "
+                                 f"classes on axis 1, but this matrix counts {n}")
             pred = pred.argmax(1)
+        elif pred.is_floating_point():
+            raise ValueError(f"pred: a {pred.dtype} label map {tuple(pred.shape)}; pass class "
+                             "ids (the argmax of the scores) or the scores (B, C, H, W)")
         if pred.shape != target.shape:
             raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
         matrix = self._ensure(target.device)
@@ -62,11 +75,13 @@ class ConfusionMatrix:
         target = target.to(matrix.device).flatten().long()
         keep = target != self.ignore_index
         pred, target = pred[keep], target[keep]
-        n = self.num_classes
         if target.numel() and (int(target.min()) < 0 or int(target.max()) >= n):
-            raise ValueError(f"target labels must be in [0, {n}) or {self.ignore_index}")
+            raise ValueError(
+                f"target: labels {sorted(set(target.unique().tolist()) - set(range(n)))} are "
+                f"outside 0..{n - 1} (and {self.ignore_index} = ignore): the masks belong to "
+                f"another dataset or class protocol than these {n} classes")
         if pred.numel() and (int(pred.min()) < 0 or int(pred.max()) >= n):
-            raise ValueError(f"predicted labels must be in [0, {n})")
+            raise ValueError(f"pred: labels outside 0..{n - 1}")
         matrix += torch.bincount(target * n + pred, minlength=n * n).reshape(n, n)
         return self
 

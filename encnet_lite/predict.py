@@ -121,6 +121,8 @@ def class_shares(labels: np.ndarray, classes: Sequence[str], top: int = 5
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .cli import non_negative_int
+
     p = argparse.ArgumentParser(prog="encnet-predict", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG / PNG files")
@@ -129,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--multi-scale", action="store_true",
                    help="scales 0.5-1.75 with flips (the paper's test protocol; slower)")
     p.add_argument("--flip", action="store_true", help="add the mirrored image at one scale")
-    p.add_argument("--crop-size", type=int, default=None,
+    p.add_argument("--crop-size", type=non_negative_int, default=None,
                    help="sliding-window side (default: the run's crop; 0: whole image)")
     p.add_argument("--alpha", type=float, default=0.5, help="mask opacity in the overlay")
     p.add_argument("--device", default="auto")
@@ -138,21 +140,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from . import cli
+
     args = build_parser().parse_args(argv)
-    from .engine import resolve_device
+    return cli.run("encnet-predict", lambda: run_cli(args))
+
+
+def check_outputs(images: Sequence[str], out: Path, checkpoint: str) -> None:
+    """``out`` is a writable folder and no file written there is an input (an image named
+    ``x.mask.png`` inside ``out``, or the checkpoint)."""
+    from . import cli
+
+    cli.check_writable_dir(out, "--out")
+    inputs = [*images, checkpoint]
+    for image in images:
+        stem = Path(image).stem
+        for target in (out / f"{stem}.mask.png", out / f"{stem}.overlay.png"):
+            for source in inputs:
+                if cli.same_file(target, source):
+                    raise cli.UsageError(f"--out {out}: writing {target} would replace the "
+                                         f"input {source}; give another --out folder")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """``encnet-predict``'s work once its arguments are parsed."""
+    from . import cli
     from .evaluate import load_model
 
-    try:
-        model, cfg, saved = load_model(args.checkpoint, resolve_device(args.device))
-        crop = args.crop_size if args.crop_size is not None else (
-            None if cfg.dataset == "scenes" else cfg.crop_size)
-        written = predict_files(model, cfg, saved["num_classes"], args.images, Path(args.out),
-                                alpha=args.alpha, multi_scale=args.multi_scale,
-                                flip=True if args.flip else None, crop_size=crop or None,
-                                amp=args.amp)
-    except (FileNotFoundError, ValueError, ckpt_io.CheckpointError) as exc:
-        print(f"encnet-predict: {exc}", file=sys.stderr)
-        return 2
+    if not 0.0 <= args.alpha <= 1.0:
+        raise cli.UsageError(f"--alpha {args.alpha}: choose a value in [0, 1]")
+    device = cli.check_device(args.device)
+    check_outputs(args.images, Path(args.out), args.checkpoint)
+    model, cfg, saved = load_model(args.checkpoint, device)
+    crop = args.crop_size if args.crop_size is not None else (
+        None if cfg.dataset == "scenes" else cfg.crop_size)
+    written = predict_files(model, cfg, saved["num_classes"], args.images, Path(args.out),
+                            alpha=args.alpha, multi_scale=args.multi_scale,
+                            flip=True if args.flip else None, crop_size=crop or None,
+                            amp=args.amp)
     for image, files in zip(args.images, written):
         print(f"{image} -> {files['mask']}, {files['overlay']}")
     return 0

@@ -368,7 +368,12 @@ def step(run: Run, images: torch.Tensor, masks: torch.Tensor, iteration: int) ->
                        run.amp_dtype)
     run.scheduler.step()
     terms = dist_utils.all_reduce_mean(terms, run.info).tolist()
-    if not math.isfinite(terms[0]):
+    if not math.isfinite(terms[0]):  # only now look at the batch: no sync on the way
+        if not bool(torch.isfinite(images).all()):
+            raise FloatingPointError(
+                f"loss is {terms[0]} at iteration {iteration} because the input images "
+                "hold NaN or Inf: the data are broken (check the dataset's files and "
+                "transform), the lr is not the cause")
         raise FloatingPointError(f"loss is {terms[0]} at iteration {iteration}; "
                                  "lower the lr or turn mixed precision off")
     return terms
@@ -474,15 +479,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The preset (or the resumed run's config) with every given flag applied; with
-    ``--resume PATH`` and no ``--out``, the run trains in PATH's folder."""
+    ``--resume PATH`` and no ``--out``, the run trains in PATH's folder. A misuse raises
+    :class:`encnet_lite.cli.UsageError` (or the loader's error for a bad checkpoint)."""
+    from .cli import UsageError
+
     resume_path = args.resume if args.resume and args.resume != "auto" else None
     if args.preset:
         cfg = get_preset(args.preset)
     elif resume_path:
-        cfg = TrainConfig.from_dict(ckpt_io.load(ckpt_io.find_resume(resume_path)
-                                                 or resume_path)["config"])
+        found = ckpt_io.find_resume(resume_path)
+        if found is None:
+            raise FileNotFoundError(f"--resume {resume_path}: no such run folder or "
+                                    "checkpoint (a folder must hold last.pt); check the path, "
+                                    "or drop --resume and give --preset to start a new run")
+        saved = ckpt_io.load(found)
+        ckpt_io.check_header(saved, found)
+        cfg = TrainConfig.from_dict(saved["config"])
     else:
-        raise SystemExit("encnet-train: give --preset NAME (or --resume PATH)")
+        raise UsageError("give --preset NAME (or --resume PATH); --help lists the presets")
     if resume_path:
         path = Path(resume_path)  # a run folder, or a checkpoint file in one
         cfg = cfg.replace(out=str(path.parent if path.is_file() or path.suffix == ".pt"
@@ -494,45 +508,58 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             try:
                 overrides[f.name] = parse_value(text, getattr(cfg, f.name))
             except ValueError as exc:
-                raise SystemExit(f"encnet-train: --{f.name.replace('_', '-')}: {exc}") from exc
-    return cfg.replace(**overrides)
+                raise UsageError(f"--{f.name.replace('_', '-')} {text}: {exc}") from None
+    try:
+        return cfg.replace(**overrides)
+    except ValueError as exc:  # TrainConfig's own checks (a bad model name, batch size 0)
+        raise UsageError(str(exc)) from None
 
 
-# What a run can stop with that deserves one line on stderr (exit 2), not a traceback.
-CLI_ERRORS: Tuple[type, ...] = (ckpt_io.CheckpointError, runfolder.RunFolderError,
-                                FileNotFoundError, ValueError, FloatingPointError)
+def check_cli_config(cfg: TrainConfig, writes: bool = True) -> None:
+    """What ``encnet-train`` refuses before building anything: bad counts, a device that is
+    not here, an ``--out`` that cannot be written (``writes``)."""
+    from . import cli
+
+    at_least = {"threads": 0, "workers": 0, "checkpoint_every": 0, "val_every": 0,
+                "val_batch_size": 0}
+    if cfg.dataset == "scenes":
+        at_least.update(num_train_images=1, num_val_images=1)
+    for key, low in at_least.items():
+        value = getattr(cfg, key)
+        if value < low:
+            flag = "--" + key.replace("_", "-")
+            what = "validation needs at least one image" if key == "num_val_images" else \
+                f"it must be {low} or more"
+            raise cli.UsageError(f"{flag} {value}: {what}, e.g. {flag} "
+                                 f"{max(low, 8) if 'images' in key else low}")
+    cli.check_device(cfg.device)
+    if writes:
+        cli.check_writable_dir(cfg.out, "--out")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from . import cli
+
     args = build_parser().parse_args(argv)
-    try:
-        cfg = config_from_args(args)
-    except (ValueError, FileNotFoundError, ckpt_io.CheckpointError) as exc:
-        raise SystemExit(f"encnet-train: {exc}") from exc
+    return cli.run("encnet-train", lambda: run_cli(args))
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """``encnet-train``'s work once its arguments are parsed."""
+    cfg = config_from_args(args)
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
-    from .data import DatasetNotFoundError
-
+    check_cli_config(cfg, writes=args.budget is None)
     if args.budget is not None:
         from .budget import format_budget, measure_budget
 
-        try:
-            print(format_budget(measure_budget(cfg, iterations=args.budget)))
-        except (DatasetNotFoundError, ValueError) as exc:
-            print(f"encnet-train: {exc}", file=sys.stderr)
-            return 2
+        print(format_budget(measure_budget(cfg, iterations=args.budget)))
         return 0
-
     # A bare --resume means this run's folder, which must then hold a checkpoint.
     resume = cfg.out if args.resume == "auto" else args.resume
     try:
         result = train(cfg, resume=resume, overwrite=args.overwrite)
-    except (DatasetNotFoundError, *CLI_ERRORS) as exc:
-        print(f"encnet-train: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
     finally:
         dist_utils.teardown()
     if int(os.environ.get("RANK", "0")) == 0 and result.history and "mIoU" in result.history[-1]:

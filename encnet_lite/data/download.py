@@ -25,7 +25,7 @@ from typing import Callable, Optional, Tuple
 
 from tqdm.auto import tqdm
 
-from .common import DataError, PathLike, atomic_write_text
+from .common import PathLike, atomic_write_text
 
 CHUNK = 1 << 20
 
@@ -248,11 +248,26 @@ def prepare_parser(prog: str, description: str, root: str) -> argparse.ArgumentP
     return parser
 
 
-def run_prepare(step: Callable[[], object]) -> int:
-    """Run a prepare step for a CLI: exit status 0, or 1 with the error on stderr."""
+def run_prepare(step: Callable[[], object], args: Optional[argparse.Namespace] = None,
+                prog: str = "prepare") -> int:
+    """Run a prepare step for a CLI: exit status 0; 2 with one line on stderr for a misuse
+    (an output folder that cannot be written, checked before any download); 1 with one
+    line for data that cannot be prepared (missing offline, corrupt, hostile)."""
+    from ..cli import UsageError, check_writable_dir, error, known_errors
+
+    try:
+        if args is not None:
+            check_writable_dir(args.root, "--root")
+            if args.download_dir and not args.skip_download:
+                check_writable_dir(args.download_dir, "--download-dir")
+    except UsageError as err:
+        return error(prog, err)
     try:
         step()
-    except (DataError, RuntimeError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (*known_errors(), RuntimeError, OSError) as err:
+        error(prog, err)
         return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; a rerun continues where this one stopped", file=sys.stderr)
+        return 130
     return 0

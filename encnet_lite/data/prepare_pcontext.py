@@ -258,7 +258,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     variants = (59, 60) if args.classes == "both" else (int(args.classes),)
     return run_prepare(lambda: prepare_pcontext(
         args.root, args.download_dir, args.skip_download, variants, args.force,
-        verify=not args.no_verify, progress=not args.quiet))
+        verify=not args.no_verify, progress=not args.quiet), args, "prepare_pcontext.py")
 
 
 if __name__ == "__main__":

@@ -278,7 +278,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     return run_prepare(lambda: prepare_voc(
         args.root, args.download_dir, args.sbd, args.skip_download, args.force,
-        verify=not args.no_verify, progress=not args.quiet))
+        verify=not args.no_verify, progress=not args.quiet), args, "prepare_voc.py")
 
 
 if __name__ == "__main__":
