@@ -86,3 +86,32 @@ def test_saved_results_show_the_context_gap():
     gain = [sum(result["encnet"]["iou"][s][c] - result["fcn"]["iou"][s][c]
                 for c in look) / len(look) for s in range(3)]
     assert all(g > 0 and not math.isnan(g) for g in gain)
+
+
+@pytest.mark.slow
+def test_run_grid_in_parallel_processes_gives_the_serial_results(tmp_path):
+    """jobs=2 (spawned processes) and jobs=1 (this process) train the same runs alike."""
+    from encnet_lite import presets
+
+    base = presets.scenes_encnet_tiny(num_train_images=8, num_val_images=4, image_size=32,
+                                      batch_size=4, epochs=1, progress=False, threads=1)
+    variants = {"fcn": {"model": "fcn", "se_loss": False}, "encnet": {}}
+    seeds = {"fcn": [1], "encnet": [1, 0]}
+    lines = []
+    parallel = ablation.run_grid(variants, seeds, base, tmp_path / "par", jobs=2,
+                                 log=lines.append)
+    serial = ablation.run_grid(variants, seeds, base, tmp_path / "ser", jobs=1, log=None)
+    assert len(lines) == 3 and sum("encnet" in s for s in lines) == 2
+    assert list(parallel) == ["fcn", "encnet"] and parallel["encnet"]["seeds"] == [1, 0]
+    for name in variants:
+        assert parallel[name]["overrides"] == variants[name]
+        assert parallel[name]["confusion"] == serial[name]["confusion"], name
+        for key in ("miou", "pixacc", "loss"):
+            assert parallel[name][key] == pytest.approx(serial[name][key], abs=1e-9), (name, key)
+        for run in parallel[name]["confusion"]:  # every val pixel counted once
+            assert sum(map(sum, run)) == 4 * 32 * 32
+    # The seeds change the runs: EncNet's two seeds differ, each wrote its own run folder.
+    assert parallel["encnet"]["loss"][0] != parallel["encnet"]["loss"][1]
+    assert sorted(p.name for p in (tmp_path / "par").iterdir()) == [
+        "encnet_s0", "encnet_s1", "fcn_s1"]
+    assert all((tmp_path / "par" / d / "last.pt").is_file() for d in ("encnet_s0", "fcn_s1"))
