@@ -135,3 +135,52 @@ class _Failing(torch.utils.data.Dataset):
         if i == self.k:
             raise ZeroDivisionError
         return self.data[i]
+
+
+@pytest.fixture(scope="module")
+def pcontext_val(tmp_path_factory):
+    """The fabricated PASCAL-Context, prepared from its upstream formats: val images of
+    40-72 x 48-80 px, unlabelled pixels (255) included."""
+    from encnet_lite.data import PascalContext
+    from encnet_lite.data.miniature import make_pcontext_miniature
+    from encnet_lite.data.prepare_pcontext import prepare_pcontext
+
+    base = tmp_path_factory.mktemp("pcontext_eval")
+    remotes = make_pcontext_miniature(base / "up", n_train=1, n_val=3)
+    prepare_pcontext(base / "pc", base / "up", skip_download=True, remotes=remotes,
+                     progress=False)
+    return PascalContext(base / "pc", "val")
+
+
+def test_evaluate_with_sliding_windows_on_pcontext_counts_every_labelled_pixel(pcontext_val):
+    # A 1x1 conv sees one pixel: windows of 32 px must give its whole-image prediction.
+    torch.manual_seed(0)
+    pointwise = torch.nn.Conv2d(3, 59, 1).eval()
+    expected = torch.zeros(59, 59, dtype=torch.int64)
+    sizes = []
+    for image, mask in (pcontext_val[i] for i in range(len(pcontext_val))):
+        sizes.append(tuple(mask.shape))
+        with torch.no_grad():
+            pred = pointwise(image[None])[0].argmax(0)
+        keep = mask != 255
+        for t, p in zip(mask[keep].tolist(), pred[keep].tolist()):
+            expected[t, p] += 1
+    assert all(max(s) > 32 for s in sizes) and len(set(sizes)) > 1  # windows are used
+    got = ev.evaluate(pointwise, pcontext_val, 59, crop_size=32, progress=False,
+                      device=torch.device("cpu"))
+    assert got["num_images"] == len(pcontext_val)
+    assert torch.equal(torch.tensor(got["confusion"]), expected)
+    assert got["pixAcc"] == pytest.approx(float(expected.diag().sum() / expected.sum()))
+
+
+def test_evaluate_encnet_with_crop_and_flip_on_pcontext_rows_are_the_true_classes(pcontext_val):
+    # Whatever the model predicts, row t of the matrix holds the pixels labelled t.
+    torch.manual_seed(0)
+    model = models.encnet_tiny(59, num_codes=4).eval()
+    got = ev.evaluate(model, pcontext_val, 59, crop_size=32, flip=True, progress=False,
+                      device=torch.device("cpu"))
+    masks = torch.stack([pcontext_val[i][1].flatten().bincount(minlength=256)
+                         for i in range(len(pcontext_val))]).sum(0)
+    assert torch.tensor(got["confusion"]).sum(1).tolist() == masks[:59].tolist()
+    iou = torch.tensor(got["iou"], dtype=torch.float64)
+    assert len(iou) == 59 and got["mIoU"] == pytest.approx(float(iou.nanmean()))
