@@ -228,3 +228,64 @@ def test_codeword_explorer_first_view_is_the_first_image_and_codeword(monkeypatc
     np.testing.assert_array_equal(drawn[-1].axes[2].images[0].get_array(), np.full((4, 4), 2))
     sliders["codeword"].value = 2
     np.testing.assert_array_equal(drawn[-1].axes[3].images[1].get_array(), np.ones((4, 4)))
+
+
+# ---------------------------------------------------------------- predictions and outputs
+
+
+def test_show_predictions_paints_truth_and_prediction_rows_and_lists_their_classes():
+    palette = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255]], dtype=np.uint8)
+    images = torch.zeros(2, 3, 4, 5)
+    masks = torch.tensor([[[0] * 5] * 4, [[1] * 5] * 4])
+    masks[0, 0, 0] = 255
+    preds = torch.full((2, 4, 5), 2)
+    fig = viz.show_predictions(images, masks, preds, ["a", "b", "c"], palette, titles=["x", "y"])
+    axes = np.array(fig.axes).reshape(3, 2)
+    for col in range(2):
+        np.testing.assert_array_equal(axes[1, col].images[0].get_array(),
+                                      colorize(masks[col], palette))
+        np.testing.assert_array_equal(axes[2, col].images[0].get_array(),
+                                      colorize(preds[col], palette))
+    assert [axes[0, c].get_title() for c in range(2)] == ["x", "y"]
+    assert np.asarray(axes[1, 0].images[0].get_array())[0, 0].tolist() == [255, 255, 255]
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["a", "b", "c", "ignore (255)"]
+
+
+def test_plot_encnet_outputs_draws_the_argmax_presence_sorted_gates_and_e():
+    palette = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255]], dtype=np.uint8)
+    main = torch.zeros(2, 3, 4, 4)
+    main[1, 2, :2] = 5.0  # image 1: class 2 on the top half, class 0 below
+    outputs = {"main": main, "se": torch.tensor([[0.0, 0.0, 0.0], [0.0, 2.0, -2.0]]),
+               "gamma": torch.tensor([[0.5] * 4, [0.1, 0.9, 0.4, 0.6]]),
+               "e": torch.tensor([[0.0] * 4, [1.0, 0.0, 3.0, 2.0]])}
+    fig = viz.plot_encnet_outputs(torch.zeros(3, 4, 4), outputs, ["a", "b", "c"], palette,
+                                  index=1)
+    _, pred_ax, se_ax, gamma_ax, e_ax = fig.axes
+    expected = np.zeros((4, 4), dtype=int)
+    expected[:2] = 2
+    np.testing.assert_array_equal(pred_ax.images[0].get_array(), colorize(expected, palette))
+    np.testing.assert_allclose([b.get_height() for b in _bars(se_ax)],
+                               torch.sigmoid(outputs["se"][1]).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(gamma_ax.lines[0].get_ydata(), [0.9, 0.6, 0.4, 0.1], rtol=1e-6)
+    assert [b.get_height() for b in _bars(e_ax)] == [1.0, 0.0, 3.0, 2.0]
+    assert gamma_ax.get_title() == "gamma: 4 channel gates"
+
+
+def test_show_scene_construction_renders_each_kind_and_frames_the_look_alike_pixel():
+    from encnet_lite.data import ContextScenes
+
+    ds = ContextScenes(num_images=2, size=64, seed=0)
+    fig = viz.show_scene_construction(ds, 1, window=9)
+    axes = np.array(fig.axes).reshape(2, len(ds.scene_kinds))
+    for k, name in enumerate(ds.scene_kinds):
+        scene = ds.render(1, kind=k)
+        np.testing.assert_array_equal(axes[0, k].images[0].get_array(), scene.image)
+        np.testing.assert_array_equal(axes[1, k].images[0].get_array(),
+                                      colorize(scene.mask, ds.palette))
+        assert axes[0, k].get_title() == f"as a {name}"
+        # the framed pixel is a look-alike pixel; the frame is 9 px centred on it
+        (col,), (row,) = axes[0, k].lines[0].get_xdata(), axes[0, k].lines[0].get_ydata()
+        assert scene.mask[row, col] in ds.context_classes
+        (frame,) = axes[0, k].patches
+        assert frame.get_xy() == (col - 4.5, row - 4.5) and frame.get_width() == 9
