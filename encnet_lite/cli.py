@@ -9,12 +9,13 @@ write its result.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Tuple, Type, Union
+from typing import Callable, Iterable, NoReturn, Optional, Tuple, Type, Union
 
 import torch
 
@@ -71,6 +72,15 @@ def run(prog: str, body: Callable[[], int],
 # --------------------------------------------------------------------------- argument checks
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser with a one-line error (no usage block): ``PROG: error: MESSAGE
+    (PROG --help lists the options)``, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} ({self.prog} --help lists the "
+                              "options)\n")
+
+
 def positive_int(text: str) -> int:
     """argparse ``type`` for a count >= 1."""
     return _int_at_least(text, 1)
@@ -82,8 +92,6 @@ def non_negative_int(text: str) -> int:
 
 
 def _int_at_least(text: str, low: int) -> int:
-    import argparse
-
     try:
         value = int(text)
     except ValueError:

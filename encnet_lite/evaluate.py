@@ -190,16 +190,17 @@ def eval_dataset(cfg: TrainConfig, data_root: Optional[str] = None,
 
     if cfg.dataset == "scenes":
         return data.ContextScenes(cfg.num_val_images, size=cfg.image_size, seed=cfg.data_seed,
-                                  split=split)
+                                  split=split,
+                                  lookalikes=(cfg.min_lookalikes, cfg.max_lookalikes))
     root = data_root or cfg.data_root or f"data/{cfg.dataset}"
     cls = data.PascalContext if cfg.dataset == "pcontext" else data.PascalVOC
     return cls(root, split=split)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli import non_negative_int, positive_int
+    from .cli import ArgumentParser, non_negative_int, positive_int
 
-    p = argparse.ArgumentParser(prog="encnet-eval", description=__doc__.split("\n")[0],
+    p = ArgumentParser(prog="encnet-eval", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="best.pt or last.pt of a run")
     p.add_argument("--multi-scale", action="store_true",

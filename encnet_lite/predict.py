@@ -121,9 +121,9 @@ def class_shares(labels: np.ndarray, classes: Sequence[str], top: int = 5
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli import non_negative_int
+    from .cli import ArgumentParser, non_negative_int
 
-    p = argparse.ArgumentParser(prog="encnet-predict", description=__doc__.split("\n")[0],
+    p = ArgumentParser(prog="encnet-predict", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG / PNG files")
     p.add_argument("--checkpoint", required=True, help="best.pt or last.pt of a run")

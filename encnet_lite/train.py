@@ -452,7 +452,9 @@ def _epoch_line(r: Dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from .cli import ArgumentParser
+
+    p = ArgumentParser(
         prog="encnet-train", description="Train EncNet / FCN (every TrainConfig field is a flag;"
         " flags override the preset).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -520,8 +522,8 @@ def check_cli_config(cfg: TrainConfig, writes: bool = True) -> None:
     not here, an ``--out`` that cannot be written (``writes``)."""
     from . import cli
 
-    at_least = {"threads": 0, "workers": 0, "checkpoint_every": 0, "val_every": 0,
-                "val_batch_size": 0}
+    cli.check_threads(cfg.threads)
+    at_least = {"workers": 0, "checkpoint_every": 0, "val_every": 0, "val_batch_size": 0}
     if cfg.dataset == "scenes":
         at_least.update(num_train_images=1, num_val_images=1)
     for key, low in at_least.items():

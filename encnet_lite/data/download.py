@@ -234,7 +234,9 @@ def locate(remote: Remote, download_dir: PathLike, extracted: str, skip_download
 
 def prepare_parser(prog: str, description: str, root: str) -> argparse.ArgumentParser:
     """The options every ``prepare_*`` script shares; each adds its own after these."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    from ..cli import ArgumentParser
+
+    parser = ArgumentParser(prog=prog, description=description)
     parser.add_argument("--root", default=root, help="output folder")
     parser.add_argument("--download-dir", default=None,
                         help="where the upstream archives are (or go); default ROOT/downloads. "
