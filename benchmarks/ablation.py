@@ -22,6 +22,9 @@ the default ``--jobs 2``: the ``seconds`` in the JSON)::
 
     .venv/bin/python benchmarks/ablation.py
     .venv/bin/python benchmarks/ablation.py --quick --out "$(mktemp -d)/ablation.json"  # seconds
+    # the same ablation on sparser scenes (3-6 look-alike objects per image, no K sweep):
+    .venv/bin/python benchmarks/ablation.py --lookalikes 3 6 --ks 0 32 \
+        --out benchmarks/results/ablation_lookalikes_3_6.json
 """
 
 from __future__ import annotations
@@ -101,6 +104,8 @@ def build_parser():
     p.add_argument("--k-seeds", type=int, nargs="+", default=None,
                    help="seeds of the K sweep (default: --seeds)")
     p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
+    p.add_argument("--lookalikes", type=int, nargs=2, default=None, metavar=("FEWEST", "MOST"),
+                   help="look-alike objects per ContextScenes image (default: the preset's)")
     p.add_argument("--jobs", type=int, default=2,
                    help="runs at once (processes, one --threads each)")
     p.add_argument("--runs-dir", default=None, help="keep the run folders here")
@@ -113,6 +118,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     overrides = {"device": args.device}
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
+    if args.lookalikes is not None:
+        overrides["min_lookalikes"], overrides["max_lookalikes"] = args.lookalikes
     command = " ".join(["benchmarks/ablation.py", *(sys.argv[1:] if argv is None else argv)])
     result = run(args.seeds, args.ks, args.k_seeds, args.jobs, args.threads, args.quick,
                  args.runs_dir, print, command, **overrides)

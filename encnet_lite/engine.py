@@ -150,10 +150,12 @@ def build_datasets(cfg: TrainConfig) -> Tuple[Dataset, Dataset]:
 
     if cfg.dataset == "scenes":
         # Flip only: a random rescale would shrink the cue-object gap the task relies on.
+        look = (cfg.min_lookalikes, cfg.max_lookalikes)
         train = data.ContextScenes(cfg.num_train_images, size=cfg.image_size, seed=cfg.data_seed,
-                                   split="train", transform=data.RandomHorizontalFlip(0.5))
+                                   split="train", transform=data.RandomHorizontalFlip(0.5),
+                                   lookalikes=look)
         val = data.ContextScenes(cfg.num_val_images, size=cfg.image_size, seed=cfg.data_seed,
-                                 split="val")
+                                 split="val", lookalikes=look)
         return train, val
     root = cfg.data_root or f"data/{cfg.dataset}"
     cls = data.PascalContext if cfg.dataset == "pcontext" else data.PascalVOC

@@ -65,6 +65,8 @@ class TrainConfig:
     num_val_images: int = 128  # scenes only
     image_size: int = 128  # scenes only: side of the square synthetic images
     data_seed: int = 0  # scenes only: which synthetic images (train and val are disjoint)
+    min_lookalikes: int = 4  # scenes only: fewest look-alike objects per image
+    max_lookalikes: int = 8  # scenes only: most look-alike objects per image
     crop_size: int = 480  # PASCAL: random crop side
     base_size: int = 520  # PASCAL: long side before the random [0.5, 2] rescale
     # --- optimisation
@@ -108,9 +110,12 @@ class TrainConfig:
         for key, (value, allowed) in checks.items():
             if value not in allowed:
                 raise ValueError(f"{key}={value!r}: choose one of {allowed}")
-        for key in ("batch_size", "epochs", "num_codes", "image_size"):
+        for key in ("batch_size", "epochs", "num_codes", "image_size", "min_lookalikes"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be at least 1, got {getattr(self, key)}")
+        if self.max_lookalikes < self.min_lookalikes:
+            raise ValueError(f"max_lookalikes ({self.max_lookalikes}) must be at least "
+                             f"min_lookalikes ({self.min_lookalikes})")
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)

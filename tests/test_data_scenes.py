@@ -161,3 +161,26 @@ def test_small_sizes_scale_the_geometry_and_tiny_ones_are_refused():
     assert ds[0][0].shape == (3, 64, 64)
     with pytest.raises(ValueError):
         ContextScenes(size=16)
+
+
+@pytest.mark.parametrize("lookalikes", [(1, 1), (2, 4), (4, 8)])
+def test_lookalike_count_stays_in_the_requested_range(lookalikes):
+    ds = ContextScenes(num_images=24, lookalikes=lookalikes)
+    counts = [len(ds.render(i).boxes) for i in range(len(ds))]
+    assert lookalikes[0] <= min(counts) and max(counts) <= lookalikes[1]
+    if lookalikes[0] < lookalikes[1]:
+        assert len(set(counts)) > 1  # drawn, not fixed
+
+
+def test_default_lookalikes_and_the_config_fields_agree():
+    from encnet_lite.engine import build_datasets
+    from encnet_lite.presets import TrainConfig
+
+    assert ContextScenes(num_images=1).lookalikes == (4, 8)
+    cfg = TrainConfig(num_train_images=4, num_val_images=2, min_lookalikes=2, max_lookalikes=3)
+    train, val = build_datasets(cfg)
+    assert train.lookalikes == val.lookalikes == (2, 3)
+    with pytest.raises(ValueError, match="lookalikes"):
+        ContextScenes(num_images=1, lookalikes=(3, 2))
+    with pytest.raises(ValueError, match="max_lookalikes"):
+        TrainConfig(min_lookalikes=5, max_lookalikes=4)
