@@ -75,6 +75,15 @@ def test_colorize_looks_up_each_label_and_whitens_ignored_pixels():
     np.testing.assert_array_equal(torch_out[0], out[0])
 
 
+def test_to_rgb_undoes_the_imagenet_normalisation_and_moves_channels_last():
+    rgb = torch.rand(3, 4, 6)
+    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]  # torchvision's ImageNet values
+    std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    out = viz.to_rgb((rgb - mean) / std)
+    assert out.shape == (4, 6, 3)
+    np.testing.assert_allclose(out, rgb.permute(1, 2, 0).numpy(), atol=1e-6)
+
+
 # ---------------------------------------------------------------------------- context
 
 
