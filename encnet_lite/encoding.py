@@ -9,6 +9,10 @@ and the residuals ``x_i - c_k`` are summed per codeword:
 paper's smoothing factor s_k (scale = -s), initialised uniform in (-1, 0).
 
 Shapes: ``x: (B, N, D)``, ``codewords: (K, D)``, ``scale: (K,)``, ``e: (B, K, D)``.
+Descriptors are always the *last* axis of a 3-D input: a channels-first ``(B, D, N)``
+tensor (``feature_map.flatten(2)``) must be transposed first (``.transpose(1, 2)``), or
+given as the 4-D map ``(B, D, H, W)``. A wrong layout is refused where the shape shows it
+(``N != D``); when ``N == D`` the two layouts cannot be told apart, so pass 4-D maps.
 
 :func:`residual_encoding` (the default) never builds the (B, N, K, D) residual
 tensor; :func:`residual_encoding_reference` writes the equations literally and is
@@ -190,6 +194,9 @@ class Encoding(nn.Module):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"unknown encoding variant {variant!r}; choose one of {VARIANTS}")
+        for name, value in (("channels", channels), ("num_codes", num_codes)):
+            if isinstance(value, bool) or not hasattr(value, "__index__") or value < 1:
+                raise ValueError(f"Encoding: {name} must be a count >= 1, got {value!r}")
         self.channels, self.num_codes, self.variant = channels, num_codes, variant
         self.codewords = nn.Parameter(torch.empty(num_codes, channels))
         self.scale = nn.Parameter(torch.empty(1 if variant in _SHARED else num_codes))
@@ -224,9 +231,13 @@ class Encoding(nn.Module):
         if x.dim() == 4 and x.shape[1] == d:
             x = x.flatten(2).transpose(1, 2)  # (B, D, H, W) -> (B, H*W, D), a view
         elif not (x.dim() == 3 and x.shape[2] == d):
-            raise ValueError(
-                f"Encoding expected (B, {d}, H, W) or (B, N, {d}); got shape {tuple(x.shape)}"
-            )
+            hint = ""
+            if x.dim() == 3 and x.shape[1] == d:
+                hint = ": it looks channels-first (B, D, N); pass x.transpose(1, 2)"
+            elif x.dim() == 4 and x.shape[3] == d:
+                hint = ": it looks channels-last (B, H, W, D); pass x.permute(0, 3, 1, 2)"
+            raise ValueError(f"Encoding expected x of shape (B, {d}, H, W) or (B, N, {d}); "
+                             f"got {tuple(x.shape)}{hint}")
         return F.normalize(x, dim=-1) if self.variant == "l2" else x
 
     def assign(self, x: Tensor) -> Tensor:

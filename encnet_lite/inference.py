@@ -91,6 +91,13 @@ def predict(model: nn.Module, image: Tensor, num_classes: int,
     """
     if image.dim() == 3:
         image = image[None]
+    if image.dim() != 4 or not image.is_floating_point():
+        raise ValueError(f"image must be float (B, 3, H, W) or (3, H, W), normalised with "
+                         f"encnet_lite.data.normalize; got {image.dtype} {tuple(image.shape)}")
+    if num_classes < 1 or any(s <= 0 for s in scales) or (crop_size is not None
+                                                         and crop_size < 1):
+        raise ValueError(f"num_classes ({num_classes}) and crop_size ({crop_size}) must be "
+                         f">= 1 and every scale > 0 (scales {tuple(scales)})")
     b, _, h, w = image.shape
     if crop_size is not None and stride is None:
         stride = max(1, crop_size * 2 // 3)

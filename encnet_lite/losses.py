@@ -38,12 +38,30 @@ def check_labels(mask: Tensor, num_classes: int, ignore_index: int = 255) -> Non
         )
 
 
+def check_mask(mask: Tensor, name: str = "mask") -> None:
+    """Raise ``ValueError`` unless ``mask`` is a ``(B, H, W)`` tensor of integer class ids
+    (shape and dtype only: free, no GPU sync). A float mask is refused rather than
+    truncated: 2.7 would silently become class 2."""
+    if not isinstance(mask, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor (B, H, W), got {type(mask).__name__}")
+    if mask.dim() != 3:
+        raise ValueError(f"{name} must be (B, H, W) class ids, got shape {tuple(mask.shape)}"
+                         + (": add the batch axis, mask[None]" if mask.dim() == 2 else ""))
+    if mask.is_floating_point() or mask.is_complex() or mask.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integer class ids, got {mask.dtype} "
+                         f"{tuple(mask.shape)}: convert it with .long() after checking that "
+                         "its values are whole class ids")
+
+
 def presence_targets(mask: Tensor, num_classes: int, ignore_index: int = 255,
                      validate: bool = True) -> Tensor:
     """Which classes occur in each image: ``mask: (B, H, W)`` int -> ``(B, num_classes)``
     float in {0, 1}. Pixels labelled ``ignore_index`` do not count; an image with no
     labelled pixel gets all zeros.
     """
+    check_mask(mask)  # a 2-D mask would count each row as an image
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
     if validate:
         check_labels(mask, num_classes, ignore_index)
     # Send ignored pixels to an extra column num_classes, then drop that column.
@@ -68,7 +86,12 @@ def pixel_cross_entropy(logits: Tensor, mask: Tensor, ignore_index: int = 255) -
     Same as ``F.cross_entropy(..., ignore_index=...)`` except that a batch with no
     labelled pixel (a crop made of padding) gives 0 instead of NaN.
     """
-    total = F.cross_entropy(logits, mask, ignore_index=ignore_index, reduction="sum")
+    check_mask(mask)
+    if logits.dim() != 4 or logits.shape[0] != mask.shape[0] or \
+            logits.shape[2:] != mask.shape[1:]:
+        raise ValueError(f"logits {tuple(logits.shape)} must be (B, classes, H, W) for a mask "
+                         f"{tuple(mask.shape)} (B, H, W)")
+    total = F.cross_entropy(logits, mask.long(), ignore_index=ignore_index, reduction="sum")
     count = (mask != ignore_index).sum().clamp(min=1)
     return total / count
 
@@ -91,8 +114,9 @@ class SegmentationLoss(nn.Module):
 
     def forward(self, outputs: Mapping[str, Tensor], mask: Tensor) -> LossTerms:
         logits = outputs["main"]
-        if mask.dim() == 4:  # (B, 1, H, W) -> (B, H, W)
+        if mask.dim() == 4 and mask.shape[1] == 1:  # (B, 1, H, W) -> (B, H, W)
             mask = mask.squeeze(1)
+        check_mask(mask)
         mask = mask.long()
         if self.validate:
             check_labels(mask, logits.shape[1], self.ignore_index)

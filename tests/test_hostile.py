@@ -193,3 +193,111 @@ def test_a_link_out_of_an_extracted_folder_is_refused(tmp_path):
     (tmp_path / "x" / "a.jpg").symlink_to(tmp_path / "secret.txt")
     with pytest.raises(DataError, match="outside"):
         dict(iter_files(tmp_path / "x", lambda n: True))
+
+
+# ---------------------------------------------------------------------------- library misuse
+
+
+def test_presence_targets_refuses_a_2d_mask_instead_of_reading_rows_as_images():
+    from encnet_lite.losses import presence_targets
+
+    mask = torch.tensor([[0, 1], [2, 2]])
+    with pytest.raises(ValueError, match=r"mask must be \(B, H, W\).*\(2, 2\).*mask\[None\]"):
+        presence_targets(mask, 3)
+    assert presence_targets(mask[None], 3).tolist() == [[1.0, 1.0, 1.0]]
+
+
+def test_float_masks_are_refused_not_truncated():
+    from encnet_lite.losses import SegmentationLoss, pixel_cross_entropy, se_loss
+    from encnet_lite.metrics import ConfusionMatrix
+
+    logits = torch.zeros(1, 3, 2, 2)
+    mask = torch.tensor([[[0.0, 2.7], [1.0, 1.0]]])  # 2.7 would become class 2
+    for call in (lambda: SegmentationLoss()({"main": logits}, mask),
+                 lambda: pixel_cross_entropy(logits, mask),
+                 lambda: se_loss(torch.zeros(1, 3), mask)):
+        with pytest.raises(ValueError, match=r"integer class ids, got torch.float32 \(1, 2, 2\)"):
+            call()
+    with pytest.raises(ValueError, match=r"target: a torch.float32 mask \(1, 2, 2\)"):
+        ConfusionMatrix(3).update(torch.zeros(1, 2, 2, dtype=torch.long), mask)
+    with pytest.raises(ValueError, match=r"pred: a torch.float32 label map"):
+        ConfusionMatrix(3).update(mask, mask.long())
+    # the integer mask is counted as it should be
+    cm = ConfusionMatrix(3).update(mask.long(), mask.long())
+    assert cm.matrix.diag().tolist() == [1, 2, 1]
+
+
+def test_confusion_matrix_refuses_scores_of_another_class_count():
+    from encnet_lite.metrics import ConfusionMatrix
+
+    target = torch.zeros(1, 4, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"scores \(1, 5, 4, 4\) have 5 classes on axis 1, "
+                                         r"but this matrix counts 3"):
+        ConfusionMatrix(3).update(torch.randn(1, 5, 4, 4), target)
+    with pytest.raises(ValueError, match="num_classes must be a count >= 1, got 0"):
+        ConfusionMatrix(0)
+    with pytest.raises(ValueError, match=r"labels \[7\] are outside 0..2"):
+        ConfusionMatrix(3).update(target, torch.full((1, 4, 4), 7))
+
+
+def test_encoding_sizes_and_layouts():
+    from encnet_lite.encoding import Encoding
+
+    for d, k in ((0, 4), (4, 0), (-1, 4)):
+        with pytest.raises(ValueError, match=r"must be a count >= 1"):
+            Encoding(d, k)
+    layer = Encoding(8, 4)
+    feature_map = torch.randn(2, 8, 3, 5)  # N = 15 positions
+    channels_first = feature_map.flatten(2)  # (B, D, N): the layout that is wrong
+    with pytest.raises(ValueError, match=r"\(2, 8, 15\): it looks channels-first .*"
+                                         r"transpose\(1, 2\)"):
+        layer(channels_first)
+    with pytest.raises(ValueError, match=r"channels-last"):
+        layer(feature_map.permute(0, 2, 3, 1))
+    # the right layouts give the same encoding
+    assert torch.allclose(layer(feature_map), layer(channels_first.transpose(1, 2)))
+
+
+def test_a_uint8_image_reaching_the_model_is_named():
+    from encnet_lite.inference import predict
+    from encnet_lite.models import encnet_tiny
+
+    model = encnet_tiny(5).eval()
+    photo = torch.randint(0, 255, (1, 3, 32, 32), dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"float \(B, 3, H, W\), normalised with "
+                                         r"encnet_lite.data.normalize; got torch.uint8"):
+        model(photo)
+    with pytest.raises(ValueError, match=r"got torch.uint8 \(1, 3, 32, 32\)"):
+        predict(model, photo, 5)
+    with pytest.raises(ValueError, match=r"add the batch axis"):
+        model(photo[0].float())
+    assert model(photo.float() / 255)["main"].shape == (1, 5, 32, 32)
+
+
+def test_unsafe_ids_one_by_one():
+    from encnet_lite.data import DataError
+    from encnet_lite.data.common import check_id
+
+    assert check_id("2008_000123", "list") == "2008_000123"
+    for bad in ("", ".", "..", "a/b", "a\\b", "/abs", "x\x00", "tab\there", " padded"):
+        with pytest.raises(DataError, match="not a plain file name"):
+            check_id(bad, "list")
+
+
+def test_a_nan_loss_from_nan_images_blames_the_data(tmp_path, monkeypatch):
+    from encnet_lite import presets
+    from encnet_lite import train as train_mod
+
+    real = train_mod.to_device
+
+    def poisoned(images, masks, *args, **kwargs):
+        images, masks = real(images, masks, *args, **kwargs)
+        return images.clone().fill_(float("nan")), masks
+
+    monkeypatch.setattr(train_mod, "to_device", poisoned)
+    cfg = presets.scenes_encnet_tiny(num_train_images=4, num_val_images=2, image_size=32,
+                                     batch_size=2, epochs=1, workers=0, out=str(tmp_path / "r"),
+                                     progress=False)
+    with pytest.raises(FloatingPointError, match="input images hold NaN or Inf: the data are "
+                                                 "broken.*the lr is not the cause"):
+        train_mod.train(cfg)

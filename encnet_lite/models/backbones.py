@@ -19,7 +19,8 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-__all__ = ["ResNetBackbone", "TinyBackbone", "conv_bn_relu", "load_resnet_state_dict"]
+__all__ = ["ResNetBackbone", "TinyBackbone", "check_images", "conv_bn_relu",
+           "load_resnet_state_dict"]
 
 _RESNETS = {
     50: (torchvision.models.resnet50, torchvision.models.ResNet50_Weights.IMAGENET1K_V1),
@@ -37,6 +38,20 @@ def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, stride: 
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
     )
+
+
+def check_images(x: Tensor) -> None:
+    """Raise ``ValueError`` unless ``x`` is a float ``(B, 3, H, W)`` batch (shape and dtype
+    only: free). A uint8 photo must be normalised first (:func:`encnet_lite.data.normalize`),
+    else the first convolution fails with an obscure dtype error."""
+    if not isinstance(x, Tensor):
+        raise ValueError(f"images must be a torch.Tensor (B, 3, H, W), got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"images must be float (B, 3, H, W), normalised with "
+                         f"encnet_lite.data.normalize; got {x.dtype} {tuple(x.shape)}")
+    if x.dim() != 4 or x.shape[1] != 3:
+        hint = ": add the batch axis, x[None]" if x.dim() == 3 and x.shape[0] == 3 else ""
+        raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(x.shape)}{hint}")
 
 
 # ---------------------------------------------------------------------------- ResNet
@@ -141,6 +156,7 @@ class ResNetBackbone(nn.Module):
             self.load_state_dict(load_resnet_state_dict(depth, weights_path))
 
     def forward(self, x: Tensor) -> Dict[str, Tensor]:
+        check_images(x)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # stride 4
         x = self.layer1(x)  # stride 4, 256 channels
         c2 = self.layer2(x)  # stride 8
@@ -207,6 +223,7 @@ class TinyBackbone(nn.Module):
         self.out_channels = {"c2": w2, "c3": w3, "c4": w4}
 
     def forward(self, x: Tensor) -> Dict[str, Tensor]:
+        check_images(x)
         x = self.layer1(self.stem(x))  # stride 4
         c2 = self.layer2(x)  # stride 8
         c3 = self.layer3(c2)
