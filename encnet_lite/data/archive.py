@@ -4,7 +4,7 @@ A *source* is a path: a ``.tar``/``.tar.gz``/``.tgz`` file, or a directory holdi
 archive's extracted contents. Member names are the archive's relative paths with ``/``.
 Iteration streams the archive once, so a 1.4 GB ``.tgz`` is never decompressed twice, and
 holds one member at a time, read in chunks up to a size limit (``ENCNET_MAX_MEMBER_BYTES``,
-default 512 MiB): a small archive with a huge member cannot exhaust memory.
+default 64 MiB): a small archive with a huge member cannot exhaust memory.
 """
 
 from __future__ import annotations

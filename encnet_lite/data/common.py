@@ -93,7 +93,7 @@ def colorize(mask: Union[np.ndarray, torch.Tensor], palette: np.ndarray,
 # Defaults of the two limits below; the environment variables override them (for datasets
 # with unusually large images or archive members).
 MAX_IMAGE_PIXELS = 89_478_485  # PIL's own warning threshold (about 9459 x 9459)
-MAX_MEMBER_BYTES = 512 << 20  # no file of the PASCAL archives comes near this
+MAX_MEMBER_BYTES = 64 << 20  # the PASCAL archives' largest files are about 1 MB
 IMAGE_PIXELS_ENV = "ENCNET_MAX_IMAGE_PIXELS"
 MEMBER_BYTES_ENV = "ENCNET_MAX_MEMBER_BYTES"
 
