@@ -42,7 +42,9 @@ def test_cli_overrides_every_field_of_the_preset():
     cfg = config_from_args(args)
     assert (cfg.epochs, cfg.aux, cfg.lr, cfg.num_codes, cfg.out) == (3, False, 0.1, 16, "/tmp/x")
     assert cfg.model == "encnet" and cfg.name == "scenes_encnet_tiny"
-    with pytest.raises(SystemExit):
+    from encnet_lite.cli import UsageError
+
+    with pytest.raises(UsageError, match="--aux maybe: expected a boolean"):
         config_from_args(build_parser().parse_args(["--preset", "scenes_fcn_tiny",
                                                     "--aux", "maybe"]))
 
