@@ -496,7 +496,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                                     "or drop --resume and give --preset to start a new run")
         saved = ckpt_io.load(found)
         ckpt_io.check_header(saved, found)
-        cfg = TrainConfig.from_dict(saved["config"])
+        try:
+            cfg = TrainConfig.from_dict(saved["config"])
+        except (TypeError, ValueError) as exc:  # a model name this version lacks, ...
+            raise ckpt_io.IncompatibleCheckpointError(
+                f"{found}: its config does not fit this version ({exc}); resume a run of "
+                "this version, or start a new one with --preset") from None
     else:
         raise UsageError("give --preset NAME (or --resume PATH); --help lists the presets")
     if resume_path:

@@ -91,6 +91,7 @@ CASES = [
      "nothing to resume"),
     ("train", ["--resume", "{d}/run/best.pt", *SCENES], "holds only a model"),
     ("train", ["--resume", "{d}/no_config.pt"], "no 'config' dict"),
+    ("train", ["--resume", "{d}/bad_model.pt"], "bad_model.pt: its config does not fit"),
     ("eval", ["--checkpoint", "{d}/no_config.pt"], "no 'config' dict"),
     ("eval", ["--checkpoint", "{d}/no_classes.pt"], "'num_classes' None"),
     ("eval", ["--checkpoint", "{d}/bad_model.pt"], "cannot build its model"),
