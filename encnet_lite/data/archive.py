@@ -44,11 +44,11 @@ def _read_member(f: Optional[IO[bytes]], size: int, where: str, limit: int) -> b
 
 
 def _dir_files(source: Path) -> Iterator[Tuple[str, Path]]:
-    """``(name, path)`` of the regular files under an extracted folder; a symlink that
-    leads outside it is an error (it could make the dataset read any file)."""
+    """``(name, path)`` of the regular files under an extracted folder; a link to a file
+    outside it is an error (it could copy any file of this machine into the dataset)."""
     root = source.resolve()
     for path in sorted(source.rglob("*")):
-        if path.is_symlink() and not path.resolve().is_relative_to(root):
+        if path.is_symlink() and path.is_file() and not path.resolve().is_relative_to(root):
             raise DataError(f"{path} is a link to {path.resolve()}, outside {source}: "
                             "replace it with the file itself")
         if path.is_file():
