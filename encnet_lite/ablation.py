@@ -27,7 +27,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -215,6 +215,28 @@ def summary(runs: Mapping[str, Mapping[str, Any]], base: TrainConfig,
     out["config"] = {k: v for k, v in base.to_dict().items()
                      if k not in ("seed", "out", "name", "model", "se_loss")}
     return out
+
+
+def ordering_steps(result: Mapping[str, Any], key: str = "miou", min_gain: float = 3.0
+                   ) -> List[Dict[str, Any]]:
+    """The paper's ordering FCN < FCN + Context Encoding < EncNet, one step at a time.
+
+    ``result``: rows ``{"fcn": {key: [per seed]}, "fcn_enc": ..., "encnet": ...}`` (e.g. the
+    JSON of ``benchmarks/ablation.py``). A step *holds* when the mean gain is at least
+    ``min_gain`` points and larger than the sum of the two rows' standard deviations over
+    seeds (a difference inside the spread is not evidence). Returns one dict per step whose
+    rows are both present: ``lo``, ``hi``, ``gain``, ``spread``, ``holds``.
+    """
+    names = list(PAPER_VARIANTS)
+    steps = []
+    for lo, hi in zip(names, names[1:]):
+        if lo not in result or hi not in result:
+            continue
+        (m_lo, s_lo), (m_hi, s_hi) = mean_std(result[lo][key]), mean_std(result[hi][key])
+        gain, spread = m_hi - m_lo, s_lo + s_hi
+        steps.append({"lo": lo, "hi": hi, "gain": gain, "spread": spread,
+                      "holds": bool(gain >= min_gain and gain > spread)})
+    return steps
 
 
 def mean_std(values: Sequence[float]) -> tuple:

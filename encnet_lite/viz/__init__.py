@@ -41,6 +41,7 @@ from .results import (
     plot_confusion,
     plot_history,
     plot_k_sweep,
+    plot_lookalike_sweep,
     plot_per_class_iou,
     show_predictions,
 )
@@ -49,6 +50,7 @@ from .widgets import codeword_explorer
 
 __all__ = [
     "add_class_legend", "codeword_explorer", "markdown_table", "plot_ablation",
+    "plot_lookalike_sweep",
     "plot_assignment_map", "plot_class_frequency", "plot_codeword_health", "plot_codeword_maps",
     "plot_codeword_usage",
     "plot_confusion", "plot_context_encoding_pipeline", "plot_context_schemes",

@@ -193,3 +193,38 @@ def plot_k_sweep(ks: Sequence[int], stats: Sequence[Sequence[float]],
     ax.grid(alpha=0.3)
     ax.figure.tight_layout()
     return ax.figure
+
+
+def plot_lookalike_sweep(ranges: Sequence[str], rows: dict, stats: dict, labels: dict,
+                         cap: Optional[float] = None, ax=None):
+    """A metric of each ablation row against how many look-alike objects an image holds.
+
+    ``ranges``: x tick labels (e.g. ``"2-4"``); ``rows = {name: [values per seed, one list
+    per range]}`` (an empty list: not measured at that range); ``stats = {name: [(mean,
+    std) per range]}`` (e.g. :func:`encnet_lite.ablation.mean_std`); ``labels = {name: legend}``.
+    Each row is a line through its means with one-standard-deviation bars and a dot per
+    seed; ``cap``: a dashed reference line (the context-blind mIoU cap).
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(min(6.4, PAGE_WIDTH), 3.4))
+    x = np.arange(len(ranges))
+    for i, (name, per_range) in enumerate(rows.items()):
+        offset = (i - (len(rows) - 1) / 2) * 0.08  # side by side, not on top of each other
+        have = [j for j, v in enumerate(per_range) if len(v)]
+        means = np.array([stats[name][j][0] for j in have], dtype=float)
+        stds = np.array([stats[name][j][1] for j in have], dtype=float)
+        line = ax.errorbar(x[have] + offset, means, yerr=stds,
+                           marker="o", capsize=4, label=labels.get(name, name))
+        for j in have:
+            ax.plot(np.full(len(per_range[j]), x[j] + offset), per_range[j], ".",
+                    color=line[0].get_color(), ms=5, alpha=0.7)
+    if cap is not None:
+        ax.axhline(cap, color="0.3", linestyle="--", linewidth=1, label="context-blind cap")
+    ax.set_xticks(x, list(ranges))
+    ax.set_xlabel("look-alike objects per image")
+    ax.set_ylabel("mIoU (%)")
+    ax.set_ylim(top=100.0)  # a percentage
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    ax.figure.tight_layout()
+    return ax.figure

@@ -1,0 +1,52 @@
+"""The ablation's ordering verdict and the look-alike sweep figure: values, not just no error."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from encnet_lite import ablation, viz  # noqa: E402
+
+
+def rows(fcn, enc, encnet):
+    return {"fcn": {"miou": fcn}, "fcn_enc": {"miou": enc}, "encnet": {"miou": encnet}}
+
+
+def test_a_step_holds_only_when_it_clears_3_points_and_the_spread():
+    steps = ablation.ordering_steps(rows([64, 64, 64], [70, 71, 72], [95, 95, 95]))
+    assert [(s["lo"], s["hi"]) for s in steps] == [("fcn", "fcn_enc"), ("fcn_enc", "encnet")]
+    assert steps[0]["gain"] == pytest.approx(7.0) and steps[0]["spread"] == pytest.approx(1.0)
+    assert steps[0]["holds"] and steps[1]["holds"]
+    # +10 on average, but one seed of the middle row sits at the FCN's level: inside the spread
+    wide = ablation.ordering_steps(rows([64, 64, 64], [64, 65, 93], [95, 95, 95]))
+    assert wide[0]["gain"] == pytest.approx(10.0) and not wide[0]["holds"]
+    # clear of the spread but under 3 points
+    small = ablation.ordering_steps(rows([64, 64, 64], [66, 66, 66], [95, 95, 95]))
+    assert small[0]["spread"] == 0 and not small[0]["holds"]
+    assert ablation.ordering_steps({"fcn": {"miou": [1]}}) == []  # rows missing: no step
+
+
+def test_lookalike_sweep_draws_each_rows_means_and_seeds():
+    ranges = ["2-4", "3-6", "4-8"]
+    per_seed = {"fcn": [[64, 65], [], [63, 64]], "encnet": [[90, 94], [80, 82], [95, 96]]}
+    stats = {k: [ablation.mean_std(v) if v else None for v in r] for k, r in per_seed.items()}
+    fig = viz.plot_lookalike_sweep(ranges, per_seed, stats, {"fcn": "FCN", "encnet": "EncNet"},
+                                   cap=65.7)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ranges
+    assert ax.get_ylim()[1] == 100.0
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert sorted(legend) == ["EncNet", "FCN", "context-blind cap"]
+    means = [c for c in ax.containers]  # one errorbar container per row
+    fcn_line = means[0].lines[0]
+    np.testing.assert_allclose(fcn_line.get_ydata(), [64.5, 63.5])  # the unmeasured 3-6 skipped
+    enc_line = means[1].lines[0]
+    np.testing.assert_allclose(enc_line.get_ydata(), [92, 81, 95.5])
+    assert fcn_line.get_xdata()[0] < enc_line.get_xdata()[0]  # offset side by side
+    dots = [l for l in ax.lines if l.get_linestyle() == "None" and l.get_marker() == "."]
+    assert sorted(float(v) for l in dots for v in l.get_ydata()) == sorted(
+        float(v) for r in per_seed.values() for vs in r for v in vs)
+    cap = [l for l in ax.lines if l.get_linestyle() == "--"]
+    assert cap and cap[0].get_ydata()[0] == pytest.approx(65.7)
