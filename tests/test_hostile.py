@@ -47,6 +47,23 @@ def test_a_poisoned_hub_cache_file_runs_no_code(tmp_path, monkeypatch):
     assert os.path.getsize(cached) > 0  # the file is left for the user to inspect
 
 
+def test_every_unpickling_call_in_the_library_is_weights_only():
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "encnet_lite"
+    calls = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                    node.func.attr in ("load", "load_state_dict_from_url") and \
+                    ast.unparse(node.func.value) in ("torch", "torch.hub"):
+                flags = {k.arg: ast.unparse(k.value) for k in node.keywords}
+                calls.append((path.name, node.lineno, flags.get("weights_only")))
+    assert len(calls) >= 3  # backbones (file and hub cache), checkpoint
+    assert [c for c in calls if c[2] != "True"] == []
+
+
 # ---------------------------------------------------------------------------- ids as paths
 
 
