@@ -49,10 +49,11 @@ def known_errors() -> Tuple[Type[BaseException], ...]:
     from .checkpoint import CheckpointError
     from .data.common import DataError, DatasetNotFoundError
     from .data.download import DownloadError
+    from .models.backbones import WeightsError
     from .runfolder import RunFolderError
 
     return (UsageError, DataError, DatasetNotFoundError, CheckpointError, RunFolderError,
-            DownloadError, FileNotFoundError, PermissionError, NotADirectoryError,
+            DownloadError, WeightsError, FileNotFoundError, PermissionError, NotADirectoryError,
             IsADirectoryError, FileExistsError, ValueError, FloatingPointError)
 
 

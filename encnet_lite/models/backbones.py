@@ -19,13 +19,17 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-__all__ = ["ResNetBackbone", "TinyBackbone", "check_images", "conv_bn_relu",
+__all__ = ["ResNetBackbone", "TinyBackbone", "WeightsError", "check_images", "conv_bn_relu",
            "load_resnet_state_dict"]
 
 _RESNETS = {
     50: (torchvision.models.resnet50, torchvision.models.ResNet50_Weights.IMAGENET1K_V1),
     101: (torchvision.models.resnet101, torchvision.models.ResNet101_Weights.IMAGENET1K_V1),
 }
+
+
+class WeightsError(RuntimeError):
+    """ImageNet weights could not be had (offline, or a file that is not plain weights)."""
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
@@ -75,7 +79,7 @@ def load_resnet_state_dict(depth: int, weights_path: Optional[Union[str, Path]] 
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # a pickle that needs code, a truncated or foreign file
-            raise RuntimeError(f"weights_path={str(path)!r} is not a plain state dict of "
+            raise WeightsError(f"weights_path={str(path)!r} is not a plain state dict of "
                                f"tensors ({type(err).__name__}); nothing was run. Give a "
                                "torchvision ResNet .pth file.") from err
         for key in ("state_dict", "model"):
@@ -99,13 +103,13 @@ def _hub_state_dict(depth: int, url: str) -> Dict[str, Tensor]:
                                                   weights_only=True)
     except Exception as err:  # offline, proxy, corrupt or unsafe file: all end the same way
         if (cache / filename).is_file():
-            raise RuntimeError(
+            raise WeightsError(
                 f"{cache / filename} is not a plain ResNet-{depth} weights file "
                 f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
                 "it was not loaded (only tensors are read from the torch.hub cache, no "
                 "code runs). Delete it and download it again, or pass "
                 f"weights_path='/path/to/{filename}'.") from err
-        raise RuntimeError(
+        raise WeightsError(
             f"Could not fetch the ImageNet weights of ResNet-{depth} ({url}): "
             f"{type(err).__name__}: {err}\n"
             "No network? Either\n"
