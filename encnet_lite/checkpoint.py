@@ -154,7 +154,8 @@ def load(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict
     """Load a checkpoint dict; a clear error for a missing or foreign file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+        raise FileNotFoundError(f"no checkpoint at {path}: check the path (a run's best.pt "
+                                "or last.pt)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated file, pickle from elsewhere, ...

@@ -118,7 +118,9 @@ def check_device(name: str, flag: str = "--device") -> torch.device:
     try:
         device = resolve_device(name)
     except RuntimeError as exc:  # torch's 'Expected one of cpu, cuda, ...' or no GPU
-        raise UsageError(f"{flag} {name}: {one_line(exc).split('. ')[0]}; {fix}") from None
+        why = ("not a device type torch knows" if "Expected one of" in str(exc)
+               else one_line(exc))
+        raise UsageError(f"{flag} {name}: {why}; {fix}") from None
     if device.type not in ("cpu", "cuda", "mps"):
         raise UsageError(f"{flag} {name}: this library runs models on cpu, cuda or mps, "
                          f"not {device.type}; {fix}")
