@@ -45,8 +45,8 @@ def test_lookalike_sweep_draws_each_rows_means_and_seeds():
     enc_line = means[1].lines[0]
     np.testing.assert_allclose(enc_line.get_ydata(), [92, 81, 95.5])
     assert fcn_line.get_xdata()[0] < enc_line.get_xdata()[0]  # offset side by side
-    dots = [l for l in ax.lines if l.get_linestyle() == "None" and l.get_marker() == "."]
-    assert sorted(float(v) for l in dots for v in l.get_ydata()) == sorted(
+    dots = [ln for ln in ax.lines if ln.get_linestyle() == "None" and ln.get_marker() == "."]
+    assert sorted(float(v) for line in dots for v in line.get_ydata()) == sorted(
         float(v) for r in per_seed.values() for vs in r for v in vs)
-    cap = [l for l in ax.lines if l.get_linestyle() == "--"]
+    cap = [ln for ln in ax.lines if ln.get_linestyle() == "--"]
     assert cap and cap[0].get_ydata()[0] == pytest.approx(65.7)
