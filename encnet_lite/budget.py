@@ -35,10 +35,42 @@ def _sync(device: torch.device) -> None:
 
 
 def _memory_now(device: torch.device) -> int:
-    """Bytes in use: CUDA tensors allocated, or this process's peak resident set on a CPU."""
+    """Bytes in use: CUDA tensors allocated, or this process's resident set on a CPU."""
     if device.type == "cuda":
         return torch.cuda.memory_allocated(device)
-    return _peak_rss()
+    return _proc_status_bytes("VmRSS") or _peak_rss()
+
+
+def _reset_peak(device: torch.device) -> None:
+    """Start the peak counter afresh, so that what this process did before (another model,
+    an earlier chapter cell) does not count. On a CPU this needs Linux (``clear_refs``);
+    elsewhere the peak stays the process's lifetime peak, an upper bound."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM, the resident set's high-water mark
+    except OSError:
+        pass
+
+
+def _peak_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return _proc_status_bytes("VmHWM") or _peak_rss()
+
+
+def _proc_status_bytes(field: str) -> int:
+    """A ``kB`` field of ``/proc/self/status`` in bytes; 0 where there is none."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def _peak_rss() -> int:
@@ -78,8 +110,7 @@ def _time_training(cfg: TrainConfig, device: torch.device, iterations: int,
     sampler = engine.TrainSampler(len(train_ds), cfg.batch_size, cfg.seed)
     loader = engine.train_loader(train_ds, sampler, cfg.workers,
                                  pin_memory=device.type == "cuda")
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    _reset_peak(device)
     fixed = _memory_now(device)  # weights (+ the process itself on a CPU)
     batches = iter(loader)
     model.train()
@@ -96,7 +127,7 @@ def _time_training(cfg: TrainConfig, device: torch.device, iterations: int,
         engine.train_step(model, images, masks, loss_fn, optimizer, scaler, amp_dtype)
     _sync(device)
     seconds = (time.perf_counter() - start) / iterations
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _peak_rss()
+    peak = _peak_memory(device)
     return {"model": model, "val_ds": val_ds, "num_classes": num_classes, "amp": amp_dtype,
             "seconds_per_iteration": seconds, "peak_memory": peak, "fixed_memory": fixed,
             "iterations_per_epoch": sampler.batches_per_epoch, "train_images": len(train_ds),
