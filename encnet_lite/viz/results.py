@@ -206,7 +206,7 @@ def plot_lookalike_sweep(ranges: Sequence[str], rows: dict, stats: dict, labels:
     seed; ``cap``: a dashed reference line (the context-blind mIoU cap).
     """
     if ax is None:
-        _, ax = plt.subplots(figsize=(min(6.4, PAGE_WIDTH), 3.4))
+        _, ax = plt.subplots(figsize=(min(6.4, PAGE_WIDTH), 4.0))
     x = np.arange(len(ranges))
     for i, (name, per_range) in enumerate(rows.items()):
         offset = (i - (len(rows) - 1) / 2) * 0.08  # side by side, not on top of each other
@@ -224,7 +224,8 @@ def plot_lookalike_sweep(ranges: Sequence[str], rows: dict, stats: dict, labels:
     ax.set_xlabel("look-alike objects per image")
     ax.set_ylabel("mIoU (%)")
     ax.set_ylim(top=100.0)  # a percentage
-    ax.legend(fontsize=8, loc="lower right")
+    # Below the axes: inside, it would hide a point whatever the corner.
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
     ax.grid(alpha=0.3)
     ax.figure.tight_layout()
     return ax.figure
