@@ -60,10 +60,14 @@ def known_errors() -> Tuple[Type[BaseException], ...]:
 def run(prog: str, body: Callable[[], int],
         errors: Optional[Iterable[Type[BaseException]]] = None) -> int:
     """``body()``'s exit status; a known error (see :func:`known_errors`) becomes one line
-    and status 2, Ctrl-C status 130. Other exceptions (bugs) keep their traceback."""
+    and status 2, Ctrl-C status 130. Other exceptions (bugs) keep their traceback, and so
+    does every error when ``ENCNET_TRACEBACK=1`` (a ``ValueError`` from deep inside the
+    library is reported in one line otherwise: set it to see where it came from)."""
     try:
         return body()
     except tuple(errors or known_errors()) as exc:
+        if os.environ.get("ENCNET_TRACEBACK", "") not in ("", "0"):
+            raise
         return error(prog, exc)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

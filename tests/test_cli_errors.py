@@ -183,3 +183,16 @@ def test_no_traceback_reaches_the_terminal(files, module, args, phrase):
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
     assert phrase in proc.stderr and proc.stdout == ""
     assert (files / "run" / "best.pt").read_bytes() == before
+
+
+def test_encnet_traceback_shows_the_traceback_of_a_known_error(monkeypatch, capsys):
+    from encnet_lite import cli
+
+    def body():
+        raise ValueError("bad value deep inside")
+
+    assert cli.run("prog", body) == 2
+    assert capsys.readouterr().err == "prog: error: bad value deep inside\n"
+    monkeypatch.setenv("ENCNET_TRACEBACK", "1")
+    with pytest.raises(ValueError, match="deep inside"):
+        cli.run("prog", body)
