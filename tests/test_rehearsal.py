@@ -8,24 +8,29 @@ working folder, with the dataset prepared from a miniature in the upstream forma
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "_ext"))
+import kernel_replies  # noqa: E402  (the book build's Sphinx extension, see make book)
+
 CHAPTER = ROOT / "book" / "07_pcontext.ipynb"
 
 
 def execute_chapter(path: Path, cwd: Path, timeout: int = 180, tries: int = 2):
     """Run every cell of ``path`` in a fresh kernel started in ``cwd``; the executed notebook.
 
-    nbclient occasionally never sees the reply of a cell the kernel has finished (the
-    kernel sits idle; seen here a few times in a loaded run, with ipykernel 6 and 7). A
-    cell that exceeds ``timeout`` seconds is therefore run again once, notebook and kernel
-    afresh; every cell of these chapters takes seconds, so a timeout means that hang.
+    nbclient could miss the wake-up for a reply the kernel had sent and wait out the cell
+    timeout (``_ext/kernel_replies.py``, installed here as in ``make book``). As a second
+    line of defence, a cell that exceeds ``timeout`` seconds is run again once, notebook
+    and kernel afresh: every cell of these chapters takes seconds.
     """
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
+    kernel_replies.install()
     for attempt in range(1, tries + 1):
         nb = nbformat.read(path, as_version=4)
         client = nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
