@@ -37,29 +37,22 @@ def _rgb(colour):
 # ------------------------------------------------------------------ palette and colorize
 
 
-def _devkit_palette(n: int) -> np.ndarray:
-    """The PASCAL VOC devkit's colour map (VOClabelcolormap.m): the bits of the label,
-    read three at a time, fill R, G, B from their most significant bit down."""
-    out = np.zeros((n, 3), dtype=np.uint8)
-    for label in range(n):
-        r = g = b = 0
-        c = label
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        out[label] = (r, g, b)
-    return out
+# The 21 colours of PASCAL VOC label PNGs (background, aeroplane, ..., tvmonitor), as the
+# devkit's VOClabelcolormap.m produces them: literal values, not a second implementation.
+VOC_COLOURS = [
+    (0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128), (128, 0, 128),
+    (0, 128, 128), (128, 128, 128), (64, 0, 0), (192, 0, 0), (64, 128, 0), (192, 128, 0),
+    (64, 0, 128), (192, 0, 128), (64, 128, 128), (192, 128, 128), (0, 64, 0), (128, 64, 0),
+    (0, 192, 0), (128, 192, 0), (0, 64, 128),
+]
 
 
 def test_voc_palette_is_the_devkit_colour_map():
     palette = voc_palette(256)
     assert palette.shape == (256, 3) and palette.dtype == np.uint8
-    np.testing.assert_array_equal(palette, _devkit_palette(256))
-    # Colours anyone who has seen a VOC label PNG knows: background, aeroplane, person, void.
-    assert palette[0].tolist() == [0, 0, 0] and palette[1].tolist() == [128, 0, 0]
-    assert palette[15].tolist() == [192, 128, 128] and palette[255].tolist() == [224, 224, 192]
+    assert [tuple(c) for c in palette[:21].tolist()] == VOC_COLOURS
+    assert palette[255].tolist() == [224, 224, 192]  # void, the ignored border
+    assert len({tuple(c) for c in palette.tolist()}) == 256  # every label its own colour
     np.testing.assert_array_equal(voc_palette(21), palette[:21])
 
 
