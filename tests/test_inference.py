@@ -12,14 +12,6 @@ from encnet_lite.models import encnet_tiny
 CLASSES = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: avoid oversubscription
-    yield
-    torch.set_num_threads(n)
-
-
 def pointwise_model() -> nn.Module:
     """A 1x1 conv on the pixels: resizing, mirroring and cropping commute with it, so it is
     scale-, flip- and translation-equivariant by construction."""

@@ -28,15 +28,6 @@ CLASSES = 7
 ODD = (97, 131)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on 2 shared cores, torch's spinning threads oversubscribe
-    (a 10-100x slowdown when other processes run)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 TINY_BUILDERS = {
     "fcn_tiny": lambda: fcn_tiny(CLASSES),
     "encnet_tiny": lambda: encnet_tiny(CLASSES),

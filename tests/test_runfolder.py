@@ -8,9 +8,10 @@ import sys
 
 import pytest
 import torch
+from helpers import tiny as tiny_run
 
 from encnet_lite import checkpoint as ckpt_io
-from encnet_lite import presets, runfolder
+from encnet_lite import runfolder
 from encnet_lite import train as train_mod
 from encnet_lite.checkpoint import TrainState
 from encnet_lite.runfolder import RunFolderError
@@ -24,10 +25,7 @@ RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.json")
 
 def tiny(out, **kw):
     """4 iterations of 4 images of 64 px: about a second."""
-    base = dict(num_train_images=16, num_val_images=8, image_size=64, batch_size=4, epochs=1,
-                workers=0, out=str(out), progress=False, threads=1)
-    base.update(kw)
-    return presets.scenes_encnet_tiny(**base)
+    return tiny_run(out, **{"num_train_images": 16, "epochs": 1, "threads": 1, **kw})
 
 
 def dead_pid() -> int:

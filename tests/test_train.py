@@ -10,31 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import crash_during, tiny
 
 from encnet_lite import checkpoint as ckpt_io
-from encnet_lite import evaluate, presets
+from encnet_lite import evaluate
 from encnet_lite import train as train_mod
 from encnet_lite.train import load_history, train
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Bit-exact comparisons need the same thread count in every run; one thread also avoids
-    # OpenMP spinning against the other test worker on a 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def tiny(out, **kw):
-    """6 iterations per epoch of 4 images of 64 px: a second per run."""
-    base = dict(num_train_images=24, num_val_images=8, image_size=64, batch_size=4, epochs=2,
-                workers=0, out=str(out), progress=False)
-    base.update(kw)
-    return presets.scenes_encnet_tiny(**base)
 
 
 def test_train_writes_logs_and_checkpoints(tmp_path):
@@ -82,18 +65,7 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path, monkeyp
     full = train(tiny(tmp_path / "full"))
     # Same run, checkpointing every 4 iterations, crashes during iteration 10 (epoch 2).
     cfg = tiny(tmp_path / "crash", checkpoint_every=4)
-    real_step, calls = train_mod.train_step, []
-
-    def crashing_step(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 10:
-            raise RuntimeError("simulated crash")
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "train_step", crashing_step)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train(cfg)
-    monkeypatch.setattr(train_mod, "train_step", real_step)
+    crash_during(cfg, monkeypatch, at=10)
     assert ckpt_io.load(tmp_path / "crash" / "last.pt")["iteration"] == 8
     with open(tmp_path / "crash" / "iterations.jsonl", "a") as f:
         f.write('{"iteration": 10, "lo')  # a line torn by the crash

@@ -3,27 +3,16 @@ interrupted run resumed with DataLoader worker processes."""
 
 import pytest
 import torch
+from helpers import crash_during
+from helpers import tiny as tiny_run
 
 from encnet_lite import checkpoint as ckpt_io
-from encnet_lite import presets
-from encnet_lite import train as train_mod
 from encnet_lite.train import load_history, train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # bit-exact comparisons need the same thread count
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny(out, **kw):
-    """6 iterations per epoch (24 images of 48 px, batches of 4)."""
-    base = dict(num_train_images=24, num_val_images=4, image_size=48, batch_size=4, epochs=1,
-                workers=0, out=str(out), progress=False)
-    base.update(kw)
-    return presets.scenes_encnet_tiny(**base)
+    """6 iterations per epoch of 4 images of 48 px, 1 epoch."""
+    return tiny_run(out, **{"image_size": 48, "num_val_images": 4, "epochs": 1, **kw})
 
 
 def _steps(out):
@@ -33,18 +22,7 @@ def _steps(out):
 
 def _crash_then_resume(cfg, monkeypatch, at: int):
     """Run ``cfg`` until a crash inside iteration ``at``, then resume it to the end."""
-    real_step, calls = train_mod.train_step, []
-
-    def crashing_step(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == at:
-            raise RuntimeError("simulated crash")
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "train_step", crashing_step)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train(cfg)
-    monkeypatch.setattr(train_mod, "train_step", real_step)
+    crash_during(cfg, monkeypatch, at)
     return train(cfg, resume=True)
 
 

@@ -11,23 +11,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from helpers import bars as _bars  # noqa: E402
 from matplotlib.colors import to_rgba  # noqa: E402
-from matplotlib.container import BarContainer  # noqa: E402
 
 from encnet_lite import viz  # noqa: E402
 from encnet_lite.data import colorize  # noqa: E402
 from encnet_lite.data.common import voc_palette  # noqa: E402
 from encnet_lite.encoding import soft_assignment  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
-
-
-def _bars(ax):
-    return [p for c in ax.containers if isinstance(c, BarContainer) for p in c.patches]
 
 
 def _rgb(colour):
