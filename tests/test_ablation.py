@@ -88,6 +88,24 @@ def test_saved_results_show_the_context_gap():
     assert all(g > 0 and not math.isnan(g) for g in gain)
 
 
+SWEEP = sorted(RESULTS.parent.glob("ablation_lookalikes_*.json"))
+
+
+@pytest.mark.data_check
+@pytest.mark.parametrize("path", SWEEP, ids=[p.name for p in SWEEP])
+def test_saved_sweep_files_are_what_their_names_say(path):
+    """Checks on committed data (benchmarks/ablation.py --lookalikes ... wrote them)."""
+    result = json.loads(path.read_text())
+    check_schema(result)
+    lo, hi = (int(v) for v in path.stem.rsplit("_", 2)[-2:])
+    assert (result["config"]["min_lookalikes"], result["config"]["max_lookalikes"]) == (lo, hi)
+    assert f"--lookalikes {lo} {hi}" in result["command"]
+    for name in ROWS:
+        assert len(result[name]["miou"]) == len(result[name]["seeds"]) == 3
+    # No context-blind model passes the cap, at any density (finite val split: 1 point slack).
+    assert max(result["fcn"]["miou"]) <= result["blind_caps"]["miou"] + 1.0
+
+
 @pytest.mark.slow
 def test_run_grid_in_parallel_processes_gives_the_serial_results(tmp_path):
     """jobs=2 (spawned processes) and jobs=1 (this process) train the same runs alike."""
