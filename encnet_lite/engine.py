@@ -153,9 +153,9 @@ def build_datasets(cfg: TrainConfig) -> Tuple[Dataset, Dataset]:
         look = (cfg.min_lookalikes, cfg.max_lookalikes)
         train = data.ContextScenes(cfg.num_train_images, size=cfg.image_size, seed=cfg.data_seed,
                                    split="train", transform=data.RandomHorizontalFlip(0.5),
-                                   lookalikes=look)
+                                   lookalikes=look, day_night=cfg.day_night)
         val = data.ContextScenes(cfg.num_val_images, size=cfg.image_size, seed=cfg.data_seed,
-                                 split="val", lookalikes=look)
+                                 split="val", lookalikes=look, day_night=cfg.day_night)
         return train, val
     root = cfg.data_root or f"data/{cfg.dataset}"
     cls = data.PascalContext if cfg.dataset == "pcontext" else data.PascalVOC

@@ -191,7 +191,8 @@ def eval_dataset(cfg: TrainConfig, data_root: Optional[str] = None,
     if cfg.dataset == "scenes":
         return data.ContextScenes(cfg.num_val_images, size=cfg.image_size, seed=cfg.data_seed,
                                   split=split,
-                                  lookalikes=(cfg.min_lookalikes, cfg.max_lookalikes))
+                                  lookalikes=(cfg.min_lookalikes, cfg.max_lookalikes),
+                                  day_night=cfg.day_night)
     root = data_root or cfg.data_root or f"data/{cfg.dataset}"
     cls = data.PascalContext if cfg.dataset == "pcontext" else data.PascalVOC
     return cls(root, split=split)

@@ -67,6 +67,7 @@ class TrainConfig:
     data_seed: int = 0  # scenes only: which synthetic images (train and val are disjoint)
     min_lookalikes: int = 4  # scenes only: fewest look-alike objects per image
     max_lookalikes: int = 8  # scenes only: most look-alike objects per image
+    day_night: bool = False  # scenes only: a second context (day/night decides the birds)
     crop_size: int = 480  # PASCAL: random crop side
     base_size: int = 520  # PASCAL: long side before the random [0.5, 2] rescale
     # --- optimisation
@@ -138,7 +139,7 @@ RUNTIME_FIELDS = frozenset(
 )
 # Fields that decide the model's architecture: a checkpoint with others is incompatible.
 MODEL_FIELDS = ("model", "backbone", "num_codes", "se_loss", "aux", "lateral", "dataset",
-                "encoder")
+                "encoder", "day_night")
 
 
 def cpu_workers(most: int = 8) -> int:
@@ -193,10 +194,11 @@ def scenes_encnet_tiny(**overrides: Any) -> TrainConfig:
     (0.05, head 0.5) is far above the ImageNet-initialised recipe's 1e-3. On a 2-core CPU
     an epoch takes 6-15 s (one thread) when the CPU is not shared; EncNet passes the
     context-blind mIoU cap during training and the FCN cannot (the final scores of three
-    seeds of each are in ``benchmarks/results/ablation.json``). ``threads=1``: the tiny
-    model gains little from a second thread, and on a CPU shared with other jobs two OpenMP
-    threads can run 10x slower than one (measured here: 2 img/s instead of 40); pass
-    ``threads=0`` to keep torch's.
+    seeds of each: ``benchmarks/results/ablation_lookalikes_4_8.json``). ``threads=1``: the
+    tiny model gains little from a second thread, and on a CPU shared with other jobs two
+    OpenMP threads can run 10x slower than one (measured here: 2 img/s instead of 40); pass
+    ``threads=0`` to keep torch's. ``day_night=True`` adds the second piece of context that
+    the ablation (``benchmarks/ablation.py``) trains on.
 
     ``encoder="shared_kmeans"`` (one smoothing factor, codewords from k-means of the first
     batch's descriptors) instead of the official encoding layer: with the official one,

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from encnet_lite import ablation
+from encnet_lite.data.scenes import LOOKALIKES
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "ablation.py"
@@ -54,6 +55,19 @@ def test_restricted_confusion_rows_sum_to_one():
     assert out[0].tolist() == pytest.approx([3 / 6, 1 / 6, 2 / 6])  # car->car, wagon, other
 
 
+def test_ablation_config_is_the_preset_on_two_contexts_for_longer():
+    from encnet_lite import presets
+
+    cfg = ablation.ablation_config()
+    preset = presets.scenes_encnet_tiny()
+    assert cfg.day_night and not preset.day_night
+    assert cfg.epochs == ablation.ABLATION_EPOCHS > preset.epochs
+    assert cfg.val_every == 0 and not cfg.progress
+    assert cfg.replace(epochs=preset.epochs, day_night=False, val_every=preset.val_every,
+                       progress=True) == preset  # nothing else differs
+    assert ablation.ablation_config(epochs=3, day_night=False).epochs == 3  # overrides win
+
+
 def test_k_variants_skip_zero():
     assert set(ablation.k_variants([0, 4, 16])) == {"encnet_k4", "encnet_k16"}
     assert ablation.k_variants([4])["encnet_k4"]["num_codes"] == 4
@@ -72,6 +86,12 @@ def test_script_quick_run_writes_the_schema(tmp_path):
     assert result["fcn_enc"]["overrides"] == {"model": "encnet", "se_loss": False}
 
 
+def group_iou(result: dict, row: str, names: list) -> list:
+    """Mean IoU of the classes ``names`` in each seed of ``row``."""
+    ids = [result["classes"].index(c) for c in names]
+    return [sum(run[c] for c in ids) / len(ids) for run in result[row]["iou"]]
+
+
 @pytest.mark.data_check
 @pytest.mark.skipif(not RESULTS.is_file(), reason="no saved ablation results")
 def test_saved_results_show_the_context_gap():
@@ -82,10 +102,33 @@ def test_saved_results_show_the_context_gap():
     assert encnet - fcn >= 10, "EncNet should beat the FCN by 10 mIoU points on ContextScenes"
     # No context-blind model can pass the cap: the FCN must stay below it.
     assert max(result["fcn"]["miou"]) <= result["blind_caps"]["miou"] + 1.0  # finite val split
-    look = [result["classes"].index(c) for c in result["context_classes"]]
-    gain = [sum(result["encnet"]["iou"][s][c] - result["fcn"]["iou"][s][c]
-                for c in look) / len(look) for s in range(3)]
-    assert all(g > 0 and not math.isnan(g) for g in gain)
+    look = group_iou(result, "encnet", result["context_classes"])
+    assert all(e - f > 0 and not math.isnan(e - f) for e, f in
+               zip(look, group_iou(result, "fcn", result["context_classes"])))
+
+
+@pytest.mark.data_check
+@pytest.mark.skipif(not RESULTS.is_file(), reason="no saved ablation results")
+def test_saved_results_reproduce_the_papers_ordering_step_by_step():
+    """FCN < FCN + Context Encoding < EncNet, each step >= 3 mIoU points and larger than the
+    sum of the two rows' standard deviations (issue 12), on the scenes with two pieces of
+    context; and each step's gain sits where it should: the look-alikes, then the birds."""
+    result = json.loads(RESULTS.read_text())
+    assert result["config"]["day_night"] and result["bird_classes"] == ["pigeon", "bat"]
+    steps = ablation.ordering_steps(result)
+    assert [(s["lo"], s["hi"]) for s in steps] == [("fcn", "fcn_enc"), ("fcn_enc", "encnet")]
+    for step in steps:
+        assert step["holds"], step
+        assert step["gain"] >= 3 and step["gain"] > step["spread"]
+    caps = result["blind_caps"]
+    # The module alone reads the kind but not the time: above the blind cap, at most the
+    # kind-only cap; EncNet passes the kind-only cap in every seed.
+    assert min(result["fcn_enc"]["miou"]) > caps["miou"] + 1.0
+    assert max(result["fcn_enc"]["miou"]) <= caps["miou_kind_only"] + 1.0
+    assert min(result["encnet"]["miou"]) > caps["miou_kind_only"]
+    birds = {k: group_iou(result, k, result["bird_classes"]) for k in ROWS}
+    assert max(birds["fcn_enc"]) <= caps["bird_iou"] + 5.0  # random guessing between 2
+    assert min(e - f for e, f in zip(birds["encnet"], birds["fcn_enc"])) > 20
 
 
 SWEEP = sorted(RESULTS.parent.glob("ablation_lookalikes_*.json"))
@@ -98,8 +141,12 @@ def test_saved_sweep_files_are_what_their_names_say(path):
     result = json.loads(path.read_text())
     check_schema(result)
     lo, hi = (int(v) for v in path.stem.rsplit("_", 2)[-2:])
-    assert (result["config"]["min_lookalikes"], result["config"]["max_lookalikes"]) == (lo, hi)
-    assert f"--lookalikes {lo} {hi}" in result["command"]
+    config = result["config"]  # a file written before the fields existed: the defaults
+    assert (config.get("min_lookalikes", LOOKALIKES[0]),
+            config.get("max_lookalikes", LOOKALIKES[1])) == (lo, hi)
+    assert not config.get("day_night", False)  # the plain scenes: kind only
+    if (lo, hi) != LOOKALIKES:  # the default range was run without the flag
+        assert f"--lookalikes {lo} {hi}" in result["command"]
     for name in ROWS:
         assert len(result[name]["miou"]) == len(result[name]["seeds"]) == 3
     # No context-blind model passes the cap, at any density (finite val split: 1 point slack).

@@ -35,6 +35,20 @@ Smaller images: every distance scales with ``size / 128``; below 128 the gap shr
 partly solvable locally and the cap no longer binds. Random rescaling (``transform``) has
 the same effect when it shrinks the image. At ``size >= 128`` the guarantee holds.
 
+A second piece of context (``day_night=True``). Each image is also ``day`` or ``night``,
+independently of its kind (times are balanced within every kind). The time's cue is a strip
+of sky along the band's outer edge, labelled ``day sky`` (plain light blue) or ``night sky``
+(dark, with stars): like the cue band, a class the network must segment, so its features
+tell the times apart. The time decides the class of 3-6 small dark *birds* (about 12x15 px,
+some 5 % of the pixels), drawn by the same code by day and by night beyond the same gap:
+``pigeon`` by day, ``bat`` by night. The same argument caps a blind model's bird classes at
+IoU 1/3 each; a model that reads the kind but not the time is capped at ``miou_kind_only``
+(87.9 % with 11 classes). This is the case the SE-loss is for: the birds are too few pixels
+for the per-pixel loss alone to teach the context vector the time within the ablation's
+budget, while the SE-loss asks every image which birds (and skies) it holds, small or
+not (``benchmarks/results/ablation.json``). With ``day_night=False`` (the default) the
+images are exactly those drawn without it.
+
 Labels: ``ground`` is a real class (id 0), so mIoU covers every pixel; nothing is ignored.
 Images are normalised like the real datasets (ImageNet ``MEAN``/``STD``). Generation is
 deterministic per ``(seed, split, index)``, needs no files and runs at over a thousand images
@@ -54,6 +68,13 @@ from .common import IGNORE_INDEX, normalize
 KINDS = ("harbour", "street", "railway")
 CUE_CLASSES = ("water", "house", "rails")  # one per kind, same order as KINDS
 LOOKALIKE_CLASSES = ("boat", "car", "wagon")  # one per kind, same order as KINDS
+# The second, independent piece of context (``day_night=True``): the time of day.
+TIMES = ("day", "night")
+SKY_CLASSES = ("day sky", "night sky")  # its cue, one per time, same order as TIMES
+BIRD_CLASSES = ("pigeon", "bat")  # the objects it decides, one per time, same order
+SKY_ROWS = 7  # px at size 128: the sky strip along the band's outer edge
+BIRDS = (3, 6)  # birds per image (fewest, most)
+BIRD_H, BIRD_W = (10, 14), (13, 18)  # bird height and width ranges, px at size 128
 CUE_GAP = 36  # px at size 128: min Chebyshev distance cue <-> look-alike
 # Look-alike objects per image, (fewest, most), both included. 4-8 rather than 2-4: with
 # 2-4 (about 6 % of the pixels on look-alikes) the per-pixel loss alone (no SE-loss) taught
@@ -66,7 +87,8 @@ SPLITS = ("train", "val")
 _COLORS = {  # palette (mask colours), not image colours
     "ground": (176, 160, 120), "water": (30, 100, 210), "house": (190, 60, 40),
     "rails": (100, 80, 60), "boat": (250, 200, 0), "car": (230, 40, 170),
-    "wagon": (0, 200, 170),
+    "wagon": (0, 200, 170), "pigeon": (150, 220, 40), "bat": (150, 60, 220),
+    "day sky": (140, 200, 250), "night sky": (20, 20, 90),
 }
 
 
@@ -78,25 +100,37 @@ class Scene(NamedTuple):
     kind: int  # index into ``scene_kinds``
     band: Tuple[int, int]  # rows [start, stop) of the cue band
     boxes: List[Tuple[int, int, int, int]]  # look-alike boxes (y0, x0, h, w)
+    time: int = 0  # index into ``TIMES`` (always 0, day, unless ``day_night``)
+    birds: Tuple[Tuple[int, int, int, int], ...] = ()  # bird boxes (y0, x0, h, w)
 
 
 def blind_caps(num_kinds: int = 3, num_classes: Optional[int] = None,
-               lookalike_fraction: Optional[float] = None) -> Dict[str, float]:
+               lookalike_fraction: Optional[float] = None, num_times: int = 1,
+               bird_fraction: float = 0.0) -> Dict[str, float]:
     """Best scores a model blind to the scene cue can reach (see the module docstring).
 
     Returns ``lookalike_iou`` (per look-alike class), ``miou`` (every other class perfect),
-    ``miou_constant_guess`` and, when ``lookalike_fraction`` is given, ``pixacc``.
+    ``miou_constant_guess`` and, when ``lookalike_fraction`` is given, ``pixacc``. With
+    ``num_times=2`` (``day_night``) the birds are capped the same way (``bird_iou``), and
+    ``miou_kind_only`` is the cap of a model that reads the scene kind but not the time;
+    ``bird_fraction`` (the birds' share of the pixels) then enters the ``pixacc`` cap.
     """
-    k = num_kinds
-    c = num_classes if num_classes is not None else 1 + 2 * k
+    k, t = num_kinds, num_times
+    birds = t if t > 1 else 0  # sky and bird classes exist only with several times of day
+    c = num_classes if num_classes is not None else 1 + 2 * k + 2 * birds
+    bird_share = birds * (1.0 / (2 * t - 1) if birds else 0.0)  # summed bird IoU caps
     caps = {
         "lookalike_iou": 1.0 / (2 * k - 1),
-        "miou": (c - k + k / (2 * k - 1)) / c,
-        "miou_constant_guess": (c - k + 1.0 / k) / c,
+        "miou": (c - k - birds + k / (2 * k - 1) + bird_share) / c,
+        "miou_constant_guess": (c - k - birds + 1.0 / k + (1.0 / t if birds else 0.0)) / c,
         "lookalike_pixacc": 1.0 / k,
     }
+    if birds:
+        caps["bird_iou"] = 1.0 / (2 * t - 1)
+        caps["miou_kind_only"] = (c - birds + bird_share) / c
     if lookalike_fraction is not None:
-        caps["pixacc"] = 1.0 - (1.0 - 1.0 / k) * lookalike_fraction
+        caps["pixacc"] = 1.0 - (1.0 - 1.0 / k) * lookalike_fraction - \
+            ((1.0 - 1.0 / t) * bird_fraction if birds else 0.0)
     return caps
 
 
@@ -124,13 +158,18 @@ class ContextScenes(torch.utils.data.Dataset):
         num_kinds: 2 (harbour, street) or 3 (adds railway).
         lookalikes: (fewest, most) look-alike objects per image, both included. The blind
             caps do not depend on it; how strong the per-pixel signal about the scene is does.
+        day_night: add a second, independent piece of context (module docstring): each
+            image is also ``day`` or ``night`` (a strip of day or night sky at the band's
+            edge), and 3-6 small birds, drawn the same whatever the time, are ``pigeon`` by
+            day and ``bat`` by night.
     """
 
     ignore_index = IGNORE_INDEX
 
     def __init__(self, num_images: int = 1000, size: int = BASE_SIZE, seed: int = 0,
                  transform: Optional[Callable] = None, split: str = "train",
-                 num_kinds: int = 3, lookalikes: Tuple[int, int] = LOOKALIKES):
+                 num_kinds: int = 3, lookalikes: Tuple[int, int] = LOOKALIKES,
+                 day_night: bool = False):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if num_kinds not in (2, 3):
@@ -147,10 +186,18 @@ class ContextScenes(torch.utils.data.Dataset):
         self.scene_kinds: List[str] = list(KINDS[:num_kinds])
         self.cue_class_names = list(CUE_CLASSES[:num_kinds])
         self.lookalike_class_names = list(LOOKALIKE_CLASSES[:num_kinds])
-        self.classes: List[str] = ["ground"] + self.cue_class_names + self.lookalike_class_names
+        self.day_night = bool(day_night)
+        self.num_times = len(TIMES) if self.day_night else 1
+        self.sky_class_names = list(SKY_CLASSES) if self.day_night else []
+        self.bird_class_names = list(BIRD_CLASSES) if self.day_night else []
+        self.classes: List[str] = ["ground"] + self.cue_class_names + \
+            self.lookalike_class_names + self.sky_class_names + self.bird_class_names
         self.num_classes = len(self.classes)
         self.cue_classes = [1 + k for k in range(num_kinds)]
         self.context_classes = [1 + num_kinds + k for k in range(num_kinds)]
+        t = len(self.sky_class_names)
+        self.sky_classes = [1 + 2 * num_kinds + j for j in range(t)]
+        self.bird_classes = [1 + 2 * num_kinds + t + j for j in range(t)]
         self.palette = np.array([_COLORS[c] for c in self.classes], dtype=np.uint8)
         # Geometry, scaled from the 128 px design.
         s = self.size / BASE_SIZE
@@ -158,6 +205,9 @@ class ContextScenes(torch.utils.data.Dataset):
         self._band = (max(2, round(22 * s)), max(2, round(30 * s)))
         self._obj_h = (max(2, round(12 * s)), max(2, round(20 * s)))
         self._obj_w = (max(3, round(18 * s)), max(3, round(34 * s)))
+        self._sky_rows = max(1, round(SKY_ROWS * s))
+        self._bird_h = tuple(max(2, round(v * s)) for v in BIRD_H)
+        self._bird_w = tuple(max(3, round(v * s)) for v in BIRD_W)
         if self._band[1] + self.cue_gap + self._obj_h[1] > self.size:
             raise ValueError(f"size {size} is too small for a cue band, the gap and objects")
         # Bilinear upsampling matrix for the smooth ground texture (5x5 control grid).
@@ -177,9 +227,16 @@ class ContextScenes(torch.utils.data.Dataset):
         """Name of image ``i``'s scene kind, e.g. ``"harbour"``."""
         return self.scene_kinds[self.scene_kind_index(i)]
 
-    def caps(self, lookalike_fraction: Optional[float] = None) -> Dict[str, float]:
-        """:func:`blind_caps` for this dataset's number of kinds and classes."""
-        return blind_caps(self.num_kinds, self.num_classes, lookalike_fraction)
+    def time_index(self, i: int) -> int:
+        """Index (into ``TIMES``) of image ``i``'s time of day: always 0 (day) unless
+        ``day_night``. Times are balanced within every scene kind, independently of it."""
+        return (self._check_index(i) // self.num_kinds) % self.num_times
+
+    def caps(self, lookalike_fraction: Optional[float] = None,
+             bird_fraction: float = 0.0) -> Dict[str, float]:
+        """:func:`blind_caps` for this dataset's number of kinds, times and classes."""
+        return blind_caps(self.num_kinds, self.num_classes, lookalike_fraction, self.num_times,
+                          bird_fraction)
 
     def mask(self, i: int) -> np.ndarray:
         """The ``(H, W)`` label map of image ``i`` (untransformed), e.g. for statistics."""
@@ -192,14 +249,19 @@ class ContextScenes(torch.utils.data.Dataset):
             image, mask = self.transform(image, mask)
         return image, mask
 
-    def render(self, i: int, kind: Optional[int] = None) -> Scene:
-        """Draw image ``i`` (unnormalised). ``kind`` overrides its scene kind while keeping
-        every other random choice: the layout and ground are drawn before the kind is used,
-        which is what makes the look-alikes' surroundings identical across kinds."""
+    def render(self, i: int, kind: Optional[int] = None, time: Optional[int] = None) -> Scene:
+        """Draw image ``i`` (unnormalised). ``kind`` (``time``) overrides its scene kind
+        (time of day) while keeping every other random choice: the layout and ground are
+        drawn before either is used, which is what makes the look-alikes' and the birds'
+        surroundings identical across kinds and times."""
         i = self._check_index(i)
         kind = self.scene_kind_index(i) if kind is None else int(kind)
+        time = self.time_index(i) if time is None else int(time)
         split_id = SPLITS.index(self.split)
-        layout_seq, cue_seq = np.random.SeedSequence([self.seed, split_id, i]).spawn(2)
+        # spawn(3)'s first two children are spawn(2)'s: without day_night the images are
+        # exactly those drawn before birds existed.
+        layout_seq, cue_seq, bird_seq = np.random.SeedSequence(
+            [self.seed, split_id, i]).spawn(3)
         rng = np.random.default_rng(layout_seq)
         n = self.size
 
@@ -241,6 +303,10 @@ class ContextScenes(torch.utils.data.Dataset):
             patch[strip & body] = (0.25, 0.3, 0.4)
             mask[win][inside] = lookalike
 
+        # 3b) birds (day_night only): identical drawing code whatever the time.
+        birds = self._draw_birds(np.random.default_rng(bird_seq), image, mask, boxes, lo, hi,
+                                 self.bird_classes[time]) if self.day_night else ()
+
         # 4) pixel noise, drawn before the kind-dependent cue so it is kind-independent.
         noise = rng.standard_normal((n, n, 3), dtype=np.float32) * np.float32(0.03)
 
@@ -249,10 +315,14 @@ class ContextScenes(torch.utils.data.Dataset):
         r0, r1 = band
         image[r0:r1] = _CUE_PAINTERS[kind](self, cue_rng, r1 - r0)
         mask[r0:r1] = 1 + kind
+        if self.day_night:  # the time's cue: a sky strip along the band's outer edge
+            sky = slice(r0, r0 + self._sky_rows) if top else slice(r1 - self._sky_rows, r1)
+            image[sky] = self._paint_sky(cue_rng, time)
+            mask[sky] = self.sky_classes[time]
 
         image += noise
         np.clip(image, 0.0, 1.0, out=image)
-        return Scene(image, mask, kind, band, boxes)
+        return Scene(image, mask, kind, band, boxes, time, tuple(birds))
 
     # ------------------------------------------------------------------ drawing helpers
     def _check_index(self, i: int) -> int:
@@ -276,6 +346,41 @@ class ContextScenes(torch.utils.data.Dataset):
             return dy * dy + dx * dx <= rr * rr
 
         return rounded(0.0), rounded(1.0)
+
+    def _draw_birds(self, rng: np.random.Generator, image: np.ndarray, mask: np.ndarray,
+                    boxes: List[Tuple[int, int, int, int]], lo: int, hi: int, label: int
+                    ) -> List[Tuple[int, int, int, int]]:
+        """Draw 1-2 small dark birds in rows ``[lo, hi)`` (beyond the cue gap), each placed
+        clear of the look-alikes when one of 20 tries finds room; returns their boxes."""
+        n = self.size
+        birds = []
+        for _ in range(int(rng.integers(BIRDS[0], BIRDS[1] + 1))):
+            h = int(rng.integers(self._bird_h[0], self._bird_h[1] + 1))
+            w = int(rng.integers(self._bird_w[0], self._bird_w[1] + 1))
+            for _ in range(20):
+                y0 = int(rng.integers(lo, hi - h + 1))
+                x0 = int(rng.integers(0, n - w + 1))
+                if not any(y0 < by + bh and by < y0 + h and x0 < bx + bw and bx < x0 + w
+                           for by, bx, bh, bw in boxes + birds):
+                    break
+            shape, _ = self._rounded_box(y0, x0, h, w)
+            win = (slice(y0, y0 + h), slice(x0, x0 + w))
+            image[win][shape] = 0.12  # a dark body
+            image[y0 + h // 3, x0 + w // 4] = (0.9, 0.85, 0.3)  # an eye
+            mask[win][shape] = label
+            birds.append((y0, x0, h, w))
+        return birds
+
+    def _paint_sky(self, rng: np.random.Generator, time: int) -> np.ndarray:
+        """The ``(sky rows, size, 3)`` sky strip: plain light blue by day, dark blue with
+        scattered stars by night."""
+        out = np.empty((self._sky_rows, self.size, 3), np.float32)
+        if time == 0:
+            out[:] = (0.55, 0.75, 0.95)
+        else:
+            out[:] = (0.05, 0.07, 0.2)
+            out[rng.random((self._sky_rows, self.size)) < 0.08] = (0.95, 0.95, 0.8)
+        return out
 
     def _paint_water(self, rng: np.random.Generator, h: int) -> np.ndarray:
         y, x = self._yy[:h, :1], self._xx[:1, :]
