@@ -111,7 +111,7 @@ def test_saved_results_show_the_context_gap():
 @pytest.mark.skipif(not RESULTS.is_file(), reason="no saved ablation results")
 def test_saved_results_reproduce_the_papers_ordering_step_by_step():
     """FCN < FCN + Context Encoding < EncNet, each step >= 3 mIoU points and larger than the
-    sum of the two rows' standard deviations (issue 12), on the scenes with two pieces of
+    sum of the two rows' standard deviations, on the scenes with two pieces of
     context; and each step's gain sits where it should: the look-alikes, then the birds."""
     result = json.loads(RESULTS.read_text())
     assert result["config"]["day_night"] and result["bird_classes"] == ["pigeon", "bat"]
