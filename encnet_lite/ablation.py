@@ -201,9 +201,9 @@ def summary(runs: Mapping[str, Mapping[str, Any]], base: TrainConfig,
     the classes, the look-alike (context) classes, the context-blind caps, every run under
     its name with a ``label``, the K sweep (:func:`k_sweep`) and the shared config.
     ``benchmarks/ablation.py`` writes it (plus the machine and the wall time) as JSON."""
-    from .data import ContextScenes
+    from .engine import scenes_dataset
 
-    ds = ContextScenes(1, size=base.image_size, day_night=base.day_night)
+    ds = scenes_dataset(base, "val", 1)
     confusion = torch.tensor(next(iter(runs.values()))["confusion"][0], dtype=torch.float64)
     lookalike = float(confusion[ds.context_classes].sum() / confusion.sum())
     birds = float(confusion[ds.bird_classes].sum() / confusion.sum())

@@ -150,19 +150,27 @@ def build_datasets(cfg: TrainConfig) -> Tuple[Dataset, Dataset]:
 
     if cfg.dataset == "scenes":
         # Flip only: a random rescale would shrink the cue-object gap the task relies on.
-        look = (cfg.min_lookalikes, cfg.max_lookalikes)
-        train = data.ContextScenes(cfg.num_train_images, size=cfg.image_size, seed=cfg.data_seed,
-                                   split="train", transform=data.RandomHorizontalFlip(0.5),
-                                   lookalikes=look, day_night=cfg.day_night)
-        val = data.ContextScenes(cfg.num_val_images, size=cfg.image_size, seed=cfg.data_seed,
-                                 split="val", lookalikes=look, day_night=cfg.day_night)
-        return train, val
+        train = scenes_dataset(cfg, "train", cfg.num_train_images,
+                               transform=data.RandomHorizontalFlip(0.5))
+        return train, scenes_dataset(cfg, "val", cfg.num_val_images)
     root = cfg.data_root or f"data/{cfg.dataset}"
     cls = data.PascalContext if cfg.dataset == "pcontext" else data.PascalVOC
     train = cls(root, split=cfg.train_split,
                 transform=data.train_transform(cfg.crop_size, cfg.base_size))
     val = cls(root, split="val", transform=data.val_transform(cfg.crop_size))
     return train, val
+
+
+def scenes_dataset(cfg: TrainConfig, split: str, num_images: int,
+                   transform: Optional[Callable] = None) -> Dataset:
+    """The ContextScenes ``split`` that ``cfg``'s data fields describe (size, seed, look-alike
+    density, ``day_night``): the one place a config becomes a ContextScenes."""
+    from . import data
+
+    return data.ContextScenes(num_images, size=cfg.image_size, seed=cfg.data_seed, split=split,
+                              transform=transform,
+                              lookalikes=(cfg.min_lookalikes, cfg.max_lookalikes),
+                              day_night=cfg.day_night)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 from . import checkpoint as ckpt_io
 from . import distributed as dist_utils
 from .distributed import SINGLE, DistInfo
-from .engine import ShardSampler, build_model, resolve_amp, resolve_device
+from .engine import ShardSampler, build_model, resolve_amp, resolve_device, scenes_dataset
 from .presets import TrainConfig
 
 MS_SCALES: Tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
@@ -189,10 +189,7 @@ def eval_dataset(cfg: TrainConfig, data_root: Optional[str] = None,
     from . import data
 
     if cfg.dataset == "scenes":
-        return data.ContextScenes(cfg.num_val_images, size=cfg.image_size, seed=cfg.data_seed,
-                                  split=split,
-                                  lookalikes=(cfg.min_lookalikes, cfg.max_lookalikes),
-                                  day_night=cfg.day_night)
+        return scenes_dataset(cfg, split, cfg.num_val_images)
     root = data_root or cfg.data_root or f"data/{cfg.dataset}"
     cls = data.PascalContext if cfg.dataset == "pcontext" else data.PascalVOC
     return cls(root, split=split)

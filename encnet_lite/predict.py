@@ -31,10 +31,11 @@ __all__ = ["segment_image", "palette_for", "overlay", "save_png", "predict_files
 
 def palette_for(cfg: TrainConfig, num_classes: int) -> np.ndarray:
     """The colours of the checkpoint's dataset: ``(num_classes, 3)`` uint8."""
-    from .data import ContextScenes, voc_palette
+    from .data import voc_palette
+    from .engine import scenes_dataset
 
-    if cfg.dataset == "scenes":
-        return ContextScenes(1, size=cfg.image_size).palette
+    if cfg.dataset == "scenes":  # day_night scenes have more classes, hence more colours
+        return scenes_dataset(cfg, "val", 1).palette
     return voc_palette(num_classes)
 
 

@@ -124,3 +124,14 @@ def test_the_config_field_reaches_both_splits_and_the_evaluation():
     assert train.day_night and val.day_night and eval_dataset(cfg).num_classes == 11
     assert not build_datasets(cfg.replace(day_night=False))[0].day_night
     assert "day_night" in MODEL_FIELDS  # other classes: a checkpoint of the other data is refused
+
+
+def test_prediction_colours_cover_every_day_night_class():
+    from encnet_lite.data import ContextScenes
+    from encnet_lite.predict import palette_for
+    from encnet_lite.presets import TrainConfig
+
+    palette = palette_for(TrainConfig(day_night=True), 11)
+    assert palette.shape == (11, 3)
+    np.testing.assert_array_equal(palette, ContextScenes(1, day_night=True).palette)
+    assert palette_for(TrainConfig(), 7).shape == (7, 3)
