@@ -50,7 +50,8 @@ PAPER_KEYS = tuple(ablation.PAPER_VARIANTS)  # ("fcn", "fcn_enc", "encnet")
 
 
 def base_config(quick: bool = False, threads: int = 1, **overrides: Any) -> ablation.TrainConfig:
-    """The shared budget: the preset's, or a seconds-long one for smoke tests."""
+    """The shared budget: ``ablation.ablation_config``'s, or a seconds-long one for smoke
+    tests."""
     if quick:
         overrides = {"num_train_images": 32, "num_val_images": 16, "epochs": 1,
                      "batch_size": 16, **overrides}

@@ -34,8 +34,9 @@ import torch
 from .presets import TrainConfig, scenes_encnet_tiny
 
 __all__ = [
-    "ABLATION_EPOCHS", "ablation_config", "PAPER_VARIANTS", "LABELS", "k_variants", "run_one", "run_grid", "paper_ablation",
-    "k_sweep", "summary", "mean_std", "format_mean_std", "restricted_confusion",
+    "ABLATION_EPOCHS", "ablation_config", "PAPER_VARIANTS", "LABELS", "k_variants", "run_one",
+    "run_grid", "paper_ablation", "k_sweep", "summary", "ordering_steps", "mean_std",
+    "format_mean_std", "restricted_confusion",
 ]
 
 # Epochs of the ablation's budget. More than the preset's 12: on the scenes with two pieces

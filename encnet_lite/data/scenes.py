@@ -118,7 +118,7 @@ def blind_caps(num_kinds: int = 3, num_classes: Optional[int] = None,
     k, t = num_kinds, num_times
     birds = t if t > 1 else 0  # sky and bird classes exist only with several times of day
     c = num_classes if num_classes is not None else 1 + 2 * k + 2 * birds
-    bird_share = birds * (1.0 / (2 * t - 1) if birds else 0.0)  # summed bird IoU caps
+    bird_share = birds / (2 * t - 1)  # summed bird IoU caps (0 without birds)
     caps = {
         "lookalike_iou": 1.0 / (2 * k - 1),
         "miou": (c - k - birds + k / (2 * k - 1) + bird_share) / c,
@@ -129,8 +129,9 @@ def blind_caps(num_kinds: int = 3, num_classes: Optional[int] = None,
         caps["bird_iou"] = 1.0 / (2 * t - 1)
         caps["miou_kind_only"] = (c - birds + bird_share) / c
     if lookalike_fraction is not None:
+        # (1 - 1/t) is 0 with a single time: no bird term then
         caps["pixacc"] = 1.0 - (1.0 - 1.0 / k) * lookalike_fraction - \
-            ((1.0 - 1.0 / t) * bird_fraction if birds else 0.0)
+            (1.0 - 1.0 / t) * bird_fraction
     return caps
 
 
@@ -350,8 +351,9 @@ class ContextScenes(torch.utils.data.Dataset):
     def _draw_birds(self, rng: np.random.Generator, image: np.ndarray, mask: np.ndarray,
                     boxes: List[Tuple[int, int, int, int]], lo: int, hi: int, label: int
                     ) -> List[Tuple[int, int, int, int]]:
-        """Draw 1-2 small dark birds in rows ``[lo, hi)`` (beyond the cue gap), each placed
-        clear of the look-alikes when one of 20 tries finds room; returns their boxes."""
+        """Draw ``BIRDS`` (fewest, most) small dark birds in rows ``[lo, hi)`` (beyond the cue
+        gap), each placed clear of the look-alikes and earlier birds when one of 20 tries
+        finds room; returns their boxes."""
         n = self.size
         birds = []
         for _ in range(int(rng.integers(BIRDS[0], BIRDS[1] + 1))):
