@@ -20,7 +20,7 @@ IoU, confusion matrices, the K sweep, the config, the machine and the wall time.
 The training is deterministic on a CPU: a rerun on the same machine and torch version gives
 the same numbers (two runs here gave identical scores).
 
-Usage (from the repository root; about 25 minutes on a 2-core CPU with two runs at a time,
+Usage (from the repository root; about 40 minutes on a 2-core CPU with two runs at a time,
 the default ``--jobs 2``: the ``seconds`` in the JSON)::
 
     .venv/bin/python benchmarks/ablation.py --k-seeds 0
