@@ -138,8 +138,8 @@ def _time_evaluation(model: torch.nn.Module, cfg: TrainConfig, num_classes: int,
                      device: torch.device, images: int) -> Dict[str, Any]:
     """Seconds per image of single-scale and multi-scale (+ flip) evaluation, and the split size."""
     from .engine import forward_context, resolve_amp
-    from .evaluate import MS_SCALES, eval_dataset
-    from .inference import predict
+    from .evaluate import eval_dataset
+    from .inference import MS_SCALES, predict
 
     dataset = eval_dataset(cfg)
     crop = None if cfg.dataset == "scenes" else cfg.crop_size

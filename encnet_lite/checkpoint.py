@@ -21,6 +21,7 @@ import math
 import os
 import random
 import shutil
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Dict, List, Mapping, Optional, Union
@@ -28,6 +29,8 @@ from typing import Any, BinaryIO, Callable, Dict, List, Mapping, Optional, Union
 import numpy as np
 import torch
 from torch import Tensor
+
+from .presets import ConfigRangeError, check_ranges
 
 FORMAT = "encnet_lite.checkpoint/1"
 PathLike = Union[str, Path]
@@ -54,35 +57,65 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> Path:
     The temporary file ``.{name}.tmp-{pid}`` lives in the same folder (a rename across file
     systems would not be atomic), is flushed and fsynced, then ``os.replace``-d over ``path``:
     readers see the old file or the new one, never half of one. If anything fails (a full
-    disk, Ctrl-C) the temporary file is removed, the previous ``path`` is untouched, and a
-    :class:`CheckpointError` says why (KeyboardInterrupt and SystemExit pass through).
+    disk, a folder turned read-only, Ctrl-C) the temporary file is removed where it can be,
+    the previous ``path`` is untouched, and a one-line :class:`CheckpointError` names the
+    first cause (KeyboardInterrupt and SystemExit pass through).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
-        tmp.unlink(missing_ok=True)
+        left = _remove_quietly(tmp)  # a cleanup failure must not hide ``exc``
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
-        raise _write_error(path, exc) from exc
+        raise write_error(path, exc, left) from exc
     _fsync_dir(path.parent)
     return path
 
 
-def _write_error(path: Path, exc: BaseException) -> CheckpointError:
-    free_mib = shutil.disk_usage(path.parent).free / 2**20
+def _remove_quietly(tmp: Path) -> Optional[Path]:
+    """Delete ``tmp``; returns it if it could not be deleted (e.g. the folder is read-only)."""
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError:
+        return tmp if tmp.exists() else None
+    return None
+
+
+def write_error(path: Path, exc: BaseException, left: Optional[Path] = None) -> CheckpointError:
+    """One line: what failed while writing ``path``, that the old file is intact, the fix."""
+    try:
+        free_mib: Optional[float] = shutil.disk_usage(_existing(path.parent)).free / 2**20
+    except OSError:
+        free_mib = None
+    code = exc.errno if isinstance(exc, OSError) else None
     # torch's zip writer reports a full disk as RuntimeError("... unexpected pos ...").
-    full = (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or free_mib < 64
-    why = "disk full" if full else f"{type(exc).__name__}: {exc}"
-    return CheckpointError(f"{why} while writing {path} ({free_mib:.0f} MiB free); the previous "
-                           "file there (if any) is intact. Free some space and try again "
-                           "(a training run continues with --resume)")
+    if code == errno.ENOSPC or (free_mib is not None and free_mib < 64):
+        why, fix = "disk full", "free some space, then run the command again"
+    elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        why = f"no permission to write ({exc.strerror})"
+        fix = f"make {path.parent} writable, or write somewhere else"
+    else:
+        why, fix = f"{type(exc).__name__}: {_one_line(exc)}", "run the command again"
+    free = "" if free_mib is None else f", {free_mib:.0f} MiB free"
+    kept = f"; the temporary file {left} could not be removed: delete it" if left else ""
+    return CheckpointError(f"{why} while writing {path}{free}; the previous file there (if "
+                           f"any) is intact{kept}. Fix: {fix}")
+
+
+def _existing(folder: Path) -> Path:
+    """``folder`` or its nearest existing parent (disk_usage needs a path that exists)."""
+    return next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def write_text_atomic(path: PathLike, text: str) -> Path:
@@ -151,23 +184,61 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def load(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
-    """Load a checkpoint dict; a clear error for a missing or foreign file."""
+    """Load a checkpoint dict; a one-line error for a missing, empty, foreign or newer file."""
     path = Path(path)
+    if path.is_dir():
+        inside = [n for n in ("best.pt", "last.pt") if (path / n).is_file()]
+        hint = (f"give the file inside, e.g. {path / inside[0]}" if inside
+                else "give a best.pt or last.pt file (this folder holds neither)")
+        raise IsADirectoryError(f"{path} is a folder, not a checkpoint file: {hint}")
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}: check the path (a run's best.pt "
                                 "or last.pt)")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # a hand-made file's sparse tensors are refused below
+            warnings.filterwarnings("ignore", message="Validating sparse tensor invariants")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated file, pickle from elsewhere, ...
-        raise CheckpointError(f"{path} is not a readable encnet_lite checkpoint: {exc}") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not an encnet_lite checkpoint (format {FORMAT})")
+        raise CheckpointError(f"{path} is not a readable encnet_lite checkpoint: "
+                              f"{_unreadable(path, exc)}; use a best.pt or last.pt written "
+                              "by encnet-train") from exc
+    made_by = ckpt.get("format") if isinstance(ckpt, dict) else None
+    if made_by != FORMAT:
+        raise CheckpointError(_foreign_message(path, made_by))
     return ckpt
+
+
+def _unreadable(path: Path, exc: BaseException) -> str:
+    """Why ``torch.load`` failed, in words (its own messages are empty, "101" or 20 lines)."""
+    size = path.stat().st_size
+    if size == 0:
+        return "the file is empty (0 bytes): a copy or a write that was cut off"
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not head.startswith(b"PK") and not head.startswith(b"\x80"):
+        return f"it is not a file torch.save writes (it begins with {head!r})"
+    if "weights_only" in str(exc).lower() or "unsupported global" in str(exc).lower():
+        return ("it holds Python objects other than tensors, numbers and strings, which are "
+                "never loaded (nothing was run)")
+    return f"the file ({size} bytes) is cut short or damaged ({_one_line(exc)[:160]})"
+
+
+def _foreign_message(path: Path, made_by: Any) -> str:
+    prefix = FORMAT.rsplit("/", 1)[0] + "/"
+    version = made_by[len(prefix):] if isinstance(made_by, str) and \
+        made_by.startswith(prefix) else ""
+    if version.isdigit() and int(version) > int(FORMAT.rsplit("/", 1)[1]):
+        return (f"{path} was written by a newer encnet_lite (format {made_by}; this version "
+                f"reads {FORMAT}): upgrade encnet_lite to use it")
+    return (f"{path} is not an encnet_lite checkpoint (its 'format' is {made_by!r}, not "
+            f"{FORMAT!r}); use a best.pt or last.pt written by encnet-train")
 
 
 def check_header(ckpt: Mapping[str, Any], path: PathLike) -> None:
     """Raise :class:`CheckpointError` unless ``ckpt`` has what building its model needs: a
-    ``config`` dict naming a model, ``num_classes`` >= 1 and a ``model`` state dict."""
+    ``config`` dict naming a model with every number in range
+    (:data:`encnet_lite.presets.RANGES`), ``num_classes`` >= 1 and a ``model`` state dict
+    of dense tensors."""
     problems = []
     config = ckpt.get("config")
     if not isinstance(config, dict):
@@ -178,12 +249,30 @@ def check_header(ckpt: Mapping[str, Any], path: PathLike) -> None:
     n = ckpt.get("num_classes")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         problems.append(f"'num_classes' {n!r} (need a count >= 1)")
-    if not isinstance(ckpt.get("model"), dict):
-        problems.append("no 'model' state dict")
+    problems += _model_problems(ckpt.get("model"))
+    if isinstance(config, dict):
+        try:
+            check_ranges(config)
+        except ConfigRangeError as exc:
+            problems.append(f"a 'config' value out of range ({exc})")
     if problems:
-        raise CheckpointError(f"{path} lacks what a model is built from: "
-                              f"{'; '.join(problems)}. Use a best.pt or last.pt written by "
-                              "encnet-train (or encnet_lite.train.train)")
+        raise CheckpointError(f"{path} cannot be used to build its model: "
+                              f"{'; '.join(problems)} (edited by hand, or made elsewhere?). "
+                              "Use a best.pt or last.pt written by encnet-train (or "
+                              "encnet_lite.train.train)")
+
+
+def _model_problems(state: Any) -> List[str]:
+    """What makes ``state`` no state dict of dense tensors (a hand-edited file)."""
+    if not isinstance(state, dict):
+        return ["no 'model' state dict"]
+    for name, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            return [f"'model' entry {name!r} is a {type(value).__name__}, not a tensor"]
+        if value.layout != torch.strided:
+            return [f"'model' tensor {name!r} is {value.layout} (a checkpoint holds dense "
+                    "tensors)"]
+    return []
 
 
 def load_training(path: PathLike) -> Dict[str, Any]:
@@ -193,6 +282,7 @@ def load_training(path: PathLike) -> Dict[str, Any]:
         raise CheckpointError(
             f"{path} holds only a model (best.pt keeps no optimizer state), so a run cannot "
             f"resume from it; resume from the run folder {Path(path).parent} (its last.pt)")
+    check_header(ckpt, path)
     return ckpt
 
 

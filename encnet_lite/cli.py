@@ -180,6 +180,7 @@ def check_writable_file(path: PathLike, flag: str = "--out",
         if same_file(path, source):
             raise UsageError(f"{flag} {path} is the input {source} itself: writing it would "
                              "destroy the input; give another file name")
+    check_keeps_runs(path, flag, inputs)
     check_writable_dir(path.parent, f"{flag} {path}: its folder")
     if path.exists() and not os.access(path, os.W_OK):
         raise UsageError(f"{flag} {path} is read-only; give a file you can write")
@@ -195,3 +196,55 @@ def same_file(a: PathLike, b: PathLike) -> bool:
     except OSError:
         pass
     return a.resolve() == b.resolve()
+
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+
+def check_keeps_runs(path: PathLike, flag: str = "--out",
+                     inputs: Iterable[PathLike] = ()) -> Path:
+    """``path`` replaces no file of a training run; else :class:`UsageError`.
+
+    Refused: a run folder's own files (``RUN_FILES``, the lock, a writer's temporary file)
+    and any ``*.pt`` name in a folder that holds a run or one of ``inputs`` (the checkpoint
+    being read), and an existing checkpoint anywhere (by suffix, or a file ``torch.save``
+    wrote: a zip holding ``data.pkl``, or the legacy pickle format).
+    """
+    from .checkpoint import TMP_MARK
+    from .runfolder import LOCK, RUN_FILES, holds_run
+
+    path = Path(path).expanduser()
+    folder, name = path.parent, path.name.casefold()  # casefold: macOS, Windows
+    run_dir = holds_run(folder) or any(same_file(folder, Path(s).expanduser().parent)
+                                       for s in inputs)
+    run_file = (name in {n.casefold() for n in (*RUN_FILES, LOCK)} or name.endswith(
+        CHECKPOINT_SUFFIXES) or (name.startswith(".") and TMP_MARK in name))
+    if run_dir and run_file:
+        raise UsageError(f"{flag} {path}: {folder} holds a training run or the checkpoint, and "
+                         f"{path.name} would replace (or pose as) one of the run's files; give "
+                         "another file name or folder")
+    if is_checkpoint_file(path):
+        raise UsageError(f"{flag} {path} is a checkpoint: writing it would destroy it; give "
+                         "another file name")
+    return path
+
+
+def is_checkpoint_file(path: Path) -> bool:
+    """Whether ``path`` is an existing file that holds (or is named as) a checkpoint."""
+    import zipfile
+
+    if not path.is_file():
+        return False
+    if path.name.casefold().endswith(CHECKPOINT_SUFFIXES):
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head.startswith(b"\x80\x02\x8a"):  # torch's legacy format: pickle + magic number
+            return True
+        if head == b"PK\x03\x04":  # torch's zip format: ARCHIVE/data.pkl
+            with zipfile.ZipFile(path) as z:
+                return any(n.endswith("data.pkl") for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return False

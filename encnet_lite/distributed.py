@@ -147,8 +147,12 @@ def _convert_cpu(module: nn.Module) -> nn.Module:
     out = module
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(
             module, CPUSyncBatchNorm):
+        # The module's dtype is kept (a float64 model stays float64, as with
+        # nn.SyncBatchNorm.convert_sync_batchnorm, which reuses the tensors).
+        kept = [t for t in (module.weight, module.running_mean) if t is not None]
         out = CPUSyncBatchNorm(module.num_features, module.eps, module.momentum,
-                               module.affine, module.track_running_stats)
+                               module.affine, module.track_running_stats,
+                               dtype=kept[0].dtype if kept else None)
         if module.affine:
             with torch.no_grad():
                 out.weight.copy_(module.weight)

@@ -15,13 +15,18 @@ given as the 4-D map ``(B, D, H, W)``. A wrong layout is refused where the shape
 (``N != D``); when ``N == D`` the two layouts cannot be told apart, so pass 4-D maps.
 
 :func:`residual_encoding` (the default) never builds the (B, N, K, D) residual
-tensor; :func:`residual_encoding_reference` writes the equations literally and is
-kept for teaching and tests.
+tensor. Its forward is two matrix products (X C^T, A^T X) and its hand-written backward
+(an autograd Function reusing the forward's assignment) three (X G^T, [A, P] [G; C],
+P^T X): the work of the six products X C^T, A^T X, X G^T, A G, P C, P^T X that any
+implementation of this form needs, plus two passes over x and a few over (B, N, K).
+:func:`residual_encoding_reference` writes the equations literally and is kept for
+teaching and tests.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Optional
 
 import torch
@@ -88,21 +93,191 @@ def soft_assignment(x: Tensor, codewords: Tensor, scale: Tensor) -> Tensor:
         return torch.softmax(scale * pairwise_sq_distances(x, codewords), dim=-1)
 
 
+# Assignment weights (and the backward's softmax gradients) smaller than this are set to 0:
+# the square root of the smallest normal number (about 1e-19 in float32, 1e-154 in float64).
+#
+# Why: a weight in the subnormal range (below 1.2e-38 in float32) costs a microcode assist
+# on x86 CPUs in every multiply it enters, and so does a normal weight whose product with an
+# operand lands there. A logit gap of 87 to 103 below the row's best gives such weights, and
+# at the paper's head shape (||x||^2 ~ 512, scale in (-1, 0)) 0.3 % to 8 % of all a_ik fall
+# there, depending on the draw of the scales and descriptors: measured on this repository's
+# 2-core Xeon, one thread, A^T X took 5 ms with none and 6.6 to 48.5 ms over eight seeds, the
+# same product with those weights zeroed 5.2 to 5.8 ms; a product whose operands are all
+# subnormal took 530 ms against 4 ms. That is why the layer's speed seemed to depend on what
+# ran before it: a call that consumes random numbers first changes the next draw (1.7 % vs
+# 2.7 % subnormal weights, forward 39 vs 47 ms), and training moves the scales the same way.
+# A weight below sqrt(tiny) times any operand above sqrt(tiny) is still normal, and its
+# share of a row that sums to 1 is 12 orders of magnitude below float32's resolution.
+def _subnormal_guard(dtype: torch.dtype) -> float:
+    return math.sqrt(torch.finfo(dtype).tiny)
+
+
+def _channels_first(x: Tensor) -> bool:
+    """True when x: (B, N, D) is a transposed view of (B, D, N) memory (a flattened map)."""
+    return not x.is_contiguous() and x.transpose(1, 2).is_contiguous()
+
+
+def _along_k(v: Tensor, cols: bool) -> Tensor:
+    """A per-codeword vector (K,) shaped to broadcast over (B, N, K), or (B, K, N) if cols."""
+    return v.reshape(1, -1, 1) if cols else v.reshape(1, 1, -1)
+
+
+def _sq_norms(x: Tensor, cols: bool) -> Tensor:
+    """||x_i||^2: (B, N), one read of x and no (B, N, D) temporary."""
+    if not cols:
+        return torch.linalg.vector_norm(x, dim=-1).square_()
+    # (B, D, N) memory: torch's reduction over the middle axis is several times slower than
+    # one read of x, so square-accumulate blocks of 8 rows of D into a (B, 8, N) buffer that
+    # stays in cache (measured 1.2 ms against 6 to 8 ms at the paper's head shape, batch 4).
+    xt = x.transpose(1, 2)
+    d = xt.shape[1]
+    if d % 8:
+        blocks = list(xt.split(8, dim=1))
+        blocks[-1] = F.pad(blocks[-1], (0, 0, 0, 8 - d % 8))  # zero rows add nothing
+    else:
+        blocks = xt.view(xt.shape[0], d // 8, 8, xt.shape[2]).unbind(1)
+    acc = blocks[0].square()
+    for block in blocks[1:]:
+        acc.addcmul_(block, block)
+    return acc.sum(1)
+
+
+def _x_dot(x: Tensor, m: Tensor, base: Tensor, cols: bool, alpha: float = 1.0) -> Tensor:
+    """base + alpha x_i . m_k for x: (B, N, D), m: (B, K, D): (B, N, K), or (B, K, N) when
+    cols, so that the product reads x's memory in its own layout (as a transposed operand
+    the same product takes about twice as long)."""
+    if cols:
+        return torch.baddbmm(base, m, x.transpose(1, 2), alpha=alpha)
+    return torch.baddbmm(base, x, m.transpose(1, 2), alpha=alpha)
+
+
+def _weighted_sum(weights: Tensor, x: Tensor, cols: bool,
+                  base: Optional[Tensor] = None) -> Tensor:
+    """base + W^T X: (B, K, D), for weights W: (B, N, K) (or (B, K, N) when cols).
+
+    When cols, computed as its transpose X^T W (B, D, K), which reads x's (B, D, N) memory
+    row by row: about 25 % faster than the same product with x as the transposed operand.
+    """
+    if cols:
+        x_t, w_t = x.transpose(1, 2), weights.transpose(1, 2)
+        if base is None:
+            return torch.bmm(x_t, w_t).transpose(1, 2)
+        return torch.baddbmm(base.transpose(1, 2), x_t, w_t).transpose(1, 2)
+    if base is None:
+        return torch.bmm(weights.transpose(1, 2), x)
+    return torch.baddbmm(base, weights.transpose(1, 2), x)
+
+
+def _guarded_softmax(logits: Tensor, kdim: int) -> Tensor:
+    """softmax over ``kdim`` with no subnormal weight, computed or returned (see
+    ``_subnormal_guard``): logits more than log(1/guard) + 1 below their row's maximum are
+    raised to that floor before the exponential (exp would make them subnormal, slowly), and
+    weights below the guard are set to 0 after it. ``logits`` is overwritten."""
+    guard = _subnormal_guard(logits.dtype)
+    floor = logits.amax(kdim, keepdim=True).add_(math.log(guard) - 1.0)
+    assign = torch.softmax(logits.clamp_min_(floor), kdim)
+    return F.threshold_(assign, guard, 0.0)
+
+
+class _ResidualEncoding(torch.autograd.Function):
+    """e_k = sum_i a_ik (x_i - c_k) with a hand-written backward (see residual_encoding).
+
+    The small tensors (B, N, K) are laid out (B, K, N) when x is a view of (B, D, N) memory
+    ("cols"), so that every matrix product reads x in its own layout and dL/dx comes back
+    in it.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, codewords: Tensor, scale: Tensor) -> Tensor:
+        cols = _channels_first(x)
+        if not cols:
+            x = x.contiguous()
+        kdim = 1 if cols else 2
+        x_sq = _sq_norms(x, cols)  # (B, N)
+        # ||x_i - c_k||^2 = ||x_i||^2 + ||c_k||^2 - 2 x_i.c_k: the norms are the beta input
+        base = x_sq.unsqueeze(kdim) + _along_k(codewords.pow(2).sum(-1), cols)
+        dist = _x_dot(x, codewords.expand(x.shape[0], -1, -1), base, cols, alpha=-2.0)
+        logits = dist.clamp_min_(0.0).mul_(_along_k(scale, cols))  # in place: no copy kept
+        assign = _guarded_softmax(logits, kdim)
+        mass = assign.sum(3 - kdim)  # (B, K): sum_i a_ik
+        # E = A^T X - diag(mass) C: the second term is the product's beta input
+        enc = _weighted_sum(assign, x, cols, -mass.unsqueeze(-1) * codewords)
+        ctx.save_for_backward(x, codewords, scale, assign, x_sq, mass)
+        ctx.cols = cols
+        return enc
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        if torch.is_grad_enabled():  # create_graph=True: refuse rather than be silently wrong
+            raise RuntimeError("residual_encoding is differentiable once: its hand-written "
+                               "backward has no derivative (create_graph=True); use "
+                               "residual_encoding_reference for higher derivatives")
+        x, codewords, scale, assign, x_sq, mass = ctx.saved_tensors
+        cols = ctx.cols
+        kdim, ndim = (1, 2) if cols else (2, 1)
+        with torch.autocast(device_type=grad.device.type, enabled=False):
+            grad = grad.to(assign.dtype).contiguous()  # G: (B, K, D) = dL/de
+            # dL/da_ik = G_k . x_i - G_k . c_k: one product, the second term its beta input
+            dl_da = _x_dot(x, grad, -(grad * codewords).sum(-1).unsqueeze(ndim), cols)
+            # softmax backward, in place: q_ik = a_ik (g_ik - sum_j a_ij g_ij) = dL/dlogit_ik
+            q = dl_da.sub_((assign * dl_da).sum(kdim, keepdim=True)).mul_(assign)
+            q = F.hardshrink(q, _subnormal_guard(q.dtype))  # products with it stay normal
+            # dL/dd_ik = scale_k q_ik. Sums over i of q_ik x_i, q_ik ||x_i||^2 and q_ik:
+            q_x = _weighted_sum(q, x, cols).sum(0)  # (K, D), one product
+            ones = torch.ones_like(x_sq)
+            q_sq, q_sum = (q if cols else q.transpose(1, 2)).bmm(
+                torch.stack([x_sq, ones], -1)).sum(0).unbind(-1)  # (K,) each
+            # dL/dscale_k = sum_i q_ik ||x_i - c_k||^2, expanded as in the forward
+            grad_scale = q_sq + codewords.pow(2).sum(-1) * q_sum - 2.0 * (codewords * q_x).sum(-1)
+            grad_x = grad_c = None
+            if ctx.needs_input_grad[0]:
+                grad_x = _input_gradient(x, codewords, scale, grad, assign, q, cols)
+            if ctx.needs_input_grad[1]:
+                # dL/dc_k = -sum_b mass_k G_k - 2 scale_k (sum_i q_ik x_i - (sum_i q_ik) c_k)
+                grad_c = (-mass.unsqueeze(-1) * grad).sum(0) - 2.0 * scale.unsqueeze(-1) * (
+                    q_x - q_sum.unsqueeze(-1) * codewords)
+        return grad_x, grad_c, grad_scale
+
+
+def _input_gradient(x: Tensor, codewords: Tensor, scale: Tensor, grad: Tensor, assign: Tensor,
+                    q: Tensor, cols: bool) -> Tensor:
+    """dL/dx_i = sum_k a_ik G_k - 2 sum_k q_ik scale_k c_k + 2 (sum_k scale_k q_ik) x_i.
+
+    Two products into one buffer (the second accumulates with beta 1) and the gradient
+    through ||x_i||^2 as one pass over x in place. Returned in the memory layout of ``x``,
+    so that autograd keeps it as ``x.grad`` without a transposed copy.
+    """
+    b = x.shape[0]
+    scaled_c = -2.0 * scale.unsqueeze(-1) * codewords  # (K, D)
+    rho = torch.matmul(2.0 * scale, q) if cols else torch.matmul(q, 2.0 * scale)  # (B, N)
+    rho = F.hardshrink(rho, _subnormal_guard(rho.dtype))
+    if cols:  # (B, D, N) = G^T A + (-2 scale C)^T Q + X^T diag(rho), as its (B, N, D) view;
+        # the left operands made contiguous: transposed, the products take twice as long
+        out = torch.bmm(grad.transpose(1, 2).contiguous(), assign)
+        out.baddbmm_(scaled_c.t().contiguous().expand(b, -1, -1), q)
+        return out.addcmul_(x.transpose(1, 2), rho.unsqueeze(1)).transpose(1, 2)
+    out = torch.bmm(assign, grad)
+    out.baddbmm_(q, scaled_c.expand(b, -1, -1))
+    return out.addcmul_(x, rho.unsqueeze(-1))
+
+
 def residual_encoding(x: Tensor, codewords: Tensor, scale: Tensor) -> Tensor:
     """e_k = sum_i a_ik (x_i - c_k), without materialising the residuals.
 
     x: (B, N, D), codewords: (K, D), scale: (K,) -> (B, K, D).
-    Uses sum_i a_ik (x_i - c_k) = (A^T X)_k - (sum_i a_ik) c_k: two matrix
-    products and O(N(K+D)) memory instead of O(NKD). Computed in float32 (or
-    float64) even under autocast; the output has that dtype.
+    Uses sum_i a_ik (x_i - c_k) = (A^T X)_k - (sum_i a_ik) c_k: two matrix products and
+    O(N(K+D)) memory instead of O(NKD). The backward is written by hand from the saved
+    assignment: four matrix products (X G^T, [A, P] [G; C], P^T X) and one pass over x.
+    Assignment weights below sqrt of the smallest normal float are set to 0 (see
+    ``_subnormal_guard``: subnormal numbers would make the speed depend on the values).
+    Computed in float32 (or float64) even under autocast; the output has that dtype.
+    Differentiable once (no double backward).
     """
-    assign = soft_assignment(x, codewords, scale)  # (B, N, K), checks shapes
-    dtype = assign.dtype
+    _check_shapes(x, codewords, scale)
+    dtype = _compute_dtype(x, codewords, scale)
     with torch.autocast(device_type=x.device.type, enabled=False):
         x, codewords = x.to(dtype), codewords.to(dtype)
-        weighted_sum = assign.transpose(1, 2) @ x  # (B, K, D) = A^T X
-        mass = assign.sum(1).unsqueeze(-1)  # (B, K, 1) = sum_i a_ik
-        return weighted_sum - mass * codewords
+        return _ResidualEncoding.apply(x, codewords, scale.to(dtype))
 
 
 def residual_encoding_reference(x: Tensor, codewords: Tensor, scale: Tensor) -> Tensor:
@@ -186,8 +361,9 @@ class Encoding(nn.Module):
     largest scale wins every position. The variants in :data:`VARIANTS` change only the
     factors, the initialisation or the descriptors; the assignment math is
     :func:`soft_assignment` for all of them. The data-initialised ones (``normscale``,
-    ``kmeans``, ``shared_kmeans``) initialise at their first training-mode forward and
-    record it in the ``initialised`` buffer, so a checkpoint reloads the initialised values.
+    ``kmeans``, ``shared_kmeans``) initialise at their first training-mode forward on a
+    finite batch (one holding NaN or Inf is skipped with a warning) and record it in the
+    ``initialised`` buffer, so a checkpoint reloads the initialised values.
     """
 
     def __init__(self, channels: int, num_codes: int, variant: str = "official") -> None:
@@ -252,10 +428,39 @@ class Encoding(nn.Module):
         return residual_encoding(x, self.codewords, self.smoothing())
 
     @torch.no_grad()
-    def init_from_data(self, x: Tensor, max_points: int = 4096) -> None:
+    def init_from_data(self, x: Tensor, max_points: int = 4096) -> bool:
         """Initialise from descriptors ``x: (B, N, D)`` (the data-initialised variants); under
-        torch.distributed, rank 0's values are broadcast so every process agrees."""
+        torch.distributed, rank 0's values are broadcast so every process agrees.
+
+        A batch holding NaN or Inf never initialises (k-means of it would be NaN for good):
+        the layer warns, stays uninitialised and initialises from the next finite training
+        batch. Under torch.distributed, rank 0's batch decides for every process. Returns
+        whether the layer was initialised.
+        """
         points = x.detach().reshape(-1, self.channels).float()
+        finite = bool(torch.isfinite(points).all())
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        agreed = finite
+        if distributed:  # every process must take the same branch (the broadcasts below)
+            flag = torch.tensor([float(finite)], device=self.codewords.device)
+            torch.distributed.broadcast(flag, 0)
+            agreed = bool(flag.item())
+        if not agreed:
+            warnings.warn(f"Encoding(variant={self.variant!r}): a training batch holding NaN or "
+                          "Inf does not initialise the layer; it stays uninitialised and "
+                          "initialises from the next finite batch (check the data and the "
+                          "layers before it)", RuntimeWarning, stacklevel=2)
+            return False
+        if finite:  # a process whose own batch is not finite takes rank 0's values below
+            self._init_values(points, max_points)
+        if distributed:
+            torch.distributed.broadcast(self.codewords.data, 0)
+            torch.distributed.broadcast(self.scale.data, 0)
+        self.initialised.fill_(True)
+        return True
+
+    def _init_values(self, points: Tensor, max_points: int) -> None:
+        """The variant's data initialisation from finite ``points: (M, D)``."""
         gen = torch.Generator(device=points.device).manual_seed(0)
         if len(points) > max_points:  # a deterministic subsample keeps k-means cheap
             points = points[torch.randperm(len(points), generator=gen,
@@ -268,10 +473,6 @@ class Encoding(nn.Module):
             nearest = torch.cdist(points, centres).pow(2).min(1).values.mean().clamp_min(1e-6)
             self.codewords.copy_(centres)
             self.scale.fill_(-1.0 / float(nearest))
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.broadcast(self.codewords.data, 0)
-            torch.distributed.broadcast(self.scale.data, 0)
-        self.initialised.fill_(True)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, num_codes={self.num_codes}, variant={self.variant!r}"

@@ -154,11 +154,23 @@ def build_datasets(cfg: TrainConfig) -> Tuple[Dataset, Dataset]:
                                transform=data.RandomHorizontalFlip(0.5))
         return train, scenes_dataset(cfg, "val", cfg.num_val_images)
     root = cfg.data_root or f"data/{cfg.dataset}"
-    cls = data.PascalContext if cfg.dataset == "pcontext" else data.PascalVOC
+    cls = dataset_class(cfg.dataset)
     train = cls(root, split=cfg.train_split,
                 transform=data.train_transform(cfg.crop_size, cfg.base_size))
     val = cls(root, split="val", transform=data.val_transform(cfg.crop_size))
     return train, val
+
+
+def dataset_class(name: str) -> Callable[..., Dataset]:
+    """The dataset class of a config's ``dataset`` read from a folder (``pcontext``, ``voc``,
+    ``ade20k``): each takes ``(root, split=..., transform=...)``."""
+    from . import data
+
+    classes = {"pcontext": data.PascalContext, "voc": data.PascalVOC, "ade20k": data.ADE20K}
+    if name not in classes:
+        raise ValueError(f"dataset {name!r} is not read from a folder; choose one of "
+                         f"{sorted(classes)}")
+    return classes[name]
 
 
 def scenes_dataset(cfg: TrainConfig, split: str, num_images: int,
@@ -218,7 +230,8 @@ class TrainSampler(Sampler):
                              f"{info.world_size} processes")
         if num_samples < global_batch:
             raise ValueError(f"{num_samples} training images are fewer than one batch "
-                             f"({global_batch})")
+                             f"({global_batch}): give more (--num-train-images for the "
+                             "scenes) or a smaller --batch-size")
         self.num_samples, self.global_batch, self.seed, self.info = (
             num_samples, global_batch, seed, info)
         self.local_batch = global_batch // info.world_size
@@ -280,6 +293,9 @@ def forward_context(device: torch.device, amp_dtype: Optional[torch.dtype]):
     return torch.autocast(device.type, dtype=amp_dtype)
 
 
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
 def to_device(images: Tensor, masks: Tensor, device: torch.device,
               channels_last: bool = False) -> Tuple[Tensor, Tensor]:
     images = images.to(device, non_blocking=True)
@@ -298,7 +314,9 @@ def train_step(model: nn.Module, images: Tensor, masks: Tensor, loss_fn: Callabl
     with forward_context(images.device, amp_dtype):
         outputs = model(images)
     # The loss in fp32: cross-entropy over many pixels is where fp16/bf16 would lose bits.
-    outputs = {k: v.float() if torch.is_tensor(v) else v for k, v in outputs.items()}
+    # Only half precision is raised; a float64 model keeps its float64 loss.
+    outputs = {k: v.float() if torch.is_tensor(v) and v.dtype in HALF_DTYPES else v
+               for k, v in outputs.items()}
     terms = loss_fn(outputs, masks)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(terms.total).backward()

@@ -3,8 +3,13 @@
 Unlike the quick validation during training (centre crops, one scale), this scores the
 full validation images: single scale, or the paper's multi-scale protocol (scales 0.5 to
 1.75, each with a horizontal flip, sliding windows of ``crop_size`` at stride 2/3 of it,
-class scores summed over views) through :func:`encnet_lite.inference.predict`.
-pixAcc and mIoU come from one confusion matrix accumulated over the whole split.
+class scores averaged over views) through :func:`encnet_lite.inference.predict`.
+``--protocol official`` scores as the official PyTorch-Encoding test does instead
+(:func:`encnet_lite.inference.predict_official`: scales of ``--base-size`` 520, views and
+windows padded to ``--crop-size`` 480 with black, ``exp`` of the flip-summed logits,
+``align_corners=True``; mIoU over all classes, an absent one counting 0): the protocol of
+the published scores. pixAcc and mIoU come from one confusion matrix accumulated over the
+whole split.
 
 ::
 
@@ -24,7 +29,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -33,16 +38,25 @@ from torch.utils.data import Dataset
 from . import checkpoint as ckpt_io
 from . import distributed as dist_utils
 from .distributed import SINGLE, DistInfo
-from .engine import ShardSampler, build_model, resolve_amp, resolve_device, scenes_dataset
+from .engine import (
+    ShardSampler,
+    build_model,
+    dataset_class,
+    resolve_amp,
+    resolve_device,
+    scenes_dataset,
+)
+from .inference import MS_SCALES
 from .presets import TrainConfig
 
-MS_SCALES: Tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+PROTOCOLS: Tuple[str, ...] = ("default", "official", "mmseg")
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, *,
              multi_scale: bool = False, flip: Optional[bool] = None,
              crop_size: Optional[int] = None, stride: Optional[int] = None,
+             protocol: str = "default", base_size: Optional[int] = None,
              device: Optional[torch.device] = None, amp: str = "auto",
              ignore_index: int = 255, max_images: Optional[int] = None,
              info: DistInfo = SINGLE, progress: bool = True,
@@ -53,6 +67,11 @@ def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, *,
         multi_scale: the paper's scales ``MS_SCALES`` (flip on by default), else scale 1.
         flip: also predict the mirrored image (default: with ``multi_scale``).
         crop_size / stride: sliding windows (default ``crop_size=None``: whole image).
+        protocol: ``"default"`` (:func:`~encnet_lite.inference.predict`) or ``"official"``
+            (:func:`~encnet_lite.inference.predict_official` with ``base_size`` /
+            ``crop_size``, default 520 / 480; mIoU over all classes, an absent one 0) or
+            ``"mmseg"`` (:func:`~encnet_lite.inference.predict_mmseg`: whole images fitted
+            to 2048 x 512, as mmsegmentation scores its checkpoints; windows do not apply).
         max_images: score only the first images (a quick look).
         info: under torchrun, each process scores its shard; the matrices are summed.
         progress: a tqdm bar with the images done and the time left (ETA).
@@ -60,26 +79,21 @@ def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, *,
             ``save_every`` images (and when interrupted): a rerun with the same model and
             settings continues after the last saved image; it is removed when done.
 
-    Returns ``{"pixAcc", "mIoU", "iou": [per class], "confusion": [[...]], "num_images",
-    "seconds", "resumed_from"}`` (``resumed_from``: images taken from ``state``).
+    Returns ``{"pixAcc", "mIoU", "iou": [per class], "protocol", "settings", "confusion",
+    "num_images", "seconds", "resumed_from"}`` (``resumed_from``: images from ``state``).
     """
     from tqdm.auto import tqdm
 
-    from .inference import predict
     from .metrics import ConfusionMatrix
 
     device = device or next(model.parameters()).device
     model = model.to(device).eval()
     amp_dtype = resolve_amp(amp, device)
-    scales = MS_SCALES if multi_scale else (1.0,)
-    flip = multi_scale if flip is None else flip
-    if crop_size is not None and stride is None:
-        stride = crop_size * 2 // 3  # 480 -> 320, as the paper
+    run, settings = _predictor(protocol, multi_scale, flip, crop_size, stride, base_size)
     n = len(dataset) if max_images is None else min(max_images, len(dataset))
     cm = ConfusionMatrix(num_classes, ignore_index=ignore_index)
     key = {"model": model_fingerprint(model), "images": n, "num_classes": num_classes,
-           "scales": list(scales), "flip": flip, "crop_size": crop_size, "stride": stride,
-           "shard": [info.rank, info.world_size]}
+           **settings, "shard": [info.rank, info.world_size]}
     state = _shard_path(Path(state), info) if state else None
     done, seconds = _load_state(state, key, cm) if state else (0, 0.0)
     indices = ShardSampler(n, info).indices
@@ -91,8 +105,7 @@ def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, *,
         for i in indices[done:]:
             image, mask = dataset[i]
             with _autocast(device, amp_dtype):
-                scores = predict(model, image[None].to(device), num_classes, scales=scales,
-                                 flip=flip, crop_size=crop_size, stride=stride)
+                scores = run(model, image[None].to(device), num_classes)
             pred = scores.argmax(1) if scores.dim() == 4 else scores
             cm.update(pred.reshape(mask.shape).cpu(), mask)
             scored += 1
@@ -101,18 +114,65 @@ def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, *,
                 _save_state(state, key, cm, scored, time.perf_counter() - start)
     except BaseException:  # Ctrl-C, an error: keep what was scored for the rerun
         if state and scored > done:
-            _save_state(state, key, cm, scored, time.perf_counter() - start)
+            try:
+                _save_state(state, key, cm, scored, time.perf_counter() - start)
+            except ckpt_io.CheckpointError:  # e.g. a read-only folder: report the first error
+                pass
         raise
     finally:
         bar.close()
     if info.enabled:
         cm.all_reduce()
     if state:
-        state.unlink(missing_ok=True)
+        try:
+            state.unlink(missing_ok=True)
+        except OSError:  # the folder turned read-only: the state left resumes correctly
+            pass
     matrix = cm._ensure(torch.device("cpu")).cpu()
-    return {"pixAcc": float(cm.pixel_accuracy()), "mIoU": float(cm.mean_iou()),
-            "iou": [float(x) for x in cm.iou_per_class()], "confusion": matrix.tolist(),
-            "num_images": n, "seconds": time.perf_counter() - start, "resumed_from": done}
+    return {**_scores(cm, protocol), "settings": settings, "confusion": matrix.tolist(),
+            "num_images": n,
+            "seconds": time.perf_counter() - start, "resumed_from": done}
+
+
+def _scores(cm: Any, protocol: str) -> Dict[str, Any]:
+    """pixAcc, mIoU and IoU per class of ``cm`` (a ConfusionMatrix) by ``protocol``: the
+    official mean is over all classes, an absent class counting 0 (NaN by default)."""
+    official, iou = protocol == "official", cm.iou_per_class()
+    return {"pixAcc": float(cm.pixel_accuracy()), "mIoU": cm.mean_iou(absent_as_zero=official),
+            "iou": [float(x) for x in (iou.nan_to_num(0.0) if official else iou)],
+            "protocol": protocol}
+
+
+def _predictor(protocol: str, multi_scale: bool, flip: Optional[bool],
+               crop_size: Optional[int], stride: Optional[int], base_size: Optional[int]
+               ) -> Tuple[Callable[[nn.Module, torch.Tensor, int], torch.Tensor],
+                          Dict[str, Any]]:
+    """``(run, settings)``: ``run(model, image (1, 3, H, W), num_classes)`` gives the class
+    scores by ``protocol``; ``settings`` are the resolved ones (part of the resume key)."""
+    from . import inference  # looked up at each call: tests replace inference.predict
+
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if protocol != "official" and base_size is not None:
+        raise ValueError("base_size applies to protocol='official' only; drop it or pass "
+                         "protocol='official'")
+    if protocol == "mmseg":  # whole images, no windows: crop_size and stride do not apply
+        kw = {"scales": MS_SCALES if multi_scale else (1.0,),
+              "flip": multi_scale if flip is None else flip}
+        return ((lambda m, x, c: inference.predict_mmseg(m, x, c, **kw)),
+                {**kw, "scales": list(kw["scales"]), "protocol": protocol})
+    if protocol == "official":  # PASCAL-Context's sizes unless given (ADE20K R-101: 640 / 576)
+        crop_size, base_size = crop_size or 480, base_size or 520
+    if crop_size is not None and stride is None:
+        stride = crop_size * 2 // 3  # 480 -> 320, as the paper (= the official int(c * 2/3))
+    kw = {"scales": MS_SCALES if multi_scale else (1.0,),
+          "flip": multi_scale if flip is None else flip, "crop_size": crop_size, "stride": stride}
+    settings = {**kw, "scales": list(kw["scales"])}
+    if protocol == "default":
+        return (lambda m, x, c: inference.predict(m, x, c, **kw)), settings
+    settings.update(protocol=protocol, base_size=base_size)
+    return (lambda m, x, c: inference.predict_official(m, x, c, base_size=base_size, **kw)), \
+        settings
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -170,7 +230,9 @@ def load_model(path: str, device: Optional[torch.device] = None
     ckpt_io.check_finite(saved["model"], what=f"{path} (model weights)")
     try:
         cfg = TrainConfig.from_dict(saved["config"])
-        model = build_model(cfg.replace(pretrained_backbone=False), saved["num_classes"])
+        # The checkpoint holds every weight: no ImageNet file is read (nor needed).
+        model = build_model(cfg.replace(pretrained_backbone=False, backbone_weights=""),
+                            saved["num_classes"])
     except (TypeError, ValueError, KeyError) as exc:  # a model name this version lacks
         raise ckpt_io.IncompatibleCheckpointError(
             f"{path}: cannot build its model ({exc}); it was written by another version "
@@ -183,16 +245,62 @@ def load_model(path: str, device: Optional[torch.device] = None
     return model.to(device or resolve_device("auto")).eval(), cfg, saved
 
 
+def load_published(name: str, file: Optional[str] = None, *, verify: bool = True,
+                   device: Optional[torch.device] = None, progress: bool = True
+                   ) -> Tuple[nn.Module, TrainConfig, Dict[str, Any]]:
+    """A published model (:mod:`encnet_lite.weights`) as :func:`load_model` returns a
+    checkpoint's: ``(model (eval), config, info)``, ``info`` holding ``num_classes``,
+    ``classes`` and the entry (``"weights"``)."""
+    from . import weights
+
+    model = weights.load_weights(name, file, verify=verify, progress=progress)
+    entry = model.weights_meta
+    info = {"num_classes": entry.num_classes, "classes": list(entry.classes),
+            "weights": entry, "epoch": None}
+    return model.to(device or resolve_device("auto")).eval(), weights.config_for(entry), info
+
+
+def load_source(args: argparse.Namespace, device: torch.device
+                ) -> Tuple[nn.Module, TrainConfig, Dict[str, Any]]:
+    """The model a CLI was given: ``--checkpoint FILE`` (:func:`load_model`) or ``--weights
+    NAME [--weights-file F] [--no-verify]`` (:func:`load_published`)."""
+    if args.weights:
+        return load_published(args.weights, args.weights_file, verify=not args.no_verify,
+                              device=device)
+    return load_model(args.checkpoint, device)
+
+
+def check_source(args: argparse.Namespace) -> List[Path]:
+    """One model source among ``--checkpoint`` and ``--weights``; the input files (to keep
+    outputs off them). A :class:`~encnet_lite.cli.UsageError` otherwise."""
+    from . import cli
+    from .weights import get_entry
+
+    if (args.checkpoint is None) == (args.weights is None):
+        raise cli.UsageError("give either --checkpoint (a run's best.pt) or --weights NAME (a "
+                             "published model: encnet-weights list)")
+    if args.weights is None:
+        if args.weights_file or args.no_verify:
+            raise cli.UsageError("--weights-file and --no-verify go with --weights NAME")
+        if getattr(args, "dataset", None):
+            raise cli.UsageError("--dataset goes with --weights: a checkpoint scores the "
+                                 "dataset it was trained on (--data-root chooses its folder)")
+        return [Path(args.checkpoint)]
+    get_entry(args.weights)  # an unknown name fails now, listing the known ones
+    if args.weights_file and not Path(args.weights_file).expanduser().is_file():
+        raise cli.UsageError(f"--weights-file {args.weights_file} does not exist; give the "
+                             "zip or .pth you downloaded")
+    return [Path(args.weights_file)] if args.weights_file else []
+
+
 def eval_dataset(cfg: TrainConfig, data_root: Optional[str] = None,
                  split: str = "val") -> Dataset:
-    """The full-image split to score (PASCAL: no crop; scenes: the validation stream)."""
-    from . import data
-
+    """The full-image split to score (PASCAL, ADE20K: no crop; scenes: the validation
+    stream)."""
     if cfg.dataset == "scenes":
         return scenes_dataset(cfg, split, cfg.num_val_images)
     root = data_root or cfg.data_root or f"data/{cfg.dataset}"
-    cls = data.PascalContext if cfg.dataset == "pcontext" else data.PascalVOC
-    return cls(root, split=split)
+    return dataset_class(cfg.dataset)(root, split=split)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -200,10 +308,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = ArgumentParser(prog="encnet-eval", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="best.pt or last.pt of a run")
+    p.add_argument("--checkpoint", default=None, help="best.pt or last.pt of a run")
+    p.add_argument("--weights", default=None, metavar="NAME",
+                   help="a published model instead of a checkpoint (encnet-weights list; "
+                        "case-insensitive), downloaded to the cache and verified")
+    p.add_argument("--weights-file", default=None, metavar="F",
+                   help="with --weights: a local copy of its file (zip or .pth) to use")
+    p.add_argument("--no-verify", action="store_true",
+                   help="with --weights: skip the checksum (a file you trust, e.g. re-saved)")
+    p.add_argument("--dataset", default=None, choices=("pcontext", "ade20k", "voc"),
+                   help="with --weights: the dataset to score (default: the model's; it must "
+                        "have the model's classes)")
     p.add_argument("--multi-scale", action="store_true",
                    help="scales 0.5-1.75 with flips and sliding windows (the paper's protocol)")
     p.add_argument("--flip", action="store_true", help="add flips at a single scale")
+    p.add_argument("--protocol", default=None, choices=PROTOCOLS,
+                   help="official: the official PyTorch-Encoding test (scales of --base-size, "
+                        "views padded to --crop-size with black, exp of the logits, "
+                        "align_corners, mIoU over all classes), as the published scores; "
+                        "mmseg: mmsegmentation's whole-image test (fitted to 2048x512); "
+                        "default: 'default' for a checkpoint, the model's own for --weights")
+    p.add_argument("--base-size", type=positive_int, default=None,
+                   help="official protocol: the long side at scale 1 (default: the run's "
+                        "base_size, PASCAL-Context 520)")
+    p.add_argument("--crop-size", type=positive_int, default=None,
+                   help="official protocol: the window side (default: the run's crop_size, "
+                        "PASCAL-Context 480)")
     p.add_argument("--data-root", default=None, help="dataset folder (default: the run's)")
     p.add_argument("--split", default="val")
     p.add_argument("--max-images", type=positive_int, default=None,
@@ -233,25 +363,31 @@ def run_cli(args: argparse.Namespace) -> int:
     from . import cli
 
     device = cli.check_device(args.device)
-    ckpt = Path(args.checkpoint)
-    suffix = "eval-ms" if args.multi_scale else "eval"
-    out = Path(args.out) if args.out else ckpt.with_name(f"{ckpt.stem}.{suffix}.json")
-    cli.check_writable_file(out, "--out", inputs=[ckpt])
+    inputs = check_source(args)
+    args.protocol = resolve_protocol(args)
+    official = args.protocol == "official"
+    if not official and (args.base_size or args.crop_size):
+        raise cli.UsageError("--base-size and --crop-size set the official protocol's sizes; "
+                             "add --protocol official or drop them")
+    out = output_path(args)
+    cli.check_writable_file(out, "--out", inputs=inputs)
+    cli.check_keeps_runs(out.with_name(out.name + ".partial"), "--out", inputs)
     info = dist_utils.setup(device.type)
     device = resolve_device(args.device)  # after setup: this process's GPU under torchrun
     try:
-        model, cfg, saved = load_model(args.checkpoint, device)
+        model, cfg, saved = load_source(args, device)
+        cfg = dataset_for(args, cfg, saved)
         threads = cfg.threads if args.threads is None else args.threads
         cli.check_threads(threads, "--threads (or the run's threads)")
         if threads:
             torch.set_num_threads(threads)
-        try:
-            dataset = eval_dataset(cfg, args.data_root, args.split)
-        except ValueError as exc:
-            raise cli.UsageError(f"--split {args.split}: {cli.one_line(exc)}") from None
+        dataset = eval_split(cfg, args)
         crop = cfg.crop_size if cfg.dataset != "scenes" else None
+        base = (args.base_size or cfg.base_size) if official else None
+        crop = (args.crop_size or cfg.crop_size) if official else crop
         result = evaluate(model, dataset, saved["num_classes"], multi_scale=args.multi_scale,
                           flip=True if args.flip else None, crop_size=crop, device=device,
+                          protocol=args.protocol, base_size=base,
                           amp=args.amp, max_images=args.max_images, info=info,
                           progress=not args.no_progress,
                           state=out.with_name(out.name + ".partial"),
@@ -263,23 +399,167 @@ def run_cli(args: argparse.Namespace) -> int:
     return 0
 
 
+def resolve_protocol(args: argparse.Namespace) -> str:
+    """``--protocol``, or by default ``"default"`` for a checkpoint and the published
+    model's own protocol for ``--weights``."""
+    from .weights import get_entry
+
+    if args.protocol:
+        return args.protocol
+    return get_entry(args.weights).protocol if args.weights else "default"
+
+
+def output_path(args: argparse.Namespace) -> Path:
+    """``--out``, or ``NAME.eval[-ms][-PROTOCOL].json`` beside the checkpoint (for
+    ``--weights``: in ``runs/weights``)."""
+    suffix = ("eval-ms" if args.multi_scale else "eval") + (
+        "" if args.protocol == "default" else f"-{args.protocol}")
+    if args.out:
+        return Path(args.out)
+    if args.weights:
+        from .weights import get_entry
+
+        return Path("runs") / "weights" / f"{get_entry(args.weights).name}.{suffix}.json"
+    ckpt = Path(args.checkpoint)
+    return ckpt.with_name(f"{ckpt.stem}.{suffix}.json")
+
+
+def dataset_for(args: argparse.Namespace, cfg: TrainConfig, saved: Dict[str, Any]
+                ) -> TrainConfig:
+    """``cfg`` with ``--dataset`` applied (published models only), refused with a
+    :class:`~encnet_lite.cli.UsageError` when the model cannot score that dataset."""
+    from . import cli
+
+    if args.dataset is None:
+        if args.weights and cfg.dataset == "scenes":  # e.g. a Cityscapes model
+            raise cli.UsageError(f"--weights {args.weights}: this project has no "
+                                 f"{saved['weights'].dataset} dataset to score it on; use "
+                                 "encnet-predict on your own images instead")
+        return cfg
+    if args.dataset != saved["weights"].dataset:
+        raise cli.UsageError(f"--dataset {args.dataset}: {saved['weights'].name} predicts the "
+                             f"{saved['num_classes']} classes of {saved['weights'].dataset}; "
+                             f"give --dataset {saved['weights'].dataset} or another model")
+    return cfg
+
+
 def report_result(args: argparse.Namespace, out: Path, cfg: TrainConfig,
                   saved: Dict[str, Any], result: Dict[str, Any]) -> None:
-    """Print the scores and write the JSON report ``out``."""
+    """Print the scores and write the JSON report ``out`` (refused when no pixel was scored)."""
+    check_scored(args, result)
     mode = "multi-scale + flip" if args.multi_scale else ("flip" if args.flip else "single scale")
+    mode += "" if args.protocol == "default" else f", {args.protocol} protocol"
     note = ""
     if cfg.dataset == "pcontext":
         note = f" over {saved['num_classes']} classes" + (
             " (background ignored, the paper's protocol)" if saved["num_classes"] == 59 else "")
-    print(f"{cfg.name} epoch {saved.get('epoch')}, {args.split} ({result['num_images']} images,"
-          f" {mode}): pixAcc {100 * result['pixAcc']:.2f}  mIoU {100 * result['mIoU']:.2f}{note}")
-    report = {"checkpoint": str(args.checkpoint), "split": args.split, "mode": mode,
+    what = f"{cfg.name} (published weights)" if args.weights else \
+        f"{cfg.name} epoch {saved.get('epoch')}"
+    print(f"{what}, {args.split} ({result['num_images']} images, {mode}): pixAcc "
+          f"{100 * result['pixAcc']:.2f}  mIoU {100 * result['mIoU']:.2f}{note}")
+    for score in saved["weights"].scores if args.weights else ():
+        pixacc = f"pixAcc {score.pixacc:.1f}  " if score.pixacc else ""
+        print(f"  published: {pixacc}mIoU {score.miou:.2f} ({score.protocol}; {score.where})")
+    report = {"checkpoint": args.checkpoint, "weights": args.weights,
+              "weights_file": args.weights_file, "split": args.split, "mode": mode,
               "dataset": cfg.dataset, "num_classes": saved["num_classes"],
               "classes": saved.get("classes", []), **result}
-    ckpt_io.write_json_atomic(out, report)
+    write_report(out, report)
     if result["resumed_from"]:
         print(f"(continued after {result['resumed_from']} images scored by an earlier run)")
     print(f"wrote {out}")
+
+
+DATASET_NAMES = {"scenes": "ContextScenes", "voc": "PASCAL VOC 2012",
+                 "pcontext": "PASCAL-Context", "ade20k": "ADE20K"}
+MARKER_DATASETS = {"pascal-voc-2012": "voc", "pascal-context": "pcontext", "ade20k": "ade20k"}
+
+
+def eval_split(cfg: TrainConfig, args: argparse.Namespace) -> Dataset:
+    """The split ``encnet-eval`` scores, refused with a :class:`~encnet_lite.cli.UsageError`
+    when ``--data-root`` holds another dataset than the checkpoint's, or the split is empty."""
+    from . import cli
+
+    check_data_root(cfg, args.data_root, args.checkpoint or args.weights)
+    try:
+        dataset = eval_dataset(cfg, args.data_root, args.split)
+    except ValueError as exc:
+        raise cli.UsageError(f"--split {args.split}: {cli.one_line(exc)}") from None
+    if len(dataset) == 0:  # pixAcc and mIoU of nothing are NaN: say so instead
+        where = getattr(dataset, "root", None)
+        where = f"{where} lists no {args.split} images" if where else \
+            f"the checkpoint's config gives the {args.split} split no images"
+        raise cli.UsageError(f"--split {args.split}: {where}, so there is nothing to evaluate; "
+                             "prepare the dataset again or choose another --split")
+    return dataset
+
+
+def check_data_root(cfg: TrainConfig, data_root: Optional[str], checkpoint: str) -> None:
+    """A :class:`~encnet_lite.cli.UsageError` naming both datasets when the data root holds
+    another dataset than the one ``checkpoint`` was trained on (``prepared.json`` says which),
+    or when ``--data-root`` is given for synthetic scenes, which no folder holds."""
+    from . import cli
+
+    trained = DATASET_NAMES.get(cfg.dataset, cfg.dataset)
+    if cfg.dataset == "scenes":
+        if data_root is not None:
+            held = _root_dataset(Path(data_root))
+            held = f" (it holds {DATASET_NAMES[held]})" if held else ""
+            raise cli.UsageError(
+                f"--data-root {data_root}{held}: {checkpoint} was trained on {trained}, "
+                "synthetic scenes made from its config, not read from a folder; drop "
+                "--data-root, or evaluate a checkpoint trained on that dataset")
+        return
+    flag = "--data-root" if data_root else "the run's data root"
+    root = data_root or cfg.data_root or f"data/{cfg.dataset}"
+    held = _root_dataset(Path(root))
+    if held is not None and held != cfg.dataset:
+        raise cli.UsageError(
+            f"{flag} {root} holds {DATASET_NAMES[held]}, but {checkpoint} was trained on "
+            f"{trained}; give a {trained} root with --data-root, or a checkpoint trained on "
+            f"{DATASET_NAMES[held]}")
+
+
+def _root_dataset(root: Path) -> Optional[str]:
+    """The dataset (a config's ``dataset`` value) whose ``prepared.json`` is in ``root``, or
+    None (no marker, or one the dataset class itself reports as damaged)."""
+    try:
+        info = json.loads((root / "prepared.json").read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return MARKER_DATASETS.get(info.get("dataset")) if isinstance(info, dict) else None
+
+
+def check_scored(args: argparse.Namespace, result: Dict[str, Any]) -> None:
+    """Refuse a result without one scored pixel (every mask pixel is the ignore label):
+    its pixAcc and mIoU would be NaN."""
+    from . import cli
+
+    if sum(map(sum, result["confusion"])) == 0:
+        raise cli.UsageError(
+            f"--split {args.split}: every mask pixel of its {result['num_images']} image(s) is "
+            "the ignore label 255, so there is nothing to score (pixAcc and mIoU would be "
+            "NaN); check the masks (prepare the dataset again), or choose another --split")
+
+
+def write_report(out: Path, report: Dict[str, Any]) -> None:
+    """Write ``report`` as strict JSON: a NaN IoU (a class absent from both the masks and
+    the predictions, so without one) becomes null, and a note in the report says so."""
+    from . import cli
+    from .metrics import finite_or_none
+
+    iou = finite_or_none(report.get("iou", []))
+    absent = [i for i, x in enumerate(iou) if x is None]
+    report = {**report, "iou": iou}
+    if absent:
+        report["notes"] = [f"iou is null for the {len(absent)} class(es) {absent} absent from "
+                           "both the masks and the predictions (no IoU; left out of mIoU)"]
+    text = json.dumps(report, indent=2, allow_nan=False) + "\n"
+    try:
+        ckpt_io.write_text_atomic(out, text)
+    except ckpt_io.CheckpointError as exc:  # e.g. the folder turned read-only meanwhile
+        raise cli.UsageError(f"--out {out}: {cli.one_line(exc)} (the scores are printed "
+                             "above)") from exc
 
 
 if __name__ == "__main__":

@@ -15,13 +15,14 @@ agree there and differ only on small subsets.
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+import math
+from typing import Dict, Iterable, List, Optional
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["ConfusionMatrix"]
+__all__ = ["ConfusionMatrix", "finite_or_none"]
 
 
 class ConfusionMatrix:
@@ -126,9 +127,12 @@ class ConfusionMatrix:
         union = m.sum(0) + m.sum(1) - inter
         return torch.where(union > 0, inter / union.clamp_min(1), torch.full_like(inter, float("nan")))
 
-    def mean_iou(self) -> float:
-        """Mean IoU over the classes that occur (in targets or predictions)."""
-        return float(self.iou_per_class().nanmean())
+    def mean_iou(self, absent_as_zero: bool = False) -> float:
+        """Mean IoU over the classes that occur (in targets or predictions); with
+        ``absent_as_zero``, the plain mean over all classes, an absent class counting 0
+        (the official code's ``SegmentationMetric``)."""
+        iou = self.iou_per_class()
+        return float(iou.nan_to_num(0.0).mean() if absent_as_zero else iou.nanmean())
 
     def summary(self) -> Dict[str, float]:
         """``{"pixAcc": ..., "mIoU": ...}``."""
@@ -137,3 +141,9 @@ class ConfusionMatrix:
     def __repr__(self) -> str:
         counted = 0 if self.matrix is None else int(self.matrix.sum())
         return f"ConfusionMatrix(num_classes={self.num_classes}, pixels={counted})"
+
+
+def finite_or_none(values: Iterable[float]) -> List[Optional[float]]:
+    """``values`` as floats with NaN and Inf turned into None (null in JSON, which has no
+    NaN): e.g. the IoU of a class absent from both targets and predictions."""
+    return [float(v) if math.isfinite(float(v)) else None for v in values]

@@ -15,18 +15,74 @@ from scratch on the synthetic ContextScenes data in a few CPU minutes.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, fields, replace
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Union
 
 MODELS = ("encnet", "fcn")
-BACKBONES = ("tiny", "resnet50", "resnet101")
-DATASETS = ("scenes", "pcontext", "voc")
+# "resnet50s"/"resnet101s": the official deep-stem ResNets (models.encnet_resnet50s).
+BACKBONES = ("tiny", "resnet50", "resnet101", "resnet50s", "resnet101s")
+DATASETS = ("scenes", "pcontext", "voc", "ade20k")
 AMP_MODES = ("auto", "on", "off", "bf16", "fp16")
 SWITCH_MODES = ("auto", "on", "off")
 # Encoding-layer variants: encnet_lite.encoding.VARIANTS (kept in sync by a test; presets
 # stays importable without torch).
 ENCODERS = ("official", "shared", "softplus", "normscale", "kmeans", "l2", "shared_kmeans")
+
+
+# The allowed range of every numeric field, as an interval ("[": bound included, "(":
+# excluded; "inf": none). A value outside (or NaN, or a float where a count belongs) is
+# refused when the config is made, so that ``--lr nan`` or ``--poly-power -1`` fails before
+# anything runs or is written. The upper bounds of sizes keep one typo from allocating
+# hundreds of GB (``num_codes`` 2**31); the seeds are those every RNG here accepts.
+RANGES = {
+    "num_codes": "[1, 1024]", "se_weight": "[0, inf)", "aux_weight": "[0, inf)",
+    "num_train_images": "[0, inf)", "num_val_images": "[0, inf)", "image_size": "[32, 4096]",
+    "data_seed": "[0, 4294967295]", "min_lookalikes": "[1, 64]", "max_lookalikes": "[1, 64]",
+    "crop_size": "[32, 4096]", "base_size": "[32, 8192]", "batch_size": "[1, inf)",
+    "lr": "(0, inf)", "head_lr_mult": "(0, inf)", "momentum": "[0, 1)",
+    "weight_decay": "[0, inf)", "poly_power": "[0, inf)", "epochs": "[1, inf)",
+    "seed": "[0, 4294967295]", "workers": "[0, 256]", "threads": "[0, 1024]",
+    "checkpoint_every": "[0, inf)", "val_every": "[0, inf)", "val_batch_size": "[0, inf)",
+}
+
+
+class ConfigRangeError(ValueError):
+    """A numeric field outside :data:`RANGES`; :meth:`for_flag` words it for the CLI."""
+
+    def __init__(self, key: str, value: Any, rule: str, example: Any) -> None:
+        self.key, self.value, self.rule, self.example = key, value, rule, example
+        super().__init__(f"{key}={value!r}: {rule}, e.g. {key}={example!r}")
+
+    def for_flag(self, text: Optional[str] = None) -> str:
+        """The message as ``--flag TEXT: rule, e.g. --flag EXAMPLE`` (``text``: as typed)."""
+        flag = "--" + self.key.replace("_", "-")
+        return f"{flag} {self.value if text is None else text}: {self.rule}, e.g. " \
+            f"{flag} {self.example}"
+
+
+def check_ranges(values: Mapping[str, Any]) -> None:
+    """Raise :class:`ConfigRangeError` for the first field of ``values`` (a config or a
+    checkpoint's config dict) outside :data:`RANGES`; fields not given are not checked."""
+    kinds = {f.name: f.type for f in fields(TrainConfig)}
+    for key, interval in RANGES.items():
+        if key not in values:
+            continue
+        value, whole = values[key], kinds[key] == "int"
+        low, high = (float(t) for t in interval[1:-1].split(","))
+        number = not isinstance(value, bool) and isinstance(value, (int, float)) and not (
+            whole and not isinstance(value, int))
+        inside = number and math.isfinite(value) and (
+            value >= low if interval[0] == "[" else value > low) and (
+            value <= high if interval[-1] == "]" else value < high)
+        if not inside:
+            what = "a whole number" if whole else "a finite number"
+            above = f"{'at least' if interval[0] == '[' else 'above'} {low:.0f}"
+            below = "" if math.isinf(high) else \
+                f" and {'at most' if interval[-1] == ']' else 'below'} {high:.0f}"
+            raise ConfigRangeError(key, value, f"give {what} {above}{below}",
+                                   getattr(TrainConfig, key))
 
 
 @dataclass(frozen=True)
@@ -43,7 +99,7 @@ class TrainConfig:
     name: str = "custom"
     # --- model
     model: str = "encnet"  # "encnet" | "fcn"
-    backbone: str = "tiny"  # "tiny" | "resnet50" | "resnet101"
+    backbone: str = "tiny"  # "tiny" | "resnet50" | "resnet101" | "resnet50s" | "resnet101s"
     num_codes: int = 32  # K, codewords of the Context Encoding Module (EncNet only)
     se_loss: bool = True  # SE branch + Semantic Encoding loss (EncNet only)
     aux: bool = True  # auxiliary FCN head on backbone stage 3
@@ -58,7 +114,7 @@ class TrainConfig:
     pretrained_backbone: bool = False  # ImageNet weights (ResNets; torchvision's cache)
     backbone_weights: str = ""  # a local ImageNet state-dict file instead of the cache
     # --- data
-    dataset: str = "scenes"  # "scenes" | "pcontext" | "voc"
+    dataset: str = "scenes"  # "scenes" | "pcontext" | "voc" | "ade20k"
     data_root: str = ""  # dataset folder (PASCAL); unused for the synthetic scenes
     train_split: str = "train"  # PASCAL: "train" ("train_aug" for VOC with SBD)
     num_train_images: int = 512  # scenes only
@@ -111,9 +167,7 @@ class TrainConfig:
         for key, (value, allowed) in checks.items():
             if value not in allowed:
                 raise ValueError(f"{key}={value!r}: choose one of {allowed}")
-        for key in ("batch_size", "epochs", "num_codes", "image_size", "min_lookalikes"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be at least 1, got {getattr(self, key)}")
+        check_ranges(dataclasses.asdict(self))
         if self.max_lookalikes < self.min_lookalikes:
             raise ValueError(f"max_lookalikes ({self.max_lookalikes}) must be at least "
                              f"min_lookalikes ({self.min_lookalikes})")
@@ -171,6 +225,21 @@ def pcontext_encnet_r101(**overrides: Any) -> TrainConfig:
                                out="runs/pcontext_encnet_r101").replace(**overrides)
 
 
+def pcontext_encnet_r50s(**overrides: Any) -> TrainConfig:
+    """The official recipe on the official backbone: :func:`pcontext_encnet_r50` on the
+    deep-stem ``resnet50s`` (three 3x3 convs), initialised from the official ImageNet
+    ``resnet50s`` weights (:data:`encnet_lite.weights.IMAGENET_BACKBONES`). This is how the
+    zoo's ``EncNet_ResNet50s_PContext`` (51.0% mIoU multi-scale) was trained."""
+    return pcontext_encnet_r50(name="pcontext_encnet_r50s", backbone="resnet50s",
+                               out="runs/pcontext_encnet_r50s").replace(**overrides)
+
+
+def pcontext_encnet_r101s(**overrides: Any) -> TrainConfig:
+    """As :func:`pcontext_encnet_r50s` on ``resnet101s`` (the zoo's 54.1% mIoU model)."""
+    return pcontext_encnet_r50(name="pcontext_encnet_r101s", backbone="resnet101s",
+                               out="runs/pcontext_encnet_r101s").replace(**overrides)
+
+
 def pcontext_fcn_r50(**overrides: Any) -> TrainConfig:
     """The FCN baseline under the same recipe (no Context Encoding, no SE-loss)."""
     return pcontext_encnet_r50(name="pcontext_fcn_r50", model="fcn", se_loss=False,
@@ -184,6 +253,25 @@ def voc_encnet_r50(**overrides: Any) -> TrainConfig:
     return _pascal("voc_encnet_r50", dataset="voc", epochs=50, out="runs/voc_encnet_r50",
                    data_root="data/voc", train_split="train_aug", lateral=True
                    ).replace(**overrides)
+
+
+def ade20k_encnet_r50s(**overrides: Any) -> TrainConfig:
+    """The official ADE20K recipe (150 classes), EncNet on the deep-stem ``resnet50s``
+    initialised from the official ImageNet weights: crop 480 from a long side around 520,
+    no lateral connections (as the zoo's ``EncNet_ResNet50s_ADE``), and the official
+    defaults for ADE20K in ``experiments/segmentation/option.py`` of PyTorch-Encoding: 180
+    epochs, lr 0.004 for a batch of 16 (head 10x)."""
+    return _pascal("ade20k_encnet_r50s", dataset="ade20k", backbone="resnet50s", epochs=180,
+                   lr=4e-3, out="runs/ade20k_encnet_r50s", data_root="data/ade20k",
+                   lateral=False).replace(**overrides)
+
+
+def ade20k_encnet_r101s(**overrides: Any) -> TrainConfig:
+    """As :func:`ade20k_encnet_r50s` on ``resnet101s`` with the larger views of the zoo's
+    ``EncNet_ResNet101s_ADE``: base size 640, crop 576."""
+    return ade20k_encnet_r50s(name="ade20k_encnet_r101s", backbone="resnet101s",
+                              base_size=640, crop_size=576,
+                              out="runs/ade20k_encnet_r101s").replace(**overrides)
 
 
 def scenes_encnet_tiny(**overrides: Any) -> TrainConfig:
@@ -222,8 +310,10 @@ def scenes_fcn_tiny(**overrides: Any) -> TrainConfig:
 
 PRESETS: Dict[str, Callable[..., TrainConfig]] = {
     fn.__name__: fn
-    for fn in (pcontext_encnet_r50, pcontext_encnet_r101, pcontext_fcn_r50, voc_encnet_r50,
-               scenes_encnet_tiny, scenes_fcn_tiny)
+    for fn in (pcontext_encnet_r50, pcontext_encnet_r101, pcontext_encnet_r50s,
+               pcontext_encnet_r101s, pcontext_fcn_r50, voc_encnet_r50, ade20k_encnet_r50s,
+               ade20k_encnet_r101s, scenes_encnet_tiny,
+               scenes_fcn_tiny)
 }
 
 
@@ -252,4 +342,5 @@ def parse_value(text: str, default: Any) -> Union[bool, int, float, str, Optiona
 
 __all__ = [
     "TrainConfig", "PRESETS", "get_preset", "RUNTIME_FIELDS", "MODEL_FIELDS", "parse_value",
+    "RANGES", "ConfigRangeError", "check_ranges",
 ] + list(PRESETS)

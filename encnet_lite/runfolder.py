@@ -4,8 +4,13 @@
 
 - a new run starts in a new or empty folder; one that holds a run (any of
   :data:`RUN_FILES`) is refused unless the run is resumed or explicitly overwritten, and one
-  that holds other files (``--out .`` in a project, ``--out ""``) is refused;
-- resuming a path that holds no ``last.pt`` is an error, not a silent fresh start;
+  that holds other files (``--out .`` in a project, ``--out ""``) is refused; a run that
+  stopped before it saved any checkpoint (only ``config.json`` and logs) is started afresh;
+- resuming a path that holds no ``last.pt`` is an error, not a silent fresh start, and the
+  error says what does work there (a plain run, or ``--overwrite``);
+- ``--overwrite`` removes nothing until the new run has started: the old run's files and
+  its evaluation reports (``best.eval*.json``) go only once the new run's setup (config,
+  data, model, optimizer) has succeeded, so a bad flag value loses nothing;
 - a lock file (``train.lock``: pid and host) keeps a second trainer out; the lock of a
   process that no longer runs on this host is stale and taken over;
 - temporary files a killed writer left behind are removed.
@@ -16,12 +21,14 @@ and the checkpoints, every rewrite through :func:`encnet_lite.checkpoint.atomic_
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import IO, Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import checkpoint as ckpt_io
 
@@ -52,6 +59,12 @@ def holds_run(path: Path) -> bool:
     return any((path / name).exists() for name in RUN_FILES)
 
 
+def is_eval_report(name: str) -> bool:
+    """``encnet-eval``'s files beside a checkpoint: ``best.eval.json``,
+    ``best.eval-ms.json`` and their ``.partial`` states."""
+    return ".eval" in name and (name.endswith(".json") or name.endswith(".json.partial"))
+
+
 def foreign_files(path: Path) -> List[str]:
     """Entries of ``path`` a training run does not write (evaluation reports count as the
     run's: ``encnet-eval`` writes ``best.eval.json`` next to the checkpoint)."""
@@ -60,7 +73,58 @@ def foreign_files(path: Path) -> List[str]:
     ours = set(RUN_FILES) | {LOCK}
     return sorted(p.name for p in path.iterdir() if p.name not in ours
                   and not (p.name.startswith(".") and ".tmp" in p.name)
-                  and not (p.suffix == ".json" and ".eval" in p.name))
+                  and not is_eval_report(p.name))
+
+
+def old_run_files(path: Path) -> List[Path]:
+    """What ``--overwrite`` removes: the run's files and the evaluation reports of its
+    checkpoints (a report beside the new best.pt would describe other weights)."""
+    if not path.is_dir():
+        return []
+    return sorted(p for p in path.iterdir()
+                  if p.is_file() and (p.name in RUN_FILES or is_eval_report(p.name)))
+
+
+def _run_config(path: Path) -> Optional[Dict[str, Any]]:
+    """``path/config.json`` if it is a training config (a dict with a model and a dataset)."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(config, dict) and all(isinstance(config.get(k), str)
+                                          for k in ("model", "backbone", "dataset"))
+    return config if ok else None
+
+
+def read_config_name(path: Path) -> Optional[str]:
+    """The ``name`` (preset) in ``path/config.json``, if it is a training config."""
+    config = _run_config(path)
+    name = config.get("name") if config else None
+    return name if isinstance(name, str) else None
+
+
+def unsaved_run(path: Path) -> bool:
+    """Whether ``path`` holds a run that stopped before its first checkpoint: its own
+    config.json and logs, no last.pt or best.pt, nothing else (a plain run restarts it)."""
+    if not holds_run(path) or any((path / n).exists() for n in ("last.pt", "best.pt")):
+        return False
+    has_config = (path / "config.json").exists()
+    return not foreign_files(path) and (not has_config or _run_config(path) is not None)
+
+
+def nothing_to_resume(resume: PathLike, folder: Path,
+                      restart: str = "run the same command without --resume") -> str:
+    """The error for resuming ``folder``, which holds no last.pt: what works instead."""
+    if (folder / "best.pt").exists():
+        return (f"--resume {resume}: nothing to resume there (no last.pt; best.pt holds "
+                "weights only, from a run stopped before its first full checkpoint): pass "
+                "--overwrite instead of --resume to start afresh (best.pt goes), or train in "
+                "another --out to keep it")
+    if unsaved_run(folder):
+        return (f"--resume {resume}: nothing to resume there (the run stopped before its "
+                f"first checkpoint, so there is no last.pt): {restart} to start it afresh")
+    return f"--resume {resume}: nothing to resume there (no last.pt); drop --resume to start " \
+        "a new run"
 
 
 def resume_source(path: Path, resume: ResumeArg) -> Optional[Path]:
@@ -79,8 +143,8 @@ def resume_source(path: Path, resume: ResumeArg) -> Optional[Path]:
     if source.is_dir():
         source = source / "last.pt"
     if not source.is_file():
-        raise FileNotFoundError(f"--resume {resume}: nothing to resume there (no last.pt); "
-                                "drop --resume to start a new run")
+        folder = source.parent if source.name == "last.pt" else Path(resume)
+        raise FileNotFoundError(nothing_to_resume(resume, folder))
     return source
 
 
@@ -95,14 +159,23 @@ def check_start(path: Path, source: Optional[Path], resume: ResumeArg,
         return False
     if holds_run(path):
         auto = resume is True or resume == "auto"  # nothing saved yet to continue
-        if not (overwrite or (auto and not (path / "last.pt").exists())):
+        if overwrite or unsaved_run(path) or (auto and not (path / "last.pt").exists()):
+            return True
+        if (path / "last.pt").exists():
             raise RunFolderError(f"{path} holds a training run: pass --resume to continue it "
                                  "or --overwrite to replace it")
-        return True
+        if (path / "best.pt").exists():
+            raise RunFolderError(f"{path} holds a run with best.pt but no last.pt (it stopped "
+                                 "before its first full checkpoint), so it cannot be resumed: "
+                                 "pass --overwrite to start afresh (best.pt goes), or train in "
+                                 "another --out to keep it")
     others = foreign_files(path)
     if others:
         raise RunFolderError(f"{path} holds files that are not a training run ({others[0]}, "
                              f"...): give the run a new or empty folder with --out")
+    if holds_run(path):  # a config.json that is not a run's
+        raise RunFolderError(f"{path / 'config.json'} is not an encnet_lite run's config: give "
+                             "the run a new or empty folder with --out, or pass --overwrite")
     return False
 
 
@@ -128,6 +201,9 @@ def acquire_lock(path: Path) -> Path:
                 holder = read_lock(lock)
                 if not lock_is_stale(holder):
                     raise RunFolderError(_locked_message(path, holder)) from None
+                if holder is None and lock.exists():
+                    print(f"note: {lock} names no trainer (not a pid and host: edited or "
+                          "damaged), so no trainer holds it; it is replaced", file=sys.stderr)
                 lock.unlink(missing_ok=True)  # a trainer that died without cleaning up
     finally:
         tmp.unlink(missing_ok=True)
@@ -135,11 +211,15 @@ def acquire_lock(path: Path) -> Path:
 
 
 def read_lock(lock: Path) -> Optional[Dict[str, Any]]:
+    """The lock's ``{"pid": int, "host": str}``; None if it is unreadable or not of that form
+    (``{"pid": null}``): :func:`acquire_lock` writes no such lock, so no trainer holds it."""
     try:
         holder = json.loads(lock.read_text())
     except (OSError, ValueError):
         return None
-    return holder if isinstance(holder, dict) else None
+    ok = (isinstance(holder, dict) and isinstance(holder.get("host"), str)
+          and isinstance(holder.get("pid"), int) and not isinstance(holder["pid"], bool))
+    return holder if ok else None
 
 
 def lock_is_stale(holder: Optional[Mapping[str, Any]]) -> bool:
@@ -147,7 +227,7 @@ def lock_is_stale(holder: Optional[Mapping[str, Any]]) -> bool:
     if holder is None:  # unreadable: not written by the link above, so no trainer's
         return True
     same_host = holder.get("host") == socket.gethostname()
-    return same_host and not ckpt_io.pid_alive(int(holder.get("pid", -1)))
+    return same_host and not ckpt_io.pid_alive(int(holder["pid"]))
 
 
 def _locked_message(path: Path, holder: Mapping[str, Any]) -> str:
@@ -177,38 +257,64 @@ def remove_stale_temporaries(path: Path) -> List[Path]:
 @dataclass
 class RunFolder:
     """The files of one run. ``active=False`` (a non-main process under torchrun): every
-    method does nothing, so the training loop needs no rank checks."""
+    method does nothing, so the training loop needs no rank checks. ``replace``: the old
+    run's files (:func:`old_run_files`) are removed by :meth:`start`, not before."""
 
     path: Path
     active: bool = True
+    replace: bool = False
     _step_log: Optional[IO[str]] = None
 
     def start(self, config: Mapping[str, Any], history: Sequence[Mapping[str, Any]],
               iteration: int) -> None:
-        """Write ``config.json`` and the logs as of ``iteration`` (steps a crash logged
-        after the checkpoint are dropped: the resumed run logs them again)."""
+        """The run has started (its setup succeeded): remove a replaced run, then write
+        ``config.json`` and the logs as of ``iteration`` (steps a crash logged after the
+        checkpoint are dropped: the resumed run logs them again)."""
         if not self.active:
             return
-        ckpt_io.write_json_atomic(self.path / "config.json", dict(config))
-        self.write_history(history)
-        steps = [r for r in read_jsonl(self.path / "iterations.jsonl")
-                 if r["iteration"] <= iteration] if iteration else []
-        ckpt_io.write_text_atomic(self.path / "iterations.jsonl", _jsonl(steps))
-        self._step_log = open(self.path / "iterations.jsonl", "a")
+        with self._writing("config.json"):
+            if self.replace:
+                for old in old_run_files(self.path):
+                    old.unlink(missing_ok=True)
+                self.replace = False
+            ckpt_io.write_json_atomic(self.path / "config.json", dict(config))
+            self.write_history(history)
+            steps = [r for r in read_jsonl(self.path / "iterations.jsonl")
+                     if r["iteration"] <= iteration] if iteration else []
+            ckpt_io.write_text_atomic(self.path / "iterations.jsonl", _jsonl(steps))
+            self._step_log = open(self.path / "iterations.jsonl", "a")
 
     def log_step(self, record: Mapping[str, Any]) -> None:
         if self._step_log is not None:
-            self._step_log.write(json.dumps(record) + "\n")
-            self._step_log.flush()
+            with self._writing("iterations.jsonl"):
+                self._step_log.write(json.dumps(record) + "\n")
+                self._step_log.flush()
 
     def write_history(self, history: Sequence[Mapping[str, Any]]) -> None:
         if self.active:
-            ckpt_io.write_text_atomic(self.path / "metrics.jsonl", _jsonl(history))
+            with self._writing("metrics.jsonl"):
+                ckpt_io.write_text_atomic(self.path / "metrics.jsonl", _jsonl(history))
 
     def save(self, name: str, ckpt: Mapping[str, Any]) -> None:
         """Save ``last.pt`` or ``best.pt`` atomically."""
         if self.active:
-            ckpt_io.save_atomic(dict(ckpt), self.path / name)
+            with self._writing(name):
+                ckpt_io.save_atomic(dict(ckpt), self.path / name)
+
+    @contextlib.contextmanager
+    def _writing(self, name: str) -> Iterator[None]:
+        """A failed write (full disk, read-only folder) becomes one
+        :class:`~encnet_lite.checkpoint.CheckpointError` that also says how to go on with
+        this run afterwards (nested writes add it once)."""
+        try:
+            yield
+        except ckpt_io.CheckpointError as exc:
+            if getattr(exc, "run_advice", False):
+                raise
+            raise _with_advice(str(exc), self.path) from exc
+        except OSError as exc:  # the step log is appended to, not written atomically
+            raise _with_advice(str(ckpt_io.write_error(self.path / name, exc)),
+                               self.path) from exc
 
     def close(self) -> None:
         if self._step_log is not None:
@@ -218,10 +324,26 @@ class RunFolder:
             release_lock(self.path)
 
 
+def _with_advice(message: str, path: Path) -> ckpt_io.CheckpointError:
+    """``message`` and how this run goes on once the cause is fixed (by what it holds)."""
+    if (path / "last.pt").is_file():
+        advice = "For this run, that means --resume: it continues from its last.pt."
+    elif (path / "best.pt").is_file():
+        advice = ("This run saved no last.pt yet, so not --resume: rerun it with --overwrite "
+                  "(its best.pt holds weights only).")
+    else:
+        advice = ("This run saved no last.pt yet, so not --resume: the same command without "
+                  "--resume starts it afresh.")
+    error = ckpt_io.CheckpointError(f"{message} {advice}")
+    error.run_advice = True  # type: ignore[attr-defined]
+    return error
+
+
 def open_run(out: PathLike, resume: ResumeArg = None, overwrite: bool = False,
              active: bool = True) -> Tuple[RunFolder, Optional[Path]]:
     """Check the rules, take the lock, clean up; returns ``(RunFolder, last.pt to resume or
-    None)``. ``active=False``: only find the checkpoint (the other processes of a run)."""
+    None)``. ``active=False``: only find the checkpoint (the other processes of a run).
+    Nothing of a replaced run is removed here: :meth:`RunFolder.start` does it."""
     path = check_out(out)
     source = resume_source(path, resume)
     if not active:
@@ -231,13 +353,10 @@ def open_run(out: PathLike, resume: ResumeArg = None, overwrite: bool = False,
     acquire_lock(path)
     try:
         remove_stale_temporaries(path)
-        if replace:
-            for name in RUN_FILES:
-                (path / name).unlink(missing_ok=True)
     except BaseException:
         release_lock(path)
         raise
-    return RunFolder(path), source
+    return RunFolder(path, replace=replace), source
 
 
 def best_action(path: Path, state: ckpt_io.TrainState) -> str:

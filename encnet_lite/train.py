@@ -75,7 +75,15 @@ from .engine import (
     validate,
 )
 from .metrics import ConfusionMatrix
-from .presets import MODEL_FIELDS, PRESETS, RUNTIME_FIELDS, TrainConfig, get_preset, parse_value
+from .presets import (
+    MODEL_FIELDS,
+    PRESETS,
+    RUNTIME_FIELDS,
+    ConfigRangeError,
+    TrainConfig,
+    get_preset,
+    parse_value,
+)
 from .runfolder import RunFolder
 
 HEALTH_IMAGES = 32  # validation images the codeword health is measured on, each validation
@@ -151,7 +159,9 @@ def train(cfg: TrainConfig, *, resume: runfolder.ResumeArg = None, overwrite: bo
             run: a chapter run again continues); a checkpoint or run folder continues that
             checkpoint (an error if there is none); None starts a new run, refused in a
             folder that holds one unless ``overwrite``.
-        overwrite: replace the run in ``cfg.out``.
+        overwrite: replace the run in ``cfg.out``: its files (and the evaluation reports
+            beside them) are removed only once this run's setup has succeeded, so a bad
+            value or a missing file leaves the old run as it was.
         model: train this model instead of building one from ``cfg`` (it must return the
             usual output dict and be compatible with ``cfg``'s dataset).
 
@@ -163,7 +173,9 @@ def train(cfg: TrainConfig, *, resume: runfolder.ResumeArg = None, overwrite: bo
         info = dist_utils.setup(resolve_device(cfg.device).type)
         datasets = checked_datasets(cfg)
         folder, source = open_folder(cfg, resume, overwrite, info)
-        try:
+        try:  # a replaced run's files go only once setup succeeded (folder.start)
+            if source is None:
+                check_backbone_weights(cfg)
             saved = load_resumable(source, cfg, datasets[0])
             run = setup(cfg, info, datasets, folder, model, saved)
             state = start_state(run, saved)
@@ -272,9 +284,8 @@ def place_model(cfg: TrainConfig, info: DistInfo, device: torch.device, channels
                 saved: Optional[Dict[str, Any]]) -> nn.Module:
     """``model`` (or a new one from ``cfg``) on ``device`` with the saved weights, if any."""
     _seed_everything(cfg.seed)
-    if model is None:  # resuming: no need to fetch ImageNet weights that get overwritten
-        model = build_model(cfg.replace(pretrained_backbone=cfg.pretrained_backbone
-                                        and saved is None), num_classes)
+    if model is None:
+        model = _new_model(cfg, num_classes, fresh=saved is None)
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -287,6 +298,24 @@ def place_model(cfg: TrainConfig, info: DistInfo, device: torch.device, channels
     if info.enabled and cfg.sync_bn:
         model = dist_utils.convert_sync_batchnorm(model, device.type)
     return model
+
+
+def _new_model(cfg: TrainConfig, num_classes: int, fresh: bool) -> nn.Module:
+    """A model built from ``cfg``; ImageNet weights only for a ``fresh`` run (resuming
+    overwrites them). A ``--backbone-weights`` file of another network is one line."""
+    from .models.backbones import WeightsError
+
+    if not fresh:
+        cfg = cfg.replace(pretrained_backbone=False, backbone_weights="")
+    try:
+        return build_model(cfg, num_classes)
+    except RuntimeError as exc:
+        if not (cfg.backbone_weights and "loading state_dict" in str(exc)):
+            raise
+        why = " ".join(str(exc).split())[:200]
+        raise WeightsError(f"--backbone-weights {cfg.backbone_weights} does not fit the "
+                           f"{cfg.backbone} backbone ({why} ...); give ImageNet weights "
+                           f"made for {cfg.backbone}") from exc
 
 
 def _seed_everything(seed: int) -> None:
@@ -491,9 +520,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     elif resume_path:
         found = ckpt_io.find_resume(resume_path)
         if found is None:
-            raise FileNotFoundError(f"--resume {resume_path}: no such run folder or "
-                                    "checkpoint (a folder must hold last.pt); check the path, "
-                                    "or drop --resume and give --preset to start a new run")
+            raise FileNotFoundError(_no_resume_message(Path(resume_path)))
         saved = ckpt_io.load(found)
         ckpt_io.check_header(saved, found)
         try:
@@ -518,30 +545,70 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                 raise UsageError(f"--{f.name.replace('_', '-')} {text}: {exc}") from None
     try:
         return cfg.replace(**overrides)
-    except ValueError as exc:  # TrainConfig's own checks (a bad model name, batch size 0)
+    except ConfigRangeError as exc:  # --lr nan, --poly-power -1: named as typed
+        raise UsageError(exc.for_flag(getattr(args, exc.key, None))) from None
+    except ValueError as exc:  # TrainConfig's own checks (a bad model name)
         raise UsageError(str(exc)) from None
 
 
-def check_cli_config(cfg: TrainConfig, writes: bool = True) -> None:
-    """What ``encnet-train`` refuses before building anything: bad counts, a device that is
-    not here, an ``--out`` that cannot be written (``writes``)."""
+def _no_resume_message(path: Path) -> str:
+    """``--resume PATH`` (no --preset) where PATH holds no last.pt: what works instead."""
+    folder = path if path.is_dir() else path.parent if path.name == "last.pt" else None
+    if folder is not None and folder.is_dir() and runfolder.holds_run(folder):
+        name = runfolder.read_config_name(folder)
+        preset = name if name in PRESETS else "NAME"
+        return runfolder.nothing_to_resume(
+            path, folder, f"run encnet-train --preset {preset} --out {folder} (no --resume)")
+    return (f"--resume {path}: no such run folder or checkpoint (a folder must hold last.pt); "
+            "check the path, or drop --resume and give --preset to start a new run")
+
+
+def check_cli_config(cfg: TrainConfig, writes: bool = True, resumes: bool = False) -> None:
+    """What ``encnet-train`` refuses before building anything (every number's range is
+    :class:`TrainConfig`'s own check): no validation scenes, a device that is not here,
+    backbone weights that are not (``resumes``: not needed), an ``--out`` that cannot be
+    written (``writes``)."""
     from . import cli
 
     cli.check_threads(cfg.threads)
-    at_least = {"workers": 0, "checkpoint_every": 0, "val_every": 0, "val_batch_size": 0}
-    if cfg.dataset == "scenes":
-        at_least.update(num_train_images=1, num_val_images=1)
-    for key, low in at_least.items():
-        value = getattr(cfg, key)
-        if value < low:
-            flag = "--" + key.replace("_", "-")
-            what = "validation needs at least one image" if key == "num_val_images" else \
-                f"it must be {low} or more"
-            raise cli.UsageError(f"{flag} {value}: {what}, e.g. {flag} "
-                                 f"{max(low, 8) if 'images' in key else low}")
+    if cfg.dataset == "scenes" and cfg.num_val_images < 1:
+        raise cli.UsageError(f"--num-val-images {cfg.num_val_images}: validation needs at "
+                             "least one image, e.g. --num-val-images 8")
     cli.check_device(cfg.device)
+    if not resumes:
+        check_backbone_weights(cfg)
     if writes:
         cli.check_writable_dir(cfg.out, "--out")
+
+
+def check_backbone_weights(cfg: TrainConfig) -> None:
+    """``cfg.backbone_weights`` (if given) is a file for a ResNet backbone, and not an
+    encnet_lite checkpoint (loading one as ImageNet weights would list every key of the
+    backbone as missing). Other faults are named by the loader when the model is built."""
+    from .models.backbones import WeightsError
+
+    if not cfg.backbone_weights:
+        return
+    path, flag = Path(cfg.backbone_weights).expanduser(), "--backbone-weights"
+    if cfg.backbone == "tiny":
+        raise ValueError(f"{flag} {path}: the tiny backbone has no ImageNet weights (it "
+                         "trains from scratch); drop the flag, or pick --backbone resnet50")
+    if path.is_dir():
+        raise IsADirectoryError(f"{flag} {path} is a folder: give the weights file itself "
+                                "(a torchvision ResNet .pth)")
+    if not path.is_file():
+        raise FileNotFoundError(f"{flag} {path}: no such file; give a torchvision ResNet "
+                                "ImageNet .pth file, or drop the flag")
+    try:  # mmap: only the small dict structure is read, not the tensors
+        peek = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a zip checkpoint: the backbone's loader says what it is
+        return
+    made_by = peek.get("format") if isinstance(peek, dict) else None
+    if isinstance(made_by, str) and made_by.startswith(ckpt_io.FORMAT.rsplit("/", 1)[0]):
+        raise WeightsError(f"{flag} {path} is an encnet_lite checkpoint (a whole trained "
+                           "model), not ImageNet ResNet weights: continue its run with "
+                           "--resume, evaluate it with encnet-eval --checkpoint, or give a "
+                           "torchvision ResNet .pth file")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -557,7 +624,7 @@ def run_cli(args: argparse.Namespace) -> int:
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
-    check_cli_config(cfg, writes=args.budget is None)
+    check_cli_config(cfg, writes=args.budget is None, resumes=args.resume is not None)
     if args.budget is not None:
         from .budget import format_budget, measure_budget
 

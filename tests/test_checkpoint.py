@@ -43,7 +43,36 @@ def test_a_full_disk_message_does_not_point_at_best_pt(tmp_path):
 
     with pytest.raises(ckpt_io.CheckpointError, match="disk full") as info:
         ckpt_io.atomic_write(tmp_path / "last.pt", full)
-    assert "best.pt" not in str(info.value) and "--resume" in str(info.value)
+    message = str(info.value)
+    assert "best.pt" not in message and "free some space" in message
+    # The writer knows no run: whether --resume can continue is the run folder's to say.
+    assert "--resume" not in message and "\n" not in message
+
+
+def test_a_cleanup_that_fails_never_hides_the_first_error(tmp_path, monkeypatch):
+    """The folder turns read-only between the write and the rename: the rename fails, and
+    so does removing the temporary file; the error is the first one, in one line."""
+    path = ckpt_io.write_text_atomic(tmp_path / "best.eval.json", "{}\n")
+
+    def read_only(*args):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(ckpt_io.os, "replace", read_only)
+    monkeypatch.setattr(ckpt_io.Path, "unlink", lambda self, missing_ok=False: read_only())
+    with pytest.raises(ckpt_io.CheckpointError) as info:
+        ckpt_io.save_atomic({"x": torch.ones(2)}, path)
+    message = str(info.value)
+    assert message.startswith(f"no permission to write (Permission denied) while writing {path}")
+    tmp = tmp_path / f".best.eval.json{ckpt_io.TMP_MARK}{os.getpid()}"
+    assert f"the temporary file {tmp} could not be removed: delete it" in message
+    assert f"make {tmp_path} writable" in message and "\n" not in message
+    assert path.read_text() == "{}\n"
+
+
+def test_save_atomic_under_a_file_is_a_checkpoint_error_not_a_bare_oserror(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ckpt_io.CheckpointError, match=r"while writing .*a_file/sub/x\.pt"):
+        ckpt_io.save_atomic({}, tmp_path / "a_file" / "sub" / "x.pt")
 
 
 def test_ctrl_c_passes_through_and_cleans_up(tmp_path):
@@ -115,3 +144,89 @@ def test_best_checkpoint_holds_the_best_epochs_record_and_no_optimizer(tmp_path)
     path = ckpt_io.save_atomic(best, tmp_path / "best.pt")
     with pytest.raises(ckpt_io.CheckpointError, match="no optimizer state"):
         ckpt_io.load_training(path)
+
+
+def _valid(tmp_path, **changes):
+    """A small checkpoint that passes every check, with ``changes`` applied."""
+    from encnet_lite import presets
+
+    ckpt = {"format": ckpt_io.FORMAT, "config": presets.scenes_encnet_tiny().to_dict(),
+            "num_classes": 3, "model": {"w": torch.ones(2, 2)}, "optimizer": {}}
+    for key, value in changes.items():
+        if key == "config":
+            ckpt["config"].update(value)
+        else:
+            ckpt[key] = value
+    return ckpt
+
+
+class _Code:
+    def __reduce__(self):
+        return (print, ("ran",))
+
+
+# (what the file holds, a phrase of the one-line error, the error's type)
+LOAD_CASES = [
+    ("zero bytes", b"", "the file is empty (0 bytes)", ckpt_io.CheckpointError),
+    ("text", b"hello world\n", "it is not a file torch.save writes (it begins with b'hello wo')",
+     ckpt_io.CheckpointError),
+    ("a torn zip", b"PK\x03\x04 cut off", "is cut short or damaged", ckpt_io.CheckpointError),
+    ("code", _Code(), "other than tensors, numbers and strings, which are never loaded (nothing "
+     "was run)", ckpt_io.CheckpointError),
+    ("a newer format", {"format": "encnet_lite.checkpoint/2"},
+     "was written by a newer encnet_lite (format encnet_lite.checkpoint/2; this version reads "
+     "encnet_lite.checkpoint/1): upgrade encnet_lite", ckpt_io.CheckpointError),
+    ("another format", {"format": "mmseg"}, "is not an encnet_lite checkpoint (its 'format' "
+     "is 'mmseg'", ckpt_io.CheckpointError),
+    ("a folder with best.pt", "dir", "is a folder, not a checkpoint file: give the file inside, "
+     "e.g. ", IsADirectoryError),
+    ("an empty folder", "empty_dir", "is a folder, not a checkpoint file: give a best.pt or "
+     "last.pt file (this folder holds neither)", IsADirectoryError),
+]
+
+
+@pytest.mark.parametrize("held,content,phrase,error", LOAD_CASES,
+                         ids=[c[0] for c in LOAD_CASES])
+def test_load_says_what_is_wrong_with_the_file(tmp_path, held, content, phrase, error):
+    path = tmp_path / "x.pt"
+    if content == "dir":
+        path.mkdir()
+        ckpt_io.save_atomic(_valid(tmp_path), path / "best.pt")
+        phrase += str(path / "best.pt")
+    elif content == "empty_dir":
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(content, path)
+    with pytest.raises(error) as info:
+        ckpt_io.load(path)
+    message = str(info.value)
+    assert phrase in message and message.startswith(str(path)) and "\n" not in message
+
+
+# (a hand edit, a phrase of check_header's one-line error)
+HEADER_CASES = [
+    ("sparse", {"model": {"w": torch.ones(2, 2).to_sparse()}},
+     "'model' tensor 'w' is torch.sparse_coo (a checkpoint holds dense tensors)"),
+    ("not a tensor", {"model": {"w": [1.0, 2.0]}}, "'model' entry 'w' is a list, not a tensor"),
+    ("num_codes 2**31", {"config": {"num_codes": 2**31}},
+     "num_codes=2147483648: give a whole number at least 1 and at most 1024"),
+    ("lr nan", {"config": {"lr": float("nan")}}, "lr=nan: give a finite number above 0"),
+    ("num_codes text", {"config": {"num_codes": "32"}}, "num_codes='32': give a whole number"),
+]
+
+
+@pytest.mark.parametrize("edit,changes,phrase", HEADER_CASES, ids=[c[0] for c in HEADER_CASES])
+def test_hand_edited_checkpoints_are_refused_in_one_line(tmp_path, edit, changes, phrase):
+    path = tmp_path / "last.pt"
+    ckpt_io.save_atomic(_valid(tmp_path), path)
+    ckpt_io.load_training(path)  # the unedited file passes
+    ckpt_io.save_atomic(_valid(tmp_path, **changes), path)
+    for check in (lambda: ckpt_io.check_header(ckpt_io.load(path), path),
+                  lambda: ckpt_io.load_training(path)):
+        with pytest.raises(ckpt_io.CheckpointError) as info:
+            check()
+        message = str(info.value)
+        assert message.startswith(f"{path} cannot be used to build its model: ")
+        assert phrase in message and "\n" not in message

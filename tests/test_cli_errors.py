@@ -196,3 +196,260 @@ def test_encnet_traceback_shows_the_traceback_of_a_known_error(monkeypatch, caps
     monkeypatch.setenv("ENCNET_TRACEBACK", "1")
     with pytest.raises(ValueError, match="deep inside"):
         cli.run("prog", body)
+
+
+# ---------------------------------------------------------------- training: numbers, checkpoints
+
+
+@pytest.fixture(scope="module")
+def damaged(tmp_path_factory):
+    """Checkpoint files as a careless hand or a full disk leaves them (built once)."""
+    d = tmp_path_factory.mktemp("damaged")
+    last = _checkpoint(d / "run" / "last.pt")  # no optimizer: enough for the header checks
+    saved = ckpt_io.load(last)
+    (d / "zero.pt").write_bytes(b"")
+    (d / "text.pt").write_text("hello world\n")
+    torch.save({**saved, "format": "encnet_lite.checkpoint/2"}, d / "newer.pt")
+    first = next(iter(saved["model"]))
+    torch.save({**saved, "optimizer": {}, "model": {**saved["model"],
+                                                    first: saved["model"][first].to_sparse()}},
+               d / "sparse.pt")
+    torch.save({**saved, "optimizer": {}, "config": {**saved["config"], "num_codes": 2**31}},
+               d / "huge.pt")
+    torch.save({"classifier.weight": torch.ones(2, 2)}, d / "other_net.pth")
+    return d
+
+
+TRAIN = ["--preset", "scenes_encnet_tiny", *SCENES]
+# (arguments with {d} = the damaged folder, a phrase the one line must contain)
+TRAIN_CASES = [
+    ([*TRAIN, "--lr", "nan"], "--lr nan: give a finite number above 0, e.g. --lr 0.001"),
+    ([*TRAIN, "--lr", "-1"], "--lr -1: give a finite number above 0"),
+    ([*TRAIN, "--head-lr-mult", "-1"], "--head-lr-mult -1: give a finite number above 0"),
+    ([*TRAIN, "--poly-power", "-1"], "--poly-power -1: give a finite number at least 0"),
+    ([*TRAIN, "--momentum", "1"], "--momentum 1: give a finite number at least 0 and below 1"),
+    ([*TRAIN, "--weight-decay", "inf"], "--weight-decay inf: give a finite number"),
+    ([*TRAIN, "--se-weight", "-0.5"], "--se-weight -0.5: give a finite number at least 0"),
+    ([*TRAIN, "--num-codes", "2147483648"], "--num-codes 2147483648: give a whole number at "
+     "least 1 and at most 1024"),
+    ([*TRAIN, "--image-size", "8"], "--image-size 8: give a whole number at least 32"),
+    ([*TRAIN, "--crop-size", "0"], "--crop-size 0: give a whole number at least 32"),
+    ([*TRAIN, "--seed", "-1"], "--seed -1: give a whole number at least 0"),
+    ([*TRAIN, "--data-seed", "-5"], "--data-seed -5: give a whole number at least 0"),
+    ([*TRAIN, "--batch-size", "0"], "--batch-size 0: give a whole number at least 1"),
+    ([*TRAIN, "--epochs", "0"], "--epochs 0: give a whole number at least 1"),
+    ([*TRAIN, "--checkpoint-every", "-3"], "--checkpoint-every -3: give a whole number"),
+    ([*TRAIN, "--backbone", "resnet50", "--backbone-weights", "{d}/run/last.pt", "--out",
+      "{d}/bw"], "is an encnet_lite checkpoint (a whole trained model), not ImageNet ResNet "
+     "weights: continue its run with --resume"),
+    ([*TRAIN, "--backbone", "resnet50", "--backbone-weights", "{d}/run", "--out", "{d}/bw"],
+     "--backbone-weights {d}/run is a folder"),
+    ([*TRAIN, "--backbone", "resnet50", "--backbone-weights", "{d}/nope.pth", "--out",
+      "{d}/bw"], "--backbone-weights {d}/nope.pth: no such file"),
+    ([*TRAIN, "--backbone", "resnet50", "--backbone-weights", "{d}/other_net.pth", "--out",
+      "{d}/bw"], "--backbone-weights {d}/other_net.pth does not fit the resnet50 backbone"),
+    (["--resume", "{d}/zero.pt"], "the file is empty (0 bytes)"),
+    (["--resume", "{d}/text.pt"], "it is not a file torch.save writes (it begins with "
+     "b'hello wo')"),
+    (["--resume", "{d}/newer.pt"], "was written by a newer encnet_lite (format "
+     "encnet_lite.checkpoint/2"),
+    (["--resume", "{d}/sparse.pt", "--out", "{d}/o1"], "is torch.sparse_coo (a checkpoint "
+     "holds dense tensors)"),
+    (["--resume", "{d}/huge.pt", "--out", "{d}/o2"], "num_codes=2147483648: give a whole "
+     "number at least 1 and at most 1024"),
+    ([*TRAIN, "--resume", "{d}/sparse.pt", "--out", "{d}/o3"], "is torch.sparse_coo"),
+]
+
+
+@pytest.mark.parametrize("args,phrase", TRAIN_CASES,
+                         ids=[" ".join(a[len(TRAIN) if a[0] == "--preset" else 0:])[:60]
+                              for a, _ in TRAIN_CASES])
+def test_training_misuse_exits_2_with_one_line(damaged, args, phrase, capsys):
+    before = {p.name: p.read_bytes() for p in damaged.rglob("*") if p.is_file()}
+    try:
+        code = train.main([a.format(d=damaged) for a in args])
+    except SystemExit as exc:
+        code = exc.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "Traceback" not in err, err
+    assert err.startswith("encnet-train: error: ") and phrase.format(d=damaged) in err, err
+    assert {p.name: p.read_bytes() for p in damaged.rglob("*") if p.is_file()} == before
+
+
+def test_a_folder_given_as_a_checkpoint_names_the_file_inside(files, capsys):
+    code = evaluate.main(["--checkpoint", str(files / "run"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err, err
+    assert f"{files / 'run'} is a folder, not a checkpoint file: give the file inside, e.g. " \
+        f"{files / 'run' / 'best.pt'}" in err
+
+
+# ------------------------------------------------------- evaluation and prediction: inputs, outputs
+
+
+def _png_header(path, width, height):
+    """A PNG that claims ``width x height`` RGB pixels but holds no pixel data: its header
+    is all a size check reads (a few dozen bytes for a 9000 x 9000 image)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+                     + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b""))
+    return path
+
+
+def _voc_root(root, split_ids):
+    """A prepared-looking PASCAL VOC root: ``split_ids`` maps a split to its ids; every
+    image is 16 x 16 and its mask all 255 (ignore)."""
+    import json
+
+    for sub in ("ImageSets", "JPEGImages", "SegmentationClass"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    (root / "prepared.json").write_text(json.dumps({"dataset": "pascal-voc-2012", "format": 1,
+                                                    "sbd": False}))
+    for split, ids in split_ids.items():
+        (root / "ImageSets" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+        for i in ids:
+            Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(root / "JPEGImages" / f"{i}.jpg")
+            Image.fromarray(np.full((16, 16), 255, np.uint8)).save(
+                root / "SegmentationClass" / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory):
+    """Run folders with every file a run holds, datasets that do not match, and images the
+    model cannot take (built once)."""
+    import json
+    import shutil
+
+    d = tmp_path_factory.mktemp("outputs")
+    run = d / "run"
+    _checkpoint(run / "best.pt")
+    shutil.copy(run / "best.pt", run / "last.pt")
+    (run / "config.json").write_text(json.dumps(presets.scenes_encnet_tiny().to_dict()))
+    for name in ("metrics.jsonl", "iterations.jsonl"):
+        (run / name).write_text('{"epoch": 1}\n')
+    (run / "train.lock").write_text('{"pid": 1, "host": "elsewhere"}\n')
+    _checkpoint(d / "other" / "best.pt")
+    _checkpoint(d / "loose" / "model.pt")  # a checkpoint alone in a folder
+    shutil.copy(d / "loose" / "model.pt", d / "loose" / "renamed.json")
+    _checkpoint(d / "voc.pt", num_classes=21, dataset="voc")
+    _checkpoint(d / "pc.pt", num_classes=59, dataset="pcontext")
+    _voc_root(d / "voc", {"val": [], "train": ["a"]})  # empty val, all-ignored train
+    (d / "pc").mkdir()
+    (d / "pc" / "prepared.json").write_text('{"dataset": "pascal-context", "variants": [59]}')
+    (d / "img").mkdir()
+    for name, side in (("tiny.png", (5, 7)), ("twelve.png", (12, 12)), ("strip.png", (10, 2000))):
+        Image.fromarray(np.zeros((*side, 3), np.uint8)).save(d / "img" / name)
+    Image.fromarray(np.full((16, 16), 4.0, np.float32)).save(d / "img" / "bright.tif")
+    Image.fromarray(np.full((16, 16), -7, np.int32)).save(d / "img" / "signed.tif")
+    _png_header(d / "img" / "bomb.png", 100_000, 100_000)
+    for sub in ("p1/same", "p2/same"):
+        (d / sub).mkdir(parents=True)
+        Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(d / sub / "x.png")
+    return d
+
+
+RUN = "{d}/run/best.pt"
+PRED = ["--checkpoint", RUN, "--out", "{d}/pred"]
+# (command, arguments with {d} = the outputs folder, a phrase the one line must contain)
+IO_CASES = [
+    ("eval", ["--checkpoint", RUN, "--out", "{d}/run/last.pt"], "holds a training run or the "
+     "checkpoint, and last.pt would replace (or pose as) one of the run's files"),
+    *[("eval", ["--checkpoint", RUN, "--out", f"{{d}}/run/{name}"], f"and {name} would replace")
+      for name in ("config.json", "metrics.jsonl", "iterations.jsonl", "train.lock",
+                   "epoch5.pt", "LAST.PT")],
+    ("eval", ["--checkpoint", RUN, "--out", "{d}/other/best.pt"], "and best.pt would replace"),
+    ("eval", ["--checkpoint", "{d}/loose/model.pt", "--out", "{d}/loose/last.pt"],
+     "and last.pt would replace"),
+    ("eval", ["--checkpoint", RUN, "--out", "{d}/loose/model.pt"], "is a checkpoint"),
+    ("eval", ["--checkpoint", RUN, "--out", "{d}/loose/renamed.json"], "is a checkpoint"),
+    ("eval", ["--checkpoint", RUN, "--data-root", "{d}/voc"], "--data-root {d}/voc (it holds "
+     "PASCAL VOC 2012): {d}/run/best.pt was trained on ContextScenes"),
+    ("eval", ["--checkpoint", "{d}/pc.pt", "--data-root", "{d}/voc"], "--data-root {d}/voc "
+     "holds PASCAL VOC 2012, but {d}/pc.pt was trained on PASCAL-Context"),
+    ("eval", ["--checkpoint", "{d}/voc.pt", "--data-root", "{d}/pc"], "--data-root {d}/pc "
+     "holds PASCAL-Context, but {d}/voc.pt was trained on PASCAL VOC 2012"),
+    ("eval", ["--checkpoint", "{d}/voc.pt", "--data-root", "{d}/voc", "--out", "{d}/e.json"],
+     "--split val: {d}/voc lists no val images, so there is nothing to evaluate"),
+    ("eval", ["--checkpoint", "{d}/voc.pt", "--data-root", "{d}/voc", "--split", "train",
+              "--out", "{d}/e.json"], "every mask pixel of its 1 image(s) is the ignore label"),
+    ("predict", ["{d}/img/tiny.png", *PRED], "{d}/img/tiny.png is 7x5 px: the model needs at "
+     "least 8 px a side; give a larger image"),
+    ("predict", ["{d}/img/twelve.png", *PRED, "--multi-scale"], "needs at least 15 px a side "
+     "with --multi-scale"),
+    ("predict", ["{d}/img/strip.png", *PRED], "is 2000x10 px, 1024x5 once its long side is "
+     "fitted to --max-side 1024"),
+    ("predict", ["{d}/img/bright.tif", *PRED], "values in [4, 4]; only [0, 1]"),
+    ("predict", ["{d}/img/signed.tif", *PRED], "outside the 16-bit range"),
+    ("predict", ["{d}/img/bomb.png", *PRED], "bomb.png is too many pixels"),
+    ("predict", ["{d}/img", *PRED], "{d}/img is a folder, not an image file"),
+    ("predict", ["{d}/p1/same/x.png", "{d}/p1/same/x.png", *PRED], "is given twice"),
+    ("predict", ["{d}/p1/same/x.png", "{d}/p2/same/x.png", *PRED],
+     "have the same file and folder names"),
+    ("predict", ["{d}/p1/same/x.png", *PRED, "--crop-size", "4"], "--crop-size 4: the model "
+     "needs views of at least 8 px; give 0 (no limit) or 8 or more"),
+    ("predict", ["{d}/p1/same/x.png", *PRED, "--max-side", "3"], "--max-side 3: the model "
+     "needs views of at least 8 px"),
+]
+
+
+def _tree(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.mark.parametrize("command,args,phrase", IO_CASES,
+                         ids=[f"{c}:{' '.join(a)[-60:]}" for c, a, _ in IO_CASES])
+def test_eval_and_predict_misuse_exits_2_with_one_line(outputs, command, args, phrase, capsys):
+    before = _tree(outputs)
+    argv = [a.format(d=outputs) for a in args]
+    try:
+        code = MAINS[command]([*argv, "--no-progress"] if command == "eval" else argv)
+    except SystemExit as exc:
+        code = exc.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert "\n" not in err and "Traceback" not in err, err
+    assert err.startswith(f"{PROGS[command]}: error: ") and phrase.format(d=outputs) in err, err
+    assert _tree(outputs) == before  # nothing written, nothing replaced
+
+
+def test_a_photo_over_the_pixel_limit_is_refused_before_decoding(outputs, monkeypatch, capsys):
+    from PIL import ImageFile
+
+    def no_decoding(self):
+        raise AssertionError("decoded")
+
+    big = _png_header(outputs / "img" / "big9000.png", 9000, 9000)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    monkeypatch.setenv("ENCNET_MAX_IMAGE_PIXELS", "10000000")
+    code = predict.main([str(big), "--checkpoint", str(outputs / "run" / "best.pt"), "--out",
+                         str(outputs / "big")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err, err
+    assert f"{big} is 9000x9000 = 81000000 pixels, over the limit of 10000000 pixels" in err
+    assert "ENCNET_MAX_IMAGE_PIXELS" in err and not (outputs / "big").exists()
+
+
+def test_a_photo_that_does_not_fit_in_memory_ends_in_one_line(outputs, monkeypatch, capsys):
+    """A 9000 x 9000 PNG under the pixel limit, decoded under a memory limit."""
+    from PIL import ImageFile
+
+    def out_of_memory(self):
+        raise MemoryError
+
+    big = _png_header(outputs / "img" / "big9000.png", 9000, 9000)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", out_of_memory)
+    code = predict.main([str(big), "--checkpoint", str(outputs / "run" / "best.pt"), "--out",
+                         str(outputs / "big")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err, err
+    assert f"image {big} does not fit in the memory available when decoded" in err
+    assert not (outputs / "big").exists()

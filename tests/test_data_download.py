@@ -7,7 +7,14 @@ from contextlib import contextmanager
 
 import pytest
 
-from encnet_lite.data.download import DownloadError, Remote, download, fetch, locate, verify
+from encnet_lite.data.download import (
+    DownloadError,
+    Remote,
+    check_md5,
+    download,
+    fetch,
+    locate,
+)
 
 PAYLOAD = bytes(range(256)) * 12_000  # ~3 MB: several 1 MiB chunks
 MD5 = hashlib.md5(PAYLOAD).hexdigest()
@@ -117,8 +124,8 @@ def test_checksum_mismatch(tmp_path):
     src.write_bytes(PAYLOAD)
     bad = Remote("file.bin", src.as_uri(), "0" * 32)
     with pytest.raises(DownloadError, match="MD5"):
-        verify(src, bad, progress=False)
-    verify(src, bad, progress=False, strict=False)  # --no-verify: a warning only
+        check_md5(src, bad, progress=False)
+    assert not check_md5(src, bad, verify=False, progress=False)  # --no-verify: a warning
     with pytest.raises(DownloadError, match="MD5"):  # fresh download that fails: moved aside
         fetch(bad, tmp_path / "dl", progress=False)
     assert (tmp_path / "dl" / "file.bin.bad").exists() and not (tmp_path / "dl" / "file.bin").exists()
@@ -152,7 +159,7 @@ def test_a_complete_part_answered_with_416_is_finished_not_retried_forever(tmp_p
         path = fetch(Remote("file.bin", url, MD5), tmp_path, progress=False)
     assert handler.ranges == [f"bytes={len(PAYLOAD)}-"]  # one request, no retries
     assert path.read_bytes() == PAYLOAD and not (tmp_path / "file.bin.part").exists()
-    assert verify(path, remote, progress=False)
+    assert check_md5(path, remote, progress=False)
 
 
 def test_an_oversized_part_answered_with_416_restarts_cleanly(tmp_path, capsys):

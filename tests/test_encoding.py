@@ -200,6 +200,126 @@ def test_default_never_materialises_bnkd():
             assert mode.largest <= max(b * n * d, b * n * k, b * k * d)
 
 
+def _layouts(b: int, n: int, d: int, seed: int = 0):
+    """x: (B, N, D) float64 in three memory layouts: contiguous, a transposed view of
+    (B, D, N) memory (a flattened feature map, as Encoding.forward passes it) and neither."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = torch.randn(b, n, d, generator=gen, dtype=torch.float64)
+    cols = torch.randn(b, d, n, generator=gen, dtype=torch.float64).transpose(1, 2)
+    other = torch.randn(n, b, d, generator=gen, dtype=torch.float64).transpose(0, 1)
+    return {"rows": rows, "channels_first": cols, "other": other}
+
+
+@pytest.mark.parametrize("layout", ["rows", "channels_first", "other"])
+@pytest.mark.parametrize("shape", [(2, 17, 5, 8), (3, 10, 1, 6), (2, 33, 7, 3), (1, 1, 3, 4)])
+def test_hand_written_backward_matches_the_literal_form_in_every_layout(layout, shape):
+    """The custom backward against autograd through the literal (B, N, K, D) form."""
+    b, n, k, d = shape
+    x = _layouts(b, n, d)[layout].requires_grad_()
+    _, c, s = make(b, n, k, d)
+    grad_out = torch.randn(b, k, d, dtype=torch.float64)
+    e = residual_encoding(x, c, s)
+    torch.testing.assert_close(e, residual_encoding_reference(x, c, s), rtol=0, atol=1e-10)
+    grads = torch.autograd.grad(e, (x, c, s), grad_out)
+    grads_ref = torch.autograd.grad(residual_encoding_reference(x, c, s), (x, c, s), grad_out)
+    for name, g, g_ref in zip(("x", "codewords", "scale"), grads, grads_ref):
+        torch.testing.assert_close(g, g_ref, rtol=0, atol=1e-10, msg=f"d/d{name} differs")
+
+
+@pytest.mark.parametrize("layout", ["rows", "channels_first"])
+def test_custom_function_gradcheck_and_gradient_layout(layout):
+    """Finite differences in float64 for x, codewords and scale; dL/dx comes back in x's
+    own memory layout, so autograd keeps it as x.grad without a transposed copy."""
+    x = _layouts(2, 7, 4)[layout].requires_grad_()
+    _, c, s = make(2, 7, 3, 4)
+    assert torch.autograd.gradcheck(residual_encoding, (x, c, s))
+    residual_encoding(x, c, s).sum().backward()
+    assert x.grad.stride() == x.stride()
+
+
+def test_shared_factor_gradient_flows_through_the_expanded_scale():
+    """The shared variants pass one factor expanded to K: its gradient is the sum over k."""
+    x, c, s = make(2, 9, 4, 3)
+    shared = torch.tensor([-0.4], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, c, t: residual_encoding(x, c, t.expand(4)),
+                                    (x, c, shared))
+
+
+def test_double_backward_is_refused():
+    """The backward is written by hand and has no derivative itself: create_graph=True is
+    refused with an error naming the fix, never silently treated as a constant."""
+    x, c, s = make(1, 5, 2, 3)
+    with pytest.raises(RuntimeError, match="differentiable once.*residual_encoding_reference"):
+        torch.autograd.grad(residual_encoding(x, c, s).sum(), x, create_graph=True)
+
+
+def _subnormal(t: torch.Tensor) -> int:
+    """How many entries of a floating tensor are subnormal (0 < |v| < smallest normal)."""
+    if not t.is_floating_point():
+        return 0
+    mag = t.detach().abs()
+    return int(((mag > 0) & (mag < torch.finfo(t.dtype).tiny)).sum())
+
+
+class _MatmulOperands(TorchDispatchMode):
+    """Counts subnormal entries in every operand and result of a matrix product."""
+
+    def __init__(self):
+        super().__init__()
+        self.subnormal, self.products = 0, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.__name__.split(".")[0] in ("mm", "bmm", "addmm", "baddbmm", "baddbmm_"):
+            self.products += 1
+            for t in (*args, out):
+                if isinstance(t, torch.Tensor):
+                    self.subnormal += _subnormal(t)
+        return out
+
+
+def test_no_subnormal_number_reaches_a_matrix_product():
+    """Logit gaps of 87-103 give float32 weights in the subnormal range, which cost a
+    microcode assist in every multiply on x86 (the product ran up to 9x slower, depending on
+    the draw): the layer zeroes weights below sqrt(tiny), so its speed does not depend on
+    the values, and the result stays that of the literal form."""
+    gen = torch.Generator().manual_seed(0)
+    b, n, k, d = 2, 300, 8, 16
+    x = (3.0 * torch.randn(b, d, n, generator=gen)).transpose(1, 2).requires_grad_()
+    c = (0.1 * torch.randn(k, d, generator=gen)).requires_grad_()
+    s = (-torch.linspace(0.05, 1.2, k)).requires_grad_()
+    assert _subnormal(soft_assignment(x, c, s)) > 100  # the literal softmax makes many
+    grad_out = torch.randn(b, k, d, generator=gen)
+    with _MatmulOperands() as mode:
+        e = residual_encoding(x, c, s)
+        grads = torch.autograd.grad(e, (x, c, s), grad_out)
+    assert mode.products >= 5 and mode.subnormal == 0
+    x64, c64, s64 = (t.detach().double().requires_grad_() for t in (x, c, s))
+    e64 = residual_encoding_reference(x64, c64, s64)
+    grads64 = torch.autograd.grad(e64, (x64, c64, s64), grad_out.double())
+    torch.testing.assert_close(e.double(), e64, rtol=1e-4, atol=1e-3)
+    for g, g64 in zip(grads, grads64):
+        torch.testing.assert_close(g.double(), g64, rtol=1e-3, atol=1e-2 * g64.abs().max().item())
+
+
+def test_backward_under_autocast_is_float32():
+    """The hand-written backward runs with autocast off, as the forward does: under bf16
+    autocast the gradients equal the float32 ones for a float32 input."""
+    torch.manual_seed(0)
+    layer = Encoding(16, 4)
+    feat = torch.randn(2, 16, 5, 5, requires_grad=True)
+    layer(feat).square().sum().backward()
+    expected = [t.grad.clone() for t in (feat, layer.codewords, layer.scale)]
+    for t in (feat, layer.codewords, layer.scale):
+        t.grad = None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = layer(feat).square().sum()
+    loss.backward()
+    for t, g in zip((feat, layer.codewords, layer.scale), expected):
+        assert t.grad.dtype == torch.float32
+        torch.testing.assert_close(t.grad, g)
+
+
 # ------------------------------------------------------------------ variants of the layer
 
 
@@ -328,3 +448,32 @@ def test_l2_variant_assigns_unit_descriptors():
     unit = x / x.norm(dim=-1, keepdim=True)
     expected = residual_encoding(unit, layer.codewords, layer.smoothing())
     torch.testing.assert_close(layer(x), expected)
+
+
+@pytest.mark.parametrize("variant", ["kmeans", "shared_kmeans", "normscale"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_first_batch_does_not_initialise(variant, bad):
+    """A first batch holding one NaN (or Inf) is skipped with a warning; the next finite
+    batch initialises the layer exactly as if it had been the first."""
+    torch.manual_seed(0)
+    layer = Encoding(2, 3, variant=variant)
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    centres = torch.tensor([[5.0, 5.0], [-5.0, 5.0], [0.0, -5.0]])
+    x = (centres[:, None] + 0.2 * torch.randn(3, 20, 2)).reshape(1, -1, 2)
+    broken = x.clone()
+    broken[0, 7, 1] = bad
+    with pytest.warns(RuntimeWarning, match="NaN or Inf"):
+        layer.train()(broken)
+    assert not bool(layer.initialised)
+    for name, value in layer.state_dict().items():  # nothing changed, nothing is NaN
+        torch.testing.assert_close(value, before[name], rtol=0, atol=0)
+    torch.manual_seed(1)
+    layer.train()(x)
+    assert bool(layer.initialised)
+    assert all(torch.isfinite(p).all() for p in layer.parameters())
+    twin = Encoding(2, 3, variant=variant)
+    twin.load_state_dict(before)
+    torch.manual_seed(1)
+    twin.train()(x)  # the finite batch first
+    for name, value in twin.state_dict().items():
+        torch.testing.assert_close(layer.state_dict()[name], value, rtol=0, atol=0)

@@ -184,3 +184,119 @@ def test_evaluate_encnet_with_crop_and_flip_on_pcontext_rows_are_the_true_classe
     assert torch.tensor(got["confusion"]).sum(1).tolist() == masks[:59].tolist()
     iou = torch.tensor(got["iou"], dtype=torch.float64)
     assert len(iou) == 59 and got["mIoU"] == pytest.approx(float(iou.nanmean()))
+
+
+def _untrained_checkpoint(path, num_val_images=6):
+    """A best.pt-like file of an untrained tiny model on 64 px scenes (no training: fast)."""
+    from encnet_lite import presets
+    from encnet_lite.engine import build_model
+
+    cfg = presets.scenes_encnet_tiny(image_size=64, num_val_images=num_val_images)
+    torch.manual_seed(0)
+    saved = {"format": ckpt_io.FORMAT, "config": cfg.to_dict(), "num_classes": 7,
+             "classes": [f"c{i}" for i in range(7)], "model": build_model(cfg, 7).state_dict(),
+             "epoch": 1, "iteration": 1, "metrics": {}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return ckpt_io.save_atomic(saved, path)
+
+
+def _strict_json(path):
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_report_is_strict_json_with_null_for_a_class_without_iou(tmp_path, monkeypatch, capsys):
+    ckpt = _untrained_checkpoint(tmp_path / "run" / "best.pt")
+
+    def always_class_0(model, x, num_classes, **kw):  # predictions that miss most classes
+        scores = torch.zeros(x.shape[0], num_classes, *x.shape[-2:])
+        scores[:, 0] = 1
+        return scores
+
+    monkeypatch.setattr(inference, "predict", always_class_0)
+    assert ev.main(["--checkpoint", str(ckpt), "--no-progress", "--max-images", "1"]) == 0
+    report = _strict_json(tmp_path / "run" / "best.eval.json")
+    matrix = torch.tensor(report["confusion"], dtype=torch.float64)
+    union = matrix.sum(0) + matrix.sum(1) - matrix.diag()
+    absent = [c for c in range(7) if union[c] == 0]
+    assert absent and report["iou"][0] is not None  # class 0 is predicted everywhere
+    assert [c for c, x in enumerate(report["iou"]) if x is None] == absent
+    assert str(absent) in report["notes"][0] and "null" in report["notes"][0]
+    present = [float(matrix[c, c] / union[c]) for c in range(7) if union[c] > 0]
+    assert report["mIoU"] == pytest.approx(sum(present) / len(present))
+    assert capsys.readouterr().err == ""
+
+
+class _TurnsReadOnly:
+    """Makes ``folder`` behave as read-only (writes and deletions refused with EACCES, as a
+    chmod 555 does to another user) from the ``at``-th prediction on."""
+
+    def __init__(self, monkeypatch, folder, at):
+        import builtins
+        import errno
+        from pathlib import Path
+
+        self.calls, real_predict, real_open = 0, inference.predict, builtins.open
+        real_unlink = Path.unlink
+
+        def denied(path):
+            return PermissionError(errno.EACCES, "Permission denied", str(path))
+
+        def locked(path):
+            return self.calls >= at and Path(path).parent == folder
+
+        def predict(*args, **kw):
+            self.calls += 1
+            return real_predict(*args, **kw)
+
+        def open_(file, mode="r", *args, **kw):
+            if locked(file) and any(c in mode for c in "wax+"):
+                raise denied(file)
+            return real_open(file, mode, *args, **kw)
+
+        def unlink(path, missing_ok=False):
+            if locked(path) and path.exists():
+                raise denied(path)
+            return real_unlink(path, missing_ok=missing_ok)
+
+        monkeypatch.setattr(inference, "predict", predict)
+        monkeypatch.setattr(ckpt_io, "open", open_, raising=False)
+        monkeypatch.setattr(Path, "unlink", unlink)
+
+
+def test_a_folder_turned_read_only_during_eval_ends_in_one_line(tmp_path, monkeypatch,
+                                                                capsys):
+    ckpt = _untrained_checkpoint(tmp_path / "run" / "best.pt")
+    out, partial = tmp_path / "run" / "best.eval.json", tmp_path / "run" / "best.eval.json.partial"
+    argv = ["--checkpoint", str(ckpt), "--no-progress", "--save-every", "2"]
+    reference = ev.main([*argv, "--out", str(tmp_path / "reference.json")])
+    assert reference == 0
+    capsys.readouterr()
+    with monkeypatch.context() as patch:  # read-only from the 3rd image: the save after 4 fails
+        _TurnsReadOnly(patch, out.parent, at=3)
+        code = ev.main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"while writing {partial}" in err and "Permission denied" in err
+    assert json.loads(partial.read_text())["done"] == 2  # the last save that worked
+    # Writable again: the rerun continues after image 2 and scores what a clean run scores.
+    assert ev.main(argv) == 0
+    assert "continued after 2 images" in capsys.readouterr().out
+    assert _strict_json(out)["confusion"] == _strict_json(tmp_path / "reference.json")[
+        "confusion"]
+
+
+def test_a_folder_turned_read_only_before_the_report_ends_in_one_line(tmp_path, monkeypatch,
+                                                                      capsys):
+    ckpt = _untrained_checkpoint(tmp_path / "run" / "best.pt", num_val_images=3)
+    out = tmp_path / "run" / "best.eval.json"
+    with monkeypatch.context() as patch:  # read-only once the last image is being scored
+        _TurnsReadOnly(patch, out.parent, at=3)
+        code = ev.main(["--checkpoint", str(ckpt), "--no-progress", "--save-every", "2"])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.err.count("\n") == 1, captured.err
+    assert f"encnet-eval: error: --out {out}: " in captured.err
+    assert "(the scores are printed above)" in captured.err and "mIoU" in captured.out
+    assert not out.exists()

@@ -114,3 +114,32 @@ def test_sliding_window_starts_cover_the_image():
             covered[s:s + crop] = True
         assert covered.all() and starts[-1] + crop == size
         assert all(b - a <= stride for a, b in zip(starts, starts[1:]))
+
+
+def test_predict_official_checks_its_input_and_the_model_as_predict():
+    from encnet_lite.inference import predict_official
+
+    with pytest.raises(ValueError, match=f"predicts {CLASSES} classes, not 2"):
+        predict_official(pointwise_model(), torch.randn(1, 3, 90, 70), 2, base_size=64,
+                         crop_size=48)
+    with pytest.raises(ValueError, match="image must be float"):
+        predict_official(pointwise_model(), torch.zeros(1, 3, 9, 9, dtype=torch.uint8), CLASSES)
+    with pytest.raises(ValueError, match="every scale > 0"):
+        predict_official(pointwise_model(), torch.randn(3, 9, 9), CLASSES, scales=(0.0,))
+
+
+def test_predict_official_of_a_local_model_on_any_size():
+    # A 1x1 conv: every window, padded or clipped, gives the pixels' own exp(2 logits).
+    model = pointwise_model()
+    from encnet_lite.inference import official_view_size, predict_official
+
+    for size in [(40, 131), (131, 40), (20, 20)]:
+        image = torch.randn(1, 3, *size)
+        scores = predict_official(model, image, CLASSES, scales=(1.0,), base_size=96,
+                                  crop_size=48)
+        view = torch.nn.functional.interpolate(image, official_view_size(*size, 96, 1.0),
+                                               mode="bilinear", align_corners=True)
+        with torch.no_grad():
+            expected = torch.nn.functional.interpolate(
+                (2 * model(view)).exp(), size, mode="bilinear", align_corners=True)
+        torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-6)

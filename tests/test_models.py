@@ -262,3 +262,60 @@ def test_local_weights_file(tmp_path, monkeypatch):
     assert torch.equal(model.backbone.bn1.running_var, reference["bn1.running_var"])
     with pytest.raises(FileNotFoundError):
         encnet_resnet50(CLASSES, weights_path=tmp_path / "missing.pth")
+
+
+# ---------------------------------------------------------------------------- deep stems
+
+
+@pytest.mark.parametrize("stem,width", [("deep64", 64), ("deep32", 32)])
+def test_deep_stem_layout(stem, width):
+    with torch.device("meta"):
+        backbone = models.ResNetBackbone(50, stem=stem)
+    conv1 = backbone.conv1  # conv, BN, ReLU, conv, BN, ReLU, conv; bn1 follows outside
+    assert [type(m).__name__ for m in conv1] == [
+        "Conv2d", "BatchNorm2d", "ReLU", "Conv2d", "BatchNorm2d", "ReLU", "Conv2d"]
+    assert [(conv1[i].in_channels, conv1[i].out_channels, conv1[i].stride)
+            for i in (0, 3, 6)] == [(3, width, (2, 2)), (width, width, (1, 1)),
+                                    (width, 2 * width, (1, 1))]
+    assert all(conv1[i].kernel_size == (3, 3) and conv1[i].padding == (1, 1) for i in (0, 3, 6))
+    assert backbone.bn1.num_features == 2 * width
+    first = backbone.layer1[0]
+    assert first.conv1.in_channels == first.downsample[0].in_channels == 2 * width
+    assert backbone.maxpool.stride == 2 and backbone.stem_type == stem
+
+
+def test_plain_stem_keeps_torchvision_keys_and_deep_stems_are_named_for_the_official_ones():
+    with torch.device("meta"):
+        plain = set(models.ResNetBackbone(50).state_dict())
+        deep = set(models.ResNetBackbone(50, stem="deep64").state_dict())
+        reference = set(torchvision.models.resnet50().state_dict())
+    assert plain == {k for k in reference if not k.startswith("fc.")}
+    assert deep - plain == {f"conv1.{i}.{p}" for i in (0, 3, 6) for p in ("weight",)} | {
+        f"conv1.{i}.{p}" for i in (1, 4)
+        for p in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}
+    assert plain - deep == {"conv1.weight"}
+
+
+def test_deep_stem_output_shapes_match_the_plain_stem():
+    backbone = models.ResNetBackbone(50, stem="deep64").eval()
+    with torch.no_grad():
+        feats = backbone(torch.randn(1, 3, 49, 67))
+    assert {k: tuple(v.shape) for k, v in feats.items()} == {
+        "c2": (1, 512, 7, 9), "c3": (1, 1024, 7, 9), "c4": (1, 2048, 7, 9)}
+    with pytest.raises(ValueError, match="stem='deep16'"):
+        models.ResNetBackbone(50, stem="deep16")
+
+
+def test_deep_stem_builders():
+    with torch.device("meta"):
+        built = {name: getattr(models, name)(CLASSES) for name in (
+            "encnet_resnet50s", "encnet_resnet101s", "fcn_resnet50s", "fcn_resnet101s")}
+        deep32 = encnet_resnet50(CLASSES, stem="deep32")
+    for name, model in built.items():
+        assert model.backbone.stem_type == "deep64" and model.num_classes == CLASSES, name
+        assert model.backbone.depth == (101 if "101" in name else 50)
+    assert deep32.backbone.bn1.num_features == 64
+    # 3x3 convs 3->64->64->128 instead of one 7x7 3->64, and 128 inputs into stage 1
+    extra = count_parameters(built["fcn_resnet50s"]) - count_parameters(fcn_resnet50(CLASSES))
+    convs, norms = 27 * 64 + 9 * 64 * 64 + 9 * 64 * 128, 2 * (64 + 64 + 128)
+    assert extra == convs + norms - (49 * 3 * 64 + 2 * 64) + 64 * 64 + 64 * 256

@@ -38,7 +38,9 @@ def test_cli_writes_a_mask_and_an_overlay_per_png(tiny_checkpoint, tmp_path, cap
         "street.mask.png", "street.overlay.png"]
     mask = np.asarray(Image.open(tmp_path / "pred" / "street.mask.png").convert("RGB"))
     over = np.asarray(Image.open(tmp_path / "pred" / "street.overlay.png").convert("RGB"))
-    assert mask.shape == over.shape == rgb.shape
+    assert mask.shape == rgb.shape and over.shape[1:] == rgb.shape[1:]
+    assert over.shape[0] > rgb.shape[0]  # a legend band (class names) under the photo
+    over = over[:rgb.shape[0]]
     # The mask is the model's prediction in the dataset's colours ...
     model, cfg, saved = load_model(str(tiny_checkpoint), torch.device("cpu"))
     labels = predict.segment_image(model, rgb, saved["num_classes"])
@@ -87,3 +89,123 @@ def test_a_checkpoint_with_nan_weights_is_refused(tiny_checkpoint, tmp_path, cap
 def test_overlay_rejects_an_opacity_outside_0_1():
     with pytest.raises(ValueError, match=r"alpha=1\.5"):
         predict.overlay(np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2, 3), np.uint8), 1.5)
+
+
+def _predicted(checkpoint, rgb, **options):
+    """The mask colours the CLI should write for ``rgb``."""
+    model, cfg, saved = load_model(str(checkpoint), torch.device("cpu"))
+    labels = predict.segment_image(model, rgb, saved["num_classes"], **options)
+    return colorize(labels, predict.palette_for(cfg, saved["num_classes"]))
+
+
+def _mask(path):
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def test_output_names_are_unique_per_input(tiny_checkpoint, tmp_path, capsys):
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+    photos = {"photo.png": 0, "photo.jpg": 1, "a/x.png": 2, "b/x.png": 3, "solo.png": 4}
+    rgbs = {name: _photo(tmp_path / name, index) for name, index in photos.items()}
+    out = tmp_path / "pred"
+    rc = predict.main(["--checkpoint", str(tiny_checkpoint), *[str(tmp_path / n) for n in photos],
+                       "--out", str(out)])
+    assert rc == 0
+    names = {"photo.png": "photo.png", "photo.jpg": "photo.jpg", "a/x.png": "a-x.png",
+             "b/x.png": "b-x.png", "solo.png": "solo"}
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{n}.{kind}.png" for n in names.values() for kind in ("mask", "overlay"))
+    for photo, name in names.items():  # each output holds its own image's prediction
+        rgb = predict.read_photo(tmp_path / photo)  # the JPEG as decoded, not as generated
+        assert photo.endswith(".jpg") or np.array_equal(rgb, rgbs[photo])
+        np.testing.assert_array_equal(_mask(out / f"{name}.mask.png"),
+                                      _predicted(tiny_checkpoint, rgb))
+    assert capsys.readouterr().out.count(" -> ") == 5
+
+
+def test_16_bit_png_is_scaled_by_its_range(tiny_checkpoint, tmp_path):
+    ramp = (np.arange(64 * 64, dtype=np.int64).reshape(64, 64) * 16).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I;16")
+    rgb = predict.read_photo(tmp_path / "deep.png")
+    expected = np.round(ramp / 257).astype(np.uint8)  # 65535 -> 255, 257 -> 1
+    np.testing.assert_array_equal(rgb, np.repeat(expected[..., None], 3, axis=2))
+    assert (rgb == 255).mean() < 0.01  # PIL's convert("RGB") made 99.6 % of it white
+    rc = predict.main(["--checkpoint", str(tiny_checkpoint), str(tmp_path / "deep.png"),
+                       "--out", str(tmp_path / "pred")])
+    assert rc == 0
+    np.testing.assert_array_equal(_mask(tmp_path / "pred" / "deep.mask.png"),
+                                  _predicted(tiny_checkpoint, rgb))
+
+
+def test_float_tiff_in_0_1_is_scaled_by_255(tmp_path):
+    values = np.linspace(0, 1, 32 * 32, dtype=np.float32).reshape(32, 32)
+    Image.fromarray(values).save(tmp_path / "float.tif")
+    rgb = predict.read_photo(tmp_path / "float.tif")
+    assert rgb.dtype == np.uint8 and rgb[0, 0, 0] == 0 and rgb[-1, -1, 0] == 255
+    np.testing.assert_array_equal(rgb[..., 1], (values * 255 + 0.5).astype(np.uint8))
+
+
+def test_exif_orientation_is_applied_to_the_mask_and_the_overlay(tiny_checkpoint, tmp_path):
+    _photo(tmp_path / "plain.png", size=64)
+    wide = np.asarray(Image.open(tmp_path / "plain.png"))[:40]  # 40 x 64: not square
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.fromarray(wide).save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    stored = np.asarray(Image.open(tmp_path / "phone.jpg").convert("RGB"))  # as stored, 40x64
+    upright = np.rot90(stored, k=-1)  # what a viewer shows: 64 high, 40 wide
+    assert predict.photo_size(tmp_path / "phone.jpg") == (64, 40)
+    np.testing.assert_array_equal(predict.read_photo(tmp_path / "phone.jpg"), upright)
+    rc = predict.main(["--checkpoint", str(tiny_checkpoint), str(tmp_path / "phone.jpg"),
+                       "--out", str(tmp_path / "pred")])
+    assert rc == 0
+    mask = _mask(tmp_path / "pred" / "phone.mask.png")
+    np.testing.assert_array_equal(mask, _predicted(tiny_checkpoint, np.ascontiguousarray(upright)))
+    expected = (0.5 * upright.astype(np.float32) + 0.5 * mask.astype(np.float32) + 0.5)
+    np.testing.assert_array_equal(_mask(tmp_path / "pred" / "phone.overlay.png")[:64],
+                                  expected.astype(np.uint8))
+
+
+def test_a_large_photo_is_segmented_at_max_side_and_scaled_back(tiny_checkpoint, tmp_path,
+                                                                 monkeypatch, capsys):
+    from encnet_lite import inference
+
+    rgb = np.concatenate([_photo(tmp_path / f"{i}.png", i, size=120) for i in range(3)], 1)
+    Image.fromarray(rgb).save(tmp_path / "wide.png")  # 120 x 360
+    seen, real = [], inference.predict
+    def spy(model, x, *args, **kwargs):
+        seen.append(tuple(x.shape[-2:]))
+        return real(model, x, *args, **kwargs)
+
+    monkeypatch.setattr(inference, "predict", spy)
+    rc = predict.main(["--checkpoint", str(tiny_checkpoint), str(tmp_path / "wide.png"),
+                       "--out", str(tmp_path / "pred"), "--max-side", "96"])
+    assert rc == 0 and seen == [(32, 96)]
+    assert "(segmented at 96x32)" in capsys.readouterr().out
+    small = np.asarray(Image.fromarray(rgb).resize((96, 32), Image.BILINEAR))
+    model, cfg, saved = load_model(str(tiny_checkpoint), torch.device("cpu"))
+    labels = predict.segment_image(model, small, saved["num_classes"])
+    back = np.asarray(Image.fromarray(labels).resize((360, 120), Image.NEAREST))
+    mask = _mask(tmp_path / "pred" / "wide.mask.png")
+    assert mask.shape == (120, 360, 3)  # the photo's own size
+    np.testing.assert_array_equal(mask, colorize(back, predict.palette_for(cfg, 7)))
+
+
+@pytest.mark.parametrize("side,options", [(8, []), (15, ["--multi-scale"])])
+def test_the_smallest_images_the_model_takes_are_segmented(tiny_checkpoint, tmp_path, side,
+                                                           options):
+    rgb = np.random.default_rng(side).integers(0, 256, (side, side + 3, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "small.png")
+    rc = predict.main(["--checkpoint", str(tiny_checkpoint), str(tmp_path / "small.png"),
+                       "--out", str(tmp_path / "pred"), *options])
+    assert rc == 0
+    np.testing.assert_array_equal(_mask(tmp_path / "pred" / "small.mask.png"),
+                                  _predicted(tiny_checkpoint, rgb, multi_scale=bool(options)))
+
+
+def test_overlay_in_bands_equals_the_whole_image_formula():
+    rng = np.random.default_rng(0)
+    rgb, colours = (rng.integers(0, 256, (3000, 700, 3), dtype=np.uint8) for _ in range(2))
+    mixed = (1 - 0.7) * rgb.astype(np.float32) + 0.7 * colours.astype(np.float32)
+    expected = np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(predict.overlay(rgb, colours, 0.7), expected)

@@ -1,6 +1,7 @@
 """The run folder's rules: no run replaced by accident, one trainer at a time, best.pt
 never lost, no temporary files left, no checkpoint with non-finite weights."""
 
+import errno
 import os
 import socket
 import subprocess
@@ -109,7 +110,12 @@ def test_bad_out_folders_and_an_empty_val_split_are_refused(tmp_path, monkeypatc
     (other / "config.json").write_text("{}")  # a run file name, but also ...
     (other / "README.md").write_text("not a run")  # ... someone else's files
     assert train_mod.main(TINY + ["--out", str(other)]) == 2
-    assert "--resume" in capsys.readouterr().err  # config.json looks like a run: refused too
+    assert "not a training run (README.md" in capsys.readouterr().err
+    (other / "README.md").unlink()  # a config.json alone, but not a run's: refused too
+    assert train_mod.main(TINY + ["--out", str(other)]) == 2
+    assert "config.json is not an encnet_lite run's config" in capsys.readouterr().err
+    assert (other / "config.json").read_text() == "{}"
+    (other / "README.md").write_text("not a run")
     (other / "config.json").unlink()
     assert train_mod.main(TINY + ["--out", str(other), "--overwrite"]) == 2
     assert "not a training run (README.md" in capsys.readouterr().err
@@ -247,3 +253,179 @@ def test_resume_dir_sets_the_out_folder_of_the_config(tmp_path):
     args = train_mod.build_parser().parse_args(
         TINY + ["--resume", str(tmp_path / "a" / "last.pt"), "--out", str(tmp_path / "b")])
     assert train_mod.config_from_args(args).out == str(tmp_path / "b")
+
+
+# ---------------------------------------------------------------- nothing lost, no circles
+
+
+@pytest.fixture(scope="module")
+def finished_once(tmp_path_factory):
+    """One finished CLI run with two evaluation reports beside its best.pt (made once)."""
+    out = tmp_path_factory.mktemp("once") / "run"
+    assert train_mod.main(TINY + ["--out", str(out)]) == 0
+    (out / "best.eval.json").write_text('{"mIoU": 0.5}\n')
+    (out / "best.eval-ms.json.partial").write_text('{"done": 3}\n')
+    return out
+
+
+def _copy(run, to):
+    import shutil
+
+    shutil.copytree(run, to)
+    return to, {p.name: p.read_bytes() for p in to.iterdir()}
+
+
+# --overwrite of a finished run with a value that fails: (arguments, a phrase of the line)
+BAD_OVERWRITES = [
+    (["--lr", "-1"], "--lr -1: give a finite number above 0"),
+    (["--lr", "nan"], "--lr nan: give a finite number above 0"),
+    (["--head-lr-mult", "-1"], "--head-lr-mult -1"),
+    (["--poly-power", "-1"], "--poly-power -1"),
+    (["--num-train-images", "2"], "2 training images are fewer than one batch (4)"),
+    (["--backbone", "resnet50", "--backbone-weights", "{out}/missing.pt"],
+     "--backbone-weights {out}/missing.pt: no such file"),
+    (["--backbone", "resnet50", "--backbone-weights", "{out}/best.pt"],
+     "is an encnet_lite checkpoint (a whole trained model), not ImageNet ResNet weights"),
+    (["--backbone-weights", "{out}/best.pt"], "the tiny backbone has no ImageNet weights"),
+]
+
+
+@pytest.mark.parametrize("args,phrase", BAD_OVERWRITES, ids=[" ".join(a) for a, _ in BAD_OVERWRITES])
+def test_overwrite_with_a_bad_value_loses_nothing(finished_once, tmp_path, args, phrase, capsys):
+    out, before = _copy(finished_once, tmp_path / "run")
+    argv = TINY + ["--out", str(out), "--overwrite"] + [a.format(out=out) for a in args]
+    assert train_mod.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and phrase.format(out=out) in err, err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no lock left either
+
+
+def test_overwrite_that_fails_inside_setup_loses_nothing(finished_once, tmp_path, monkeypatch):
+    out, before = _copy(finished_once, tmp_path / "run")
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(train_mod, "build_optimizer", no_memory)
+    with pytest.raises(RuntimeError, match="simulated"):
+        train(tiny(out), overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_overwrite_removes_the_old_run_and_its_reports_once_the_new_run_started(
+        finished_once, tmp_path, monkeypatch):
+    out, before = _copy(finished_once, tmp_path / "run")
+    (out / "notes.txt").write_text("mine")  # not the run's: --overwrite keeps it
+    seen = []
+    real_start = train_mod.start_state
+
+    def watching(run, saved):  # setup has succeeded; the new run starts here
+        seen.append(sorted(p.name for p in out.iterdir()))
+        return real_start(run, saved)
+
+    monkeypatch.setattr(train_mod, "start_state", watching)
+    train(tiny(out, lr=0.01), overwrite=True)
+    assert seen == [sorted([*before, "notes.txt", runfolder.LOCK])]  # all there until then
+    assert sorted(p.name for p in out.iterdir()) == sorted([*RUN_FILES, "iterations.jsonl",
+                                                             "notes.txt"])
+    assert (out / "best.pt").read_bytes() != before["best.pt"]  # the new run's (lr 0.01)
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def _full_disk_on(monkeypatch, name: str, at: int):
+    """The ``at``-th write of ``name`` (in a run folder) fails as a full disk does."""
+    real, count = ckpt_io.save_atomic, []
+
+    def save(obj, path):
+        if path.name == name:
+            count.append(1)
+            if len(count) == at:
+                def write(f):
+                    raise OSError(errno.ENOSPC, "No space left on device")
+
+                return ckpt_io.atomic_write(path, write)
+        return real(obj, path)
+
+    monkeypatch.setattr(ckpt_io, "save_atomic", save)
+
+
+def _stop_in_step(monkeypatch, at: int):
+    """A kill (as SIGTERM) inside iteration ``at``: the process ends, its lock stays."""
+    real, calls = train_mod.train_step, []
+
+    def step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == at:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train_step", step)
+
+
+# How a run stops before (or after) its first last.pt, what its one line advises, and
+# that the advice works: (stop, extra flags, a phrase of the line or None for a kill,
+# the command that then works)
+STOPS = [
+    ("killed in step 2", [], None, "plain"),
+    ("disk full at the first last.pt (mid-epoch)", ["--checkpoint-every", "2"],
+     "the same command without --resume starts it afresh", "plain"),
+    ("disk full at last.pt after best.pt", [], "rerun it with --overwrite", "--overwrite"),
+    ("disk full at the second last.pt", ["--checkpoint-every", "2"],
+     "that means --resume: it continues from its last.pt", "--resume"),
+]
+
+
+@pytest.mark.parametrize("stop,extra,phrase,fix", STOPS, ids=[s[0] for s in STOPS])
+def test_a_stopped_run_is_told_what_works_and_it_does(tmp_path, monkeypatch, capsys, stop,
+                                                      extra, phrase, fix):
+    out = tmp_path / "run"
+    argv = TINY + extra + ["--out", str(out)]
+    if stop.startswith("killed"):
+        _stop_in_step(monkeypatch, 2)
+        with pytest.raises(KeyboardInterrupt):
+            train_mod.run_cli(train_mod.build_parser().parse_args(argv))
+        (out / runfolder.LOCK).write_text(  # a kill leaves the lock of a dead process
+            f'{{"pid": {dead_pid()}, "host": "{socket.gethostname()}"}}')
+    else:
+        _full_disk_on(monkeypatch, "last.pt", 2 if "second" in stop else 1)
+        assert train_mod.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "disk full while writing" in err and phrase in err, err
+    monkeypatch.undo()
+    capsys.readouterr()
+    if fix != "--resume":  # the advice of the old messages went in a circle: not any more
+        assert train_mod.main(argv + ["--resume"]) == 2
+        err = capsys.readouterr().err
+        assert "nothing to resume" in err and "drop --resume" not in err
+        assert ("without --resume" if fix == "plain" else "pass --overwrite") in err, err
+    if fix == "--overwrite":
+        assert train_mod.main(argv) == 2
+        assert "pass --overwrite" in capsys.readouterr().err
+    assert train_mod.main(argv + ([] if fix == "plain" else [fix])) == 0
+    assert ckpt_io.load(out / "last.pt")["iteration"] == 4
+    assert [r["epoch"] for r in load_history(out)] == [1]
+
+
+def test_resume_of_a_run_that_saved_nothing_names_the_preset_to_restart_it(tmp_path,
+                                                                          monkeypatch, capsys):
+    out = tmp_path / "run"
+    _stop_in_step(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.run_cli(train_mod.build_parser().parse_args(TINY + ["--out", str(out)]))
+    assert train_mod.main(["--resume", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"run encnet-train --preset scenes_encnet_tiny --out {out} (no --resume)" in err
+
+
+@pytest.mark.parametrize("text", ['{"pid": null}', '{"pid": "123", "host": "h"}',
+                                  '{"pid": true, "host": "h"}', '{"host": "h"}', "[1, 2]"])
+def test_a_lock_that_names_no_trainer_is_taken_over_with_a_note(tmp_path, text, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / runfolder.LOCK).write_text(text)
+    assert runfolder.read_lock(out / runfolder.LOCK) is None
+    assert train(tiny(out)).history[-1]["epoch"] == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"note: {out / runfolder.LOCK} names no trainer (not a pid and host: edited " \
+        "or damaged), so no trainer holds it; it is replaced"
+    assert not (out / runfolder.LOCK).exists()

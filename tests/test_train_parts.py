@@ -199,3 +199,34 @@ def test_validate_returns_the_split_confusion_matrix_and_keeps_the_mode():
     s = engine.scores(cm)
     assert s["pixAcc"] == pytest.approx(16 / 28)
     assert s["iou"] == pytest.approx([4 / 16, 4 / 12, 8 / 12])
+
+
+def test_every_numeric_field_has_a_range_and_it_is_enforced():
+    import math
+    from dataclasses import fields
+
+    numeric = {f.name for f in fields(presets.TrainConfig) if f.type in ("int", "float")}
+    assert numeric == set(presets.RANGES)  # a new numeric field needs a range too
+    base = presets.scenes_encnet_tiny(min_lookalikes=1, max_lookalikes=64)  # max >= min
+    for key, interval in presets.RANGES.items():
+        low, high = (float(t) for t in interval[1:-1].split(","))
+        whole = isinstance(getattr(base, key), int)
+        step = 1 if whole else 1e-9 * max(1.0, abs(low))
+        bad = [low - step if interval[0] == "[" else low, float("nan"), True, "1"]
+        good = [low if interval[0] == "[" else low + step]
+        if math.isinf(high):
+            good.append(10**9)
+        else:
+            bad.append(high + step if interval[-1] == "]" else high)
+            good.append(high if interval[-1] == "]" else high - step)
+        if whole:
+            bad.append(float(int(low) + 1))  # a float where a count belongs
+        good = [int(g) if whole else g for g in good]
+        for value in bad:
+            with pytest.raises(presets.ConfigRangeError) as info:
+                base.replace(**{key: value})
+            assert info.value.key == key and str(info.value).startswith(f"{key}={value!r}: ")
+        for value in good:
+            assert getattr(base.replace(**{key: value}), key) == value, (key, value)
+    for fn in presets.PRESETS.values():  # every preset is in range
+        presets.check_ranges(fn().to_dict())

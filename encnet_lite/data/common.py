@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import unicodedata
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -125,6 +126,12 @@ def too_large(name: object, size: str, limit: str, env: str) -> DataError:
                      f"If your data really are that large, raise the limit with {env}")
 
 
+# A file that is not where it should be; :func:`open_image` raises these with a plain message.
+NOT_THERE = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
+_NOT_THERE_WHY = {FileNotFoundError: "does not exist", IsADirectoryError: "is a folder, not a file",
+                  NotADirectoryError: "does not exist (a folder on its path is a file)"}
+
+
 @contextmanager
 def open_image(path: Union[PathLike, io.BytesIO], name: object) -> Iterator[Image.Image]:
     """``PIL.Image.open`` with the pixel limit checked on the header, before any decoding
@@ -135,6 +142,9 @@ def open_image(path: Union[PathLike, io.BytesIO], name: object) -> Iterator[Imag
     except Image.DecompressionBombError as err:
         raise too_large(name, f"too many pixels ({err})", f"{limit} pixels",
                         IMAGE_PIXELS_ENV) from err
+    except NOT_THERE as err:  # the same type, without the "[Errno 2]" noise
+        kind = next(t for t in NOT_THERE if isinstance(err, t))
+        raise kind(f"{name} {_NOT_THERE_WHY[kind]}") from err
     with img:
         width, height = img.size
         if width * height > limit:
@@ -151,7 +161,7 @@ def load_image(path: PathLike) -> np.ndarray:
         with open_image(path, path) as img:
             img.load()  # decode now, so a truncated file fails here and not later
             return np.array(img.convert("RGB"))
-    except (FileNotFoundError, DataError):
+    except (*NOT_THERE, DataError):
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DataError(f"corrupt or unreadable image file {path}: {err}") from err
@@ -167,7 +177,7 @@ def load_mask(path: Union[PathLike, io.BytesIO], name: Optional[str] = None) -> 
                 raise DataError(f"mask {name} has mode {img.mode}; expected a single-channel "
                                 "label image (mode L or P) of class ids")
             return np.asarray(img)
-    except (FileNotFoundError, DataError):
+    except (*NOT_THERE, DataError):
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DataError(f"corrupt or unreadable annotation file {name}: {err}") from err
@@ -191,7 +201,7 @@ def check_labels(mask: np.ndarray, num_classes: int, name: object,
                         f"(and {ignore_index} = ignore)")
 
 
-def check_pair_sizes(pairs: Sequence[Tuple[Path, Path]], progress: bool = False) -> None:
+def check_pair_sizes(pairs: Sequence[Tuple[Path, Path]], *, progress: bool = False) -> None:
     """Check every ``(image file, mask file)`` pair has one size, reading headers only."""
     from tqdm.auto import tqdm
 
@@ -202,7 +212,7 @@ def check_pair_sizes(pairs: Sequence[Tuple[Path, Path]], progress: bool = False)
             try:
                 with open_image(path, path) as img:
                     sizes.append(img.size[::-1])
-            except (FileNotFoundError, DataError):
+            except (*NOT_THERE, DataError):
                 raise
             except Exception as err:
                 raise DataError(f"corrupt or unreadable {kind} file {path}: {err}") from err
@@ -213,7 +223,8 @@ class SegmentationFiles(torch.utils.data.Dataset):
     """A list of ``(image file, mask file)`` pairs, loaded, checked and normalised.
 
     ``ds[i] -> (image (3,H,W) float32, mask (H,W) int64)``; ``transform(image, mask)`` (a joint
-    transform from :mod:`encnet_lite.data.transforms`) runs on those tensors.
+    transform from :mod:`encnet_lite.data.transforms`) runs on those tensors. ``repair`` says
+    how to restore a file missing from a prepared root (e.g. the prepare command).
     """
 
     classes: List[str] = []
@@ -221,9 +232,18 @@ class SegmentationFiles(torch.utils.data.Dataset):
     ignore_index = IGNORE_INDEX
 
     def __init__(self, pairs: Sequence[Tuple[Path, Path]],
-                 transform: Optional[Callable] = None):
+                 transform: Optional[Callable] = None, repair: str = ""):
         self.pairs = list(pairs)
         self.transform = transform
+        self.repair = repair
+
+    def _read(self, read: Callable[[Path], np.ndarray], path: Path) -> np.ndarray:
+        """``read(path)``; a file that is not there becomes one line saying how to restore it."""
+        try:
+            return read(path)
+        except NOT_THERE as err:
+            raise DatasetNotFoundError(f"{err}: the prepared dataset lost it after preparation; "
+                                       f"{self.repair or 'prepare the dataset again'}") from err
 
     @property
     def num_classes(self) -> int:
@@ -235,8 +255,8 @@ class SegmentationFiles(torch.utils.data.Dataset):
     def load(self, i: int) -> Tuple[np.ndarray, np.ndarray]:
         """The raw pair: ``(H, W, 3)`` uint8 image and ``(H, W)`` uint8 mask, checked."""
         image_path, mask_path = self.pairs[i]
-        image = load_image(image_path)
-        mask = load_mask(mask_path)
+        image = self._read(load_image, image_path)
+        mask = self._read(load_mask, mask_path)
         check_same_size(image.shape[:2], mask.shape, image_path, mask_path)
         check_labels(mask, self.num_classes, mask_path, self.ignore_index)
         return image, mask
@@ -245,7 +265,7 @@ class SegmentationFiles(torch.utils.data.Dataset):
         """The ``(H, W)`` uint8 label map of item ``i`` alone (no image decoding, no
         transform), e.g. for class statistics."""
         mask_path = self.pairs[i][1]
-        mask = load_mask(mask_path)
+        mask = self._read(load_mask, mask_path)
         check_labels(mask, self.num_classes, mask_path, self.ignore_index)
         return mask
 
@@ -283,19 +303,23 @@ def check_id(image_id: str, source: object) -> str:
     an id that is empty, ``.``/``..``, absolute, holds a path separator, a NUL or another
     control character could read or replace a file outside the dataset root.
     """
+    # Control, format (a byte-order mark, zero-width characters) and separator characters:
+    # invisible in a listing, they would name a file no one can find.
     bad = (not image_id or image_id in (".", "..") or any(c in image_id for c in "/\\")
-           or any(ord(c) < 32 or ord(c) == 127 for c in image_id)
+           or any(unicodedata.category(c)[0] in "CZ" for c in image_id)
            or Path(image_id).is_absolute() or image_id != image_id.strip())
     if bad:
         raise DataError(f"{source}: image id {image_id!r} is not a plain file name (empty, "
-                        "'..', a path or a control character); the list or archive is damaged "
-                        "or hostile: fetch it again from the official source")
+                        "'..', a path, or a control or invisible character); the list or archive "
+                        "is damaged or hostile: fetch it again from the official source")
     return image_id
 
 
 def parse_id_list(text: str, source: object) -> List[str]:
     """Image ids of a split list's ``text``, one per line (first word), each checked with
-    :func:`check_id` (``source`` names the list in errors)."""
+    :func:`check_id` (``source`` names the list in errors). A leading byte-order mark (an
+    editor's UTF-8 signature) is dropped, not taken as part of the first id."""
+    text = text.removeprefix("\ufeff")
     return [check_id(line.split()[0], source) for line in text.splitlines() if line.strip()]
 
 
@@ -308,7 +332,7 @@ def read_marker(path: Path, dataset: str) -> dict:
     """The JSON of a dataset's ``prepared.json``; a damaged one raises
     :class:`DatasetNotFoundError` saying to prepare again."""
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
+        info = json.loads(path.read_text(encoding="utf-8-sig"))  # an editor's BOM is no damage
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         info = err
     if not isinstance(info, dict):

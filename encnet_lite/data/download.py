@@ -5,6 +5,10 @@ local path in a download folder: a file already there (fetched earlier, or by ha
 verified and used; otherwise it is downloaded to ``<name>.part``, resumed with an HTTP
 ``Range`` request after an interruption, verified, and only then renamed to ``<name>``.
 A verified file leaves a small ``.<name>.md5ok`` stamp (size, mtime) so reruns skip the hash.
+
+One name per idea, keyword-only everywhere: ``verify`` (an MD5 mismatch fails; False, the
+``--no-verify`` flag, makes it a warning), ``skip_download`` (never download),
+``progress`` (progress bars).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from tqdm.auto import tqdm
 from .common import PathLike, atomic_write_text
 
 CHUNK = 1 << 20
+BY_HAND = "You can also fetch the file by hand and pass its folder as --download-dir."
 
 
 @dataclass(frozen=True)
@@ -45,7 +50,7 @@ class DownloadError(RuntimeError):
     """A download failed or a file does not match its checksum."""
 
 
-def md5sum(path: PathLike, progress: bool = False) -> str:
+def md5sum(path: PathLike, *, progress: bool = False) -> str:
     digest = hashlib.md5()
     path = Path(path)
     with open(path, "rb") as f, tqdm(total=path.stat().st_size, unit="B", unit_scale=True,
@@ -66,10 +71,12 @@ def _stamp_value(path: Path, md5: str) -> str:
     return json.dumps({"md5": md5, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
 
 
-def verify(path: PathLike, remote: Remote, progress: bool = True, strict: bool = True) -> bool:
-    """Check ``path`` against ``remote.md5``. Returns True when verified (or already stamped),
-    False when there is no checksum to check. A mismatch raises :class:`DownloadError`
-    (or only warns when ``strict`` is False)."""
+def check_md5(path: PathLike, remote: Remote, *, verify: bool = True,
+              progress: bool = True) -> bool:
+    """Check ``path`` against ``remote.md5``. Returns True when it matches (or was stamped
+    as matching), False when there is no checksum to check or, with ``verify=False``, when
+    it does not match (a printed warning). A mismatch raises :class:`DownloadError` when
+    ``verify``."""
     path = Path(path)
     if remote.md5 is None:
         print(f"WARNING: no confirmed MD5 for {remote.filename}; using {path} unverified.")
@@ -77,11 +84,11 @@ def verify(path: PathLike, remote: Remote, progress: bool = True, strict: bool =
     stamp = _stamp_path(path)
     if stamp.exists() and stamp.read_text() == _stamp_value(path, remote.md5):
         return True
-    actual = md5sum(path, progress)
+    actual = md5sum(path, progress=progress)
     if actual != remote.md5:
         msg = (f"{path} has MD5 {actual}, expected {remote.md5}: the file is incomplete or "
                f"corrupt. Delete it and run again (or fetch it by hand from {remote.url}).")
-        if strict:
+        if verify:
             raise DownloadError(msg)
         print(f"WARNING: {msg} Continuing because verification is off.")
         return False
@@ -89,8 +96,8 @@ def verify(path: PathLike, remote: Remote, progress: bool = True, strict: bool =
     return True
 
 
-def download(url: str, dest: PathLike, progress: bool = True, retries: int = 3,
-             timeout: float = 60.0, backoff: float = 1.0) -> Path:
+def download(url: str, dest: PathLike, *, progress: bool = True, retries: int = 3,
+             timeout: float = 60.0, backoff: float = 1.0, by_hand: str = BY_HAND) -> Path:
     """Download ``url`` to ``dest`` via ``dest.part``, resuming an existing ``.part``.
 
     Resumes with ``Range: bytes=N-``; a server that ignores it (status 200) restarts the file.
@@ -98,6 +105,7 @@ def download(url: str, dest: PathLike, progress: bool = True, retries: int = 3,
     dropped and fetched again); a 416 (nothing after byte N) finishes a part of exactly the
     full size and restarts any other.
     Connection errors are retried ``retries`` times, each time resuming where it stopped.
+    ``by_hand`` ends the message of a download that keeps failing (what else to do).
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -113,13 +121,22 @@ def download(url: str, dest: PathLike, progress: bool = True, retries: int = 3,
                 raise DownloadError(f"downloading {url} failed: HTTP {err.code}") from err
             if attempt == retries:
                 raise DownloadError(
-                    f"downloading {url} failed after {retries + 1} attempts ({err}); the part "
-                    f"already fetched is kept in {part} and the next run resumes from it. "
-                    f"You can also fetch the file by hand and pass its folder as "
-                    f"--download-dir.") from err
+                    f"downloading {url} failed after {retries + 1} attempts ({err}); "
+                    f"{_what_is_kept(part)}.{' ' + by_hand if by_hand else ''}") from err
             print(f"download interrupted ({err}); resuming (attempt {attempt + 2})")
             time.sleep(min(backoff * 2.0**attempt, 30.0))
     raise AssertionError("unreachable")
+
+
+def _what_is_kept(part: Path) -> str:
+    """What a failed download leaves, truthfully: a part to resume from, or nothing (an
+    empty part is removed)."""
+    size = part.stat().st_size if part.is_file() else 0
+    if size:
+        return (f"the {size} bytes fetched so far are kept in {part} and the next run resumes "
+                "from them")
+    part.unlink(missing_ok=True)
+    return "nothing was saved, so the next run starts from the beginning"
 
 
 def _download_once(url: str, part: Path, progress: bool, timeout: float) -> None:
@@ -150,9 +167,12 @@ def _download_once(url: str, part: Path, progress: bool, timeout: float) -> None
 
 def _copy_body(response, part: Path, mode: str, have: int, total: Optional[int],
                progress: bool) -> None:
+    # read1: whatever has arrived, at most CHUNK; read(CHUNK) would wait for a full chunk and
+    # lose the bytes it already holds when the connection then stalls into a time-out.
+    read = getattr(response, "read1", response.read)
     with open(part, mode) as out, tqdm(total=total, initial=have, unit="B", unit_scale=True,
                                        desc=part.name[:-5], disable=not progress) as bar:
-        for block in iter(lambda: response.read(CHUNK), b""):
+        for block in iter(lambda: read(CHUNK), b""):
             out.write(block)
             bar.update(len(block))
 
@@ -191,11 +211,21 @@ def _unsatisfiable_range(part: Path, have: int, header: Optional[str]) -> None:
                           "starts again")
 
 
-def fetch(remote: Remote, download_dir: PathLike, skip_download: bool = False,
-          progress: bool = True, strict: bool = True) -> Path:
-    """Local, verified copy of ``remote`` in ``download_dir`` (downloading it if needed)."""
+def _not_a_file(path: Path, extracted: Optional[str] = None) -> DownloadError:
+    """A folder (or other non-file) where the archive should be."""
+    hint = (f" (if it holds the extracted archive, move its {extracted} folder into "
+            f"{path.parent} instead)" if extracted else "")
+    return DownloadError(f"{path} is a folder, not the archive {path.name}: rename or remove "
+                         f"it{hint}, then run again")
+
+
+def fetch(remote: Remote, download_dir: PathLike, *, skip_download: bool = False,
+          verify: bool = True, progress: bool = True) -> Path:
+    """Local, checked copy of ``remote`` in ``download_dir`` (downloading it if needed)."""
     download_dir = Path(download_dir)
     path = download_dir / remote.filename
+    if path.exists() and not path.is_file():
+        raise _not_a_file(path)
     if not path.exists():
         if skip_download:
             raise DownloadError(
@@ -205,7 +235,7 @@ def fetch(remote: Remote, download_dir: PathLike, skip_download: bool = False,
         print(f"downloading {remote.url} -> {path}")
         download(remote.url, path, progress=progress)
         try:
-            verify(path, remote, progress, strict)
+            check_md5(path, remote, verify=verify, progress=progress)
         except DownloadError:
             # A fresh download that fails its checksum is useless: remove it.
             bad = path.with_name(path.name + ".bad")
@@ -213,20 +243,24 @@ def fetch(remote: Remote, download_dir: PathLike, skip_download: bool = False,
             raise DownloadError(f"{remote.url} was downloaded but fails its MD5 check; moved "
                                 f"to {bad}. Try again later or fetch it by hand.") from None
         return path
-    verify(path, remote, progress, strict)
+    check_md5(path, remote, verify=verify, progress=progress)
     return path
 
 
-def locate(remote: Remote, download_dir: PathLike, extracted: str, skip_download: bool = False,
-           progress: bool = True, strict: bool = True) -> Path:
+def locate(remote: Remote, download_dir: PathLike, extracted: str, *,
+           skip_download: bool = False, verify: bool = True, progress: bool = True) -> Path:
     """The source to read ``remote`` from: the archive in ``download_dir`` (verified), else a
     folder ``download_dir/extracted`` holding it already unpacked (then ``download_dir`` is
     returned), else the archive freshly downloaded."""
     download_dir = Path(download_dir)
-    if not (download_dir / remote.filename).exists() and (download_dir / extracted).is_dir():
+    archive = download_dir / remote.filename
+    if archive.exists() and not archive.is_file():
+        raise _not_a_file(archive, extracted)
+    if not archive.exists() and (download_dir / extracted).is_dir():
         print(f"using the extracted folder {download_dir / extracted} for {remote.filename}")
         return download_dir
-    return fetch(remote, download_dir, skip_download, progress, strict)
+    return fetch(remote, download_dir, skip_download=skip_download, verify=verify,
+                 progress=progress)
 
 
 # --- the command line of the prepare scripts -------------------------------------------------

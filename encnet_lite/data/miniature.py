@@ -21,7 +21,7 @@ import scipy.io
 from PIL import Image
 
 from . import pcontext as pc
-from . import prepare_pcontext, prepare_voc
+from . import prepare_ade20k, prepare_pcontext, prepare_voc
 from .common import PathLike, voc_palette
 from .download import Remote
 
@@ -179,3 +179,93 @@ def make_voc_miniature(directory: PathLike, n_train: int = 3, n_val: int = 2, n_
     paths = {name: write_tar(directory / name, members) for name, members in files.items()}
     return {"voc2012": _remote(paths[prepare_voc.VOC2012.filename], prepare_voc.VOC2012),
             "sbd": _remote(paths[prepare_voc.SBD.filename], prepare_voc.SBD)}
+
+
+# --------------------------------------------------------------------------- ADE20K
+
+ADE20K_MANIFEST = "ADEChallengeData2016.manifest.json"
+_ADE_SCENES = ("bedroom", "street", "kitchen", "coast", "living_room", "highway")
+
+
+def write_zip(path: PathLike, members: Members) -> Path:
+    """Write ``members`` (name -> bytes; a name ending in ``/`` is a folder entry) to a zip,
+    atomically and reproducibly (fixed dates, so the checksums do not change)."""
+    import zipfile
+
+    from .common import atomic_write_bytes
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(zipfile.ZipInfo(name, date_time=(2016, 6, 1, 0, 0, 0)), data,
+                             compress_type=zipfile.ZIP_DEFLATED)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def _ade_object_info(labels: Mapping[str, np.ndarray]) -> bytes:
+    """``objectInfo150.txt`` in the development kit's format (tab-separated Idx, Ratio,
+    Train, Val, Name), its figures counted on the miniature's own raw label maps."""
+    from .ade20k import CLASSES
+
+    total = sum(label.size for label in labels.values())
+    lines = ["Idx\tRatio\tTrain\tVal\tName"]
+    for k, name in enumerate(CLASSES, 1):
+        share = sum(int((label == k).sum()) for label in labels.values()) / total
+        seen = [n for n, label in labels.items() if (label == k).any()]
+        lines.append(f"{k}\t{share:.4f}\t{sum('_train_' in n for n in seen)}\t"
+                     f"{sum('_val_' in n for n in seen)}\t{name}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def make_ade20k_miniature(directory: PathLike, n_train: int = 4, n_val: int = 2, seed: int = 0,
+                          extra: Optional[Members] = None, drop: Tuple[str, ...] = ()
+                          ) -> prepare_ade20k.Release:
+    """Write a miniature ``ADEChallengeData2016.zip`` into ``directory`` in the release's
+    layout (folder entries, ``images/`` and ``annotations/`` per split, ``objectInfo150.txt``,
+    ``sceneCategories.txt``), and beside it ``ADEChallengeData2016.manifest.json``.
+
+    Raw labels are 0..150 as upstream (0 = other; 0 and 150 both occur). ``extra`` adds or
+    replaces members, ``drop`` removes some (bad-input tests); the counts stay ``n_train`` /
+    ``n_val``. Returns the :class:`~encnet_lite.data.prepare_ade20k.Release` describing the
+    zip (``file://`` URL, its real SHA-1 and SHA-256, these counts) for ``prepare_ade20k``.
+    """
+    from .ade20k import BASE_DIR, SPLIT_DIRS
+    from .common import atomic_write_text
+
+    directory, rng = Path(directory), np.random.default_rng(seed)
+    members: Dict[str, bytes] = {f"{BASE_DIR}/": b""}
+    for kind in ("images", "annotations"):
+        members[f"{BASE_DIR}/{kind}/"] = b""
+        members.update({f"{BASE_DIR}/{kind}/{folder}/": b"" for folder in SPLIT_DIRS.values()})
+    labels: Dict[str, np.ndarray] = {}
+    colours: Dict[int, np.ndarray] = {}
+    scenes = []
+    for split, n in (("train", n_train), ("val", n_val)):
+        for k in range(1, n + 1):
+            name, folder = f"ADE_{split}_{k:08d}", SPLIT_DIRS[split]
+            hw = (int(rng.integers(40, 72)), int(rng.integers(48, 80)))
+            # wall or sky, any class, floor or earth, and a box cycling through other (0),
+            # flag (150, the last id), person and car
+            ids = [int(rng.choice([1, 3])), int(rng.integers(1, 151)), int(rng.choice([4, 14])),
+                   (0, 150, 13, 21)[len(labels) % 4]]
+            label = labels[name] = _scene(rng, ids, hw).astype(np.uint8)
+            members[f"{BASE_DIR}/images/{folder}/{name}.jpg"] = jpeg_bytes(
+                _picture(label, colours, rng))
+            members[f"{BASE_DIR}/annotations/{folder}/{name}.png"] = png_bytes(label)
+            scenes.append(f"{name} {_ADE_SCENES[int(rng.integers(len(_ADE_SCENES)))]}\n")
+    members[f"{BASE_DIR}/objectInfo150.txt"] = _ade_object_info(labels)
+    members[f"{BASE_DIR}/sceneCategories.txt"] = "".join(scenes).encode()
+    members.update(extra or {})
+    for name in drop:
+        del members[name]
+    filename = prepare_ade20k.OFFICIAL.filename
+    path = write_zip(directory / filename, members)
+    digests = prepare_ade20k.file_digests(path)
+    release = prepare_ade20k.Release(filename, path.resolve().as_uri(), digests["sha1"],
+                                     digests["sha256"], path.stat().st_size,
+                                     {"train": n_train, "val": n_val})
+    atomic_write_text(directory / ADE20K_MANIFEST, release.to_json())
+    return release

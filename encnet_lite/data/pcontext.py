@@ -100,6 +100,15 @@ def not_prepared(root: Path, why: str) -> DatasetNotFoundError:
         f"for the 60-class variant, --download-dir DIR to use archives fetched by hand).")
 
 
+def repair_command(root: Path, info: dict) -> str:
+    """How to restore files lost from a prepared root: prepare again with ``--force`` and
+    the classes its marker lists (``info``)."""
+    classes = {(60,): " --classes 60", (59, 60): " --classes both"}.get(
+        tuple(sorted(info.get("variants", []))), "")
+    return (f"restore it with: {PREPARE_COMMAND.format(root=root)}{classes} --force (with the "
+            "--download-dir you prepared from, if not the default)")
+
+
 class PascalContext(SegmentationFiles):
     """PASCAL-Context from a prepared root. ``ds[i] -> (image (3,H,W), mask (H,W) int64)``.
 
@@ -134,4 +143,4 @@ class PascalContext(SegmentationFiles):
         self.ids = read_id_list(list_file)
         masks = root / mask_dir(num_classes)
         super().__init__([(root / "JPEGImages" / f"{i}.jpg", masks / f"{i}.png")
-                          for i in self.ids], transform)
+                          for i in self.ids], transform, repair_command(root, info))

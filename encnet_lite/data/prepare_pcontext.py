@@ -19,11 +19,15 @@ Steps: fetch (resume, MD5), convert every ``LabelMap`` to a 59-class PNG (0..58,
 extract only the annotated JPEGs, check every image/mask pair has one size, write the split
 lists, and finally ``prepared.json``. Every file is written atomically and existing outputs
 are kept, so an interrupted run resumes and a finished one returns at once (``--force`` redoes).
+
+Hostile or damaged inputs are refused with one line naming the file: a label map larger
+than the pixel limit is refused from its ``.mat`` header, before it is decoded; a member
+that is a link or a device is never read, and if a split would lose an image because of
+it, the preparation fails naming it (nothing is reported ready that is not).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import sys
@@ -31,11 +35,10 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 import numpy as np
-import scipy.io
 from tqdm.auto import tqdm
 
 from . import pcontext as pc
-from .archive import describe, iter_files, read_files
+from .archive import Skipped, describe, iter_files, read_files, skipped_error
 from .common import (
     DataError,
     DatasetNotFoundError,
@@ -49,6 +52,7 @@ from .common import (
     save_mask_png,
 )
 from .download import Remote, locate, prepare_parser, run_prepare
+from .matfile import load_mat
 
 VOC2010 = Remote(
     "VOCtrainval_03-May-2010.tar",
@@ -71,11 +75,9 @@ _MAT = re.compile(r"(?:^|/)trainval/([^/]+)\.mat$")
 
 
 def read_label_map(data: bytes, name: str) -> np.ndarray:
-    """``LabelMap`` of one PASCAL-Context ``.mat`` file (bytes); errors name the file."""
-    try:
-        mat = scipy.io.loadmat(io.BytesIO(data))
-    except Exception as err:  # scipy raises several types for a damaged file
-        raise DataError(f"corrupt annotation file {name}: {err}") from err
+    """``LabelMap`` of one PASCAL-Context ``.mat`` file (bytes); errors name the file. Its
+    size is checked against the pixel limit before it is decoded."""
+    mat = load_mat(data, name)
     if "LabelMap" not in mat:
         raise DataError(f"annotation file {name} has no 'LabelMap' "
                         f"(keys: {sorted(k for k in mat if not k.startswith('__'))})")
@@ -118,22 +120,25 @@ def already_prepared(root: Path, variants: List[int], force: bool
     return None, sorted(set(variants) | done)
 
 
-def fetch_sources(remotes: Mapping[str, Remote], download_dir: Path, skip_download: bool,
-                  progress: bool, verify: bool) -> Tuple[Path, Path]:
+def fetch_sources(remotes: Mapping[str, Remote], download_dir: Path, *, skip_download: bool,
+                  verify: bool, progress: bool) -> Tuple[Path, Path]:
     """The VOC 2010 and the PASCAL-Context sources: archives (downloaded, resumed and
     MD5-checked as needed) or already extracted folders."""
-    voc = locate(remotes["voc2010"], download_dir, VOC_DIR, skip_download, progress, verify)
-    ctx = locate(remotes["context"], download_dir, "trainval", skip_download, progress, verify)
+    flags = dict(skip_download=skip_download, verify=verify, progress=progress)
+    voc = locate(remotes["voc2010"], download_dir, VOC_DIR, **flags)
+    ctx = locate(remotes["context"], download_dir, "trainval", **flags)
     return voc, ctx
 
 
-def convert_annotations(ctx: Path, root: Path, variants: Sequence[int], force: bool,
-                        progress: bool) -> Set[str]:
+def convert_annotations(ctx: Path, root: Path, variants: Sequence[int], *, force: bool,
+                        progress: bool, skipped: Skipped) -> Set[str]:
     """Every ``trainval/<id>.mat`` (459 ids) -> one PNG per variant (missing ones only,
-    unless ``force``); checks ``labels.txt`` on the way. Returns the annotated image ids."""
+    unless ``force``); checks ``labels.txt`` on the way. Returns the annotated image ids;
+    members that are not regular files go to ``skipped``."""
     ids = set()
     bar = tqdm(desc="convert annotations", unit="mask", disable=not progress)
-    for name, data in iter_files(ctx, lambda n: bool(_MAT.search(n)) or n.endswith("labels.txt")):
+    for name, data in iter_files(ctx, lambda n: bool(_MAT.search(n)) or n.endswith("labels.txt"),
+                                 skipped):
         if name.endswith("labels.txt"):
             check_labels_txt(data.decode("utf-8", "replace"), describe(ctx, name))
             continue
@@ -147,6 +152,8 @@ def convert_annotations(ctx: Path, root: Path, variants: Sequence[int], force: b
                 save_mask_png(path, pc.convert_label_map(label_map, v, describe(ctx, name)))
         bar.update()
     bar.close()
+    if not ids and skipped:
+        raise skipped_error("no trainval/*.mat annotation can be read", ctx, skipped)
     if not ids:
         raise DataError(f"no trainval/*.mat annotation found in {ctx}")
     return ids
@@ -155,7 +162,10 @@ def convert_annotations(ctx: Path, root: Path, variants: Sequence[int], force: b
 def read_split_lists(voc: Path) -> Dict[str, List[str]]:
     """VOC 2010's ``ImageSets/Main/{train,val}.txt`` as ``{split: [image id]}``."""
     lists = {s: f"{VOC_DIR}/ImageSets/Main/{s}.txt" for s in pc.SPLITS}
-    text = read_files(voc, lists.values())
+    skipped = Skipped(voc)
+    text = read_files(voc, lists.values(), skipped)
+    if skipped:
+        raise skipped_error("the train/val lists cannot be read", voc, skipped)
     missing = [n for n in lists.values() if n not in text]
     if missing:
         raise DataError(f"{voc} lacks {missing}: is it VOCtrainval_03-May-2010.tar?")
@@ -163,9 +173,10 @@ def read_split_lists(voc: Path) -> Dict[str, List[str]]:
                                  describe(voc, member)) for split, member in lists.items()}
 
 
-def extract_images(voc: Path, images: Path, annotated: Set[str], force: bool,
-                   progress: bool) -> None:
-    """Only the annotated JPEGs (those already there are kept unless ``force``)."""
+def extract_images(voc: Path, images: Path, annotated: Set[str], *, force: bool,
+                   progress: bool, skipped: Skipped) -> None:
+    """Only the annotated JPEGs (those already there are kept unless ``force``); members
+    that are not regular files go to ``skipped``."""
     have = {p.stem for p in images.glob("*.jpg")} if images.is_dir() and not force else set()
     todo = annotated - have
 
@@ -175,18 +186,21 @@ def extract_images(voc: Path, images: Path, annotated: Set[str], force: bool,
 
     bar = tqdm(total=len(todo), desc="extract images", unit="img", disable=not progress)
     if todo:
-        for name, data in iter_files(voc, wanted):
+        for name, data in iter_files(voc, wanted, skipped):
             atomic_write_bytes(images / f"{_JPEG.search(name).group(1)}.jpg", data)
             bar.update()
     bar.close()
 
 
-def check_complete(voc: Path, images: Path, splits: Mapping[str, List[str]],
-                   annotated: Set[str]) -> List[str]:
-    """Every image of a split exists (else an error naming examples); returns the sorted
-    ids of the splits' images and notes annotations no split uses."""
+def check_complete(images: Path, splits: Mapping[str, List[str]], annotated: Set[str],
+                   skipped: Skipped) -> List[str]:
+    """Every image of a split exists (else an error naming examples, or the members skipped
+    for safety); returns the sorted ids of the splits' images and notes annotations no
+    split uses."""
     in_split = set(splits["train"]) | set(splits["val"])
     missing = sorted(i for i in in_split if not (images / f"{i}.jpg").exists())
+    voc = skipped.source
+    skipped.check("the train/val splits would come out {n} image(s) short", _JPEG, missing)
     if missing:
         raise DataError(f"{len(missing)} annotated images are not in {voc}, e.g. {missing[:5]}")
     unlisted = annotated - in_split
@@ -208,8 +222,19 @@ def write_manifest(root: Path, splits: Mapping[str, List[str]], variants: List[i
     return info
 
 
-def prepare_pcontext(root: PathLike, download_dir: Optional[PathLike] = None,
-                     skip_download: bool = False, variants: Sequence[int] = (59,),
+def check_annotations_usable(listed: Mapping[str, List[str]], annotated: Set[str],
+                             skipped: Skipped) -> None:
+    """Fail if an image of VOC 2010's train/val lists loses its annotation to a member
+    skipped for safety (the split would silently come out short); note the others."""
+    lost = (set(listed["train"]) | set(listed["val"])) - annotated
+    skipped.check("the train/val splits would come out {n} image(s) short", _MAT, lost)
+    if skipped:
+        print(f"note: {len(skipped)} members of {skipped.source} that are not regular files were "
+              f"skipped; no train/val image needs them: {sorted(skipped)[:5]}")
+
+
+def prepare_pcontext(root: PathLike, download_dir: Optional[PathLike] = None, *,
+                     variants: Sequence[int] = (59,), skip_download: bool = False,
                      force: bool = False, verify: bool = True, progress: bool = True,
                      remotes: Optional[Mapping[str, Remote]] = None) -> Dict:
     """Prepare PASCAL-Context at ``root``; returns the contents of ``prepared.json``.
@@ -217,7 +242,8 @@ def prepare_pcontext(root: PathLike, download_dir: Optional[PathLike] = None,
     Steps: fetch, convert the annotations, extract the annotated images, restrict VOC 2010's
     train/val lists to them, check, write the lists and the marker. ``remotes`` overrides
     the upstream files (keys ``"voc2010"``, ``"context"``), e.g. to point at a mirror or, in
-    the tests, at fabricated miniatures.
+    the tests, at fabricated miniatures. ``verify=False`` (``--no-verify``) turns an MD5
+    mismatch into a warning.
     """
     root = Path(root).expanduser()
     variants = sorted(set(int(v) for v in variants))
@@ -230,16 +256,19 @@ def prepare_pcontext(root: PathLike, download_dir: Optional[PathLike] = None,
         return info
     (root / pc.MARKER).unlink(missing_ok=True)  # the root is incomplete until the end
     download_dir = Path(download_dir).expanduser() if download_dir else root / "downloads"
-    voc, ctx = fetch_sources({**REMOTES, **(remotes or {})}, download_dir, skip_download,
-                             progress, verify)
-    annotated = convert_annotations(ctx, root, variants, force, progress)
+    voc, ctx = fetch_sources({**REMOTES, **(remotes or {})}, download_dir,
+                             skip_download=skip_download, verify=verify, progress=progress)
+    ctx_skipped, voc_skipped = Skipped(ctx), Skipped(voc)
+    annotated = convert_annotations(ctx, root, variants, force=force, progress=progress,
+                                    skipped=ctx_skipped)
     listed = read_split_lists(voc)
+    check_annotations_usable(listed, annotated, ctx_skipped)
     images = root / "JPEGImages"
-    extract_images(voc, images, annotated, force, progress)
+    extract_images(voc, images, annotated, force=force, progress=progress, skipped=voc_skipped)
     splits = {split: [i for i in ids if i in annotated] for split, ids in listed.items()}
-    in_split = check_complete(voc, images, splits, annotated)
+    in_split = check_complete(images, splits, annotated, voc_skipped)
     check_pair_sizes([(images / f"{i}.jpg", root / pc.mask_dir(v) / f"{i}.png")
-                      for i in in_split for v in variants], progress)  # headers only: fast
+                      for i in in_split for v in variants], progress=progress)  # headers only
     info = write_manifest(root, splits, variants)
     print(f"PASCAL-Context ready at {root}: {info['train']} train / {info['val']} val images, "
           f"{', '.join(str(v) for v in variants)}-class masks.")
@@ -257,8 +286,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     variants = (59, 60) if args.classes == "both" else (int(args.classes),)
     return run_prepare(lambda: prepare_pcontext(
-        args.root, args.download_dir, args.skip_download, variants, args.force,
-        verify=not args.no_verify, progress=not args.quiet), args, "prepare_pcontext.py")
+        args.root, args.download_dir, variants=variants, skip_download=args.skip_download,
+        force=args.force, verify=not args.no_verify, progress=not args.quiet),
+        args, "prepare_pcontext.py")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ Upstream files: ``VOCtrainval_11-May-2012.tar`` (2 GB, PASCAL VOC host) and, wit
 ``benchmark.tgz`` (1.4 GB, Berkeley SBD: ``benchmark_RELEASE/dataset/cls/<id>.mat``, struct
 ``GTcls`` with the label map in ``Segmentation``). Same guarantees as
 ``prepare_pcontext``: resumable MD5-checked downloads, ``--download-dir``/``--skip-download``,
-atomic writes, idempotent reruns, errors that name the file.
+atomic writes, idempotent reruns, errors that name the file, label maps checked against the
+pixel limit from their headers, members that are links or devices never read (a split that
+would lose an image to one fails, naming it).
 """
 
 from __future__ import annotations
@@ -22,11 +24,10 @@ from pathlib import Path
 from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
 import numpy as np
-import scipy.io
 from tqdm.auto import tqdm
 
 from . import voc
-from .archive import describe, iter_files, read_files
+from .archive import Skipped, describe, iter_files, read_files, skipped_error
 from .common import (
     DataError,
     DatasetNotFoundError,
@@ -42,6 +43,7 @@ from .common import (
     save_mask_png,
 )
 from .download import Remote, locate, prepare_parser, run_prepare
+from .matfile import load_mat
 
 VOC2012 = Remote(
     "VOCtrainval_11-May-2012.tar",
@@ -61,19 +63,20 @@ VOC_DIR = "VOCdevkit/VOC2012"
 SBD_DIR = "benchmark_RELEASE"
 _SBD_MAT = re.compile(r"(?:^|/)dataset/cls/([^/]+)\.mat$")
 _SBD_IMG = re.compile(r"(?:^|/)dataset/img/([^/]+)\.jpg$")
+_JPEG = re.compile(rf"(?:^|/){re.escape(VOC_DIR)}/JPEGImages/([^/]+)\.jpg$")
+_PNG = re.compile(rf"(?:^|/){re.escape(VOC_DIR)}/SegmentationClass/([^/]+)\.png$")
 
 
 def read_sbd_segmentation(data: bytes, name: str) -> np.ndarray:
-    """``GTcls.Segmentation`` of one SBD ``cls/<id>.mat`` file (bytes) as uint8."""
+    """``GTcls.Segmentation`` of one SBD ``cls/<id>.mat`` file (bytes) as uint8; every array
+    of the file is checked against the pixel limit before it is decoded."""
+    mat = load_mat(data, name, squeeze_me=True, struct_as_record=False)
     try:
-        mat = scipy.io.loadmat(io.BytesIO(data), squeeze_me=True, struct_as_record=False)
         seg = mat["GTcls"].Segmentation
     except KeyError as err:
         raise DataError(f"SBD annotation file {name} has no GTcls struct") from err
     except AttributeError as err:
         raise DataError(f"SBD annotation file {name}: GTcls has no Segmentation field") from err
-    except Exception as err:
-        raise DataError(f"corrupt annotation file {name}: {err}") from err
     seg = np.asarray(seg)
     check_labels(seg, len(voc.CLASSES), name)
     return seg.astype(np.uint8)
@@ -105,21 +108,24 @@ def already_prepared(root: Path, sbd: bool, force: bool) -> Optional[Dict]:
     return None
 
 
-def fetch_sources(remotes: Mapping[str, Remote], download_dir: Path, sbd: bool,
-                  skip_download: bool, progress: bool, verify: bool
+def fetch_sources(remotes: Mapping[str, Remote], download_dir: Path, *, sbd: bool,
+                  skip_download: bool, verify: bool, progress: bool
                   ) -> Tuple[Path, Optional[Path]]:
     """The VOC 2012 source and, with ``sbd``, the SBD one: an archive (downloaded, resumed and
     MD5-checked as needed) or an already extracted folder."""
-    vsrc = locate(remotes["voc2012"], download_dir, VOC_DIR, skip_download, progress, verify)
-    ssrc = (locate(remotes["sbd"], download_dir, SBD_DIR, skip_download, progress, verify)
-            if sbd else None)
+    flags = dict(skip_download=skip_download, verify=verify, progress=progress)
+    vsrc = locate(remotes["voc2012"], download_dir, VOC_DIR, **flags)
+    ssrc = locate(remotes["sbd"], download_dir, SBD_DIR, **flags) if sbd else None
     return vsrc, ssrc
 
 
 def read_splits(vsrc: Path) -> Dict[str, List[str]]:
     """VOC 2012's segmentation lists ``{"train", "val", "trainval"}: [image id]``."""
     lists = {s: f"{VOC_DIR}/ImageSets/Segmentation/{s}.txt" for s in ("train", "val", "trainval")}
-    text = read_files(vsrc, lists.values())
+    skipped = Skipped(vsrc)
+    text = read_files(vsrc, lists.values(), skipped)
+    if skipped:
+        raise skipped_error("the segmentation split lists cannot be read", vsrc, skipped)
     if len(text) != len(lists):
         raise DataError(f"{vsrc} lacks {sorted(set(lists.values()) - set(text))}: is it "
                         f"VOCtrainval_11-May-2012.tar?")
@@ -127,14 +133,16 @@ def read_splits(vsrc: Path) -> Dict[str, List[str]]:
             for s, m in lists.items()}
 
 
-def convert_sbd(ssrc: Path, out: _Layout, splits: Mapping[str, List[str]], force: bool,
+def convert_sbd(ssrc: Path, out: _Layout, splits: Mapping[str, List[str]], *, force: bool,
                 progress: bool) -> List[str]:
     """SBD's labels as PNGs for the train_aug images VOC does not label itself; returns the
-    ``train_aug`` list (VOC train plus SBD, minus VOC val)."""
+    ``train_aug`` list (VOC train plus SBD, minus VOC val). An SBD annotation skipped for
+    safety (a link, a device) that train_aug needs is an error naming it."""
     train, val = set(splits["train"]), set(splits["val"])
     sbd_ids: Set[str] = set()
+    skipped = Skipped(ssrc)
     bar = tqdm(desc="convert SBD", unit="mask", disable=not progress)
-    for name, data in iter_files(ssrc, lambda n: bool(_SBD_MAT.search(n))):
+    for name, data in iter_files(ssrc, lambda n: bool(_SBD_MAT.search(n)), skipped):
         i = check_id(_SBD_MAT.search(name).group(1), describe(ssrc, name))
         sbd_ids.add(i)
         path = out.aug / f"{i}.png"
@@ -142,19 +150,23 @@ def convert_sbd(ssrc: Path, out: _Layout, splits: Mapping[str, List[str]], force
             save_mask_png(path, read_sbd_segmentation(data, describe(ssrc, name)))
         bar.update()
     bar.close()
+    if not sbd_ids and skipped:
+        raise skipped_error("no dataset/cls/*.mat annotation can be read", ssrc, skipped)
     if not sbd_ids:
         raise DataError(f"no dataset/cls/*.mat annotation found in {ssrc}")
+    skipped.check("train_aug would come out {n} image(s) short", _SBD_MAT,
+                  {_SBD_MAT.search(n).group(1) for n in skipped} - sbd_ids - train - val)
     return sorted((train | sbd_ids) - val)
 
 
-def extract_voc(vsrc: Path, out: _Layout, needed: Set[str], labelled: Set[str], force: bool,
-                progress: bool) -> None:
+def extract_voc(vsrc: Path, out: _Layout, needed: Set[str], labelled: Set[str], *,
+                force: bool, progress: bool, skipped: Skipped) -> None:
     """VOC's JPEGs of the ``needed`` images and its palette label PNGs of the ``labelled``
-    ones (as single-channel class ids); files already there are kept unless ``force``."""
+    ones (as single-channel class ids); files already there are kept unless ``force``;
+    members that are not regular files go to ``skipped``."""
     have = ({p.stem for p in out.images.glob("*.jpg")} if out.images.is_dir() and not force
             else set())
-    jpeg = re.compile(rf"(?:^|/){re.escape(VOC_DIR)}/JPEGImages/([^/]+)\.jpg$")
-    png = re.compile(rf"(?:^|/){re.escape(VOC_DIR)}/SegmentationClass/([^/]+)\.png$")
+    jpeg, png = _JPEG, _PNG
 
     def wanted(name: str) -> bool:
         m = jpeg.search(name)
@@ -165,7 +177,7 @@ def extract_voc(vsrc: Path, out: _Layout, needed: Set[str], labelled: Set[str], 
             force or not (out.labels / f"{m.group(1)}.png").exists())
 
     bar = tqdm(desc="extract VOC", unit="file", disable=not progress)
-    for name, data in iter_files(vsrc, wanted):
+    for name, data in iter_files(vsrc, wanted, skipped):
         m = jpeg.search(name)
         if m:
             atomic_write_bytes(out.images / f"{m.group(1)}.jpg", data)
@@ -178,7 +190,7 @@ def extract_voc(vsrc: Path, out: _Layout, needed: Set[str], labelled: Set[str], 
     bar.close()
 
 
-def copy_voc_labels_to_aug(out: _Layout, train: Sequence[str], force: bool) -> None:
+def copy_voc_labels_to_aug(out: _Layout, train: Sequence[str], *, force: bool) -> None:
     """VOC's own labels take precedence inside train_aug."""
     for i in sorted(train):
         if force or not (out.aug / f"{i}.png").exists():
@@ -189,34 +201,42 @@ def missing_images(out: _Layout, ids: Set[str]) -> List[str]:
     return sorted(i for i in ids if not (out.images / f"{i}.jpg").exists())
 
 
-def extract_sbd_images(ssrc: Path, out: _Layout, todo: Set[str]) -> None:
-    """train_aug images that VOC 2012 lacks, from SBD's own ``img/`` folder."""
+def extract_sbd_images(ssrc: Path, out: _Layout, todo: Set[str], skipped: Skipped) -> None:
+    """train_aug images that VOC 2012 lacks, from SBD's own ``img/`` folder (members that
+    are not regular files go to ``skipped``)."""
     def wanted(name: str) -> bool:
         m = _SBD_IMG.search(name)
         return bool(m) and m.group(1) in todo
 
-    for name, data in iter_files(ssrc, wanted):
+    for name, data in iter_files(ssrc, wanted, skipped):
         atomic_write_bytes(out.images / f"{_SBD_IMG.search(name).group(1)}.jpg", data)
 
 
-def check_complete(out: _Layout, vsrc: Path, needed: Set[str], labelled: Set[str]) -> None:
-    """Every needed image and every VOC label PNG exists, else an error naming examples."""
+def check_complete(out: _Layout, needed: Set[str], labelled: Set[str],
+                   skipped: Sequence[Skipped]) -> None:
+    """Every needed image and every VOC label PNG exists, else an error naming the members
+    skipped for safety that held them, or examples."""
     missing = missing_images(out, needed)
+    for source_skipped in skipped:
+        source_skipped.check("the splits would come out {n} image(s) short", _JPEG, missing)
+        source_skipped.check("train_aug would come out {n} image(s) short", _SBD_IMG, missing)
     if missing:
         raise DataError(f"{len(missing)} images are in no archive, e.g. {missing[:5]}")
     missing = sorted(i for i in labelled if not (out.labels / f"{i}.png").exists())
+    vsrc = skipped[0].source
+    skipped[0].check("the splits would come out {n} label PNG(s) short", _PNG, missing)
     if missing:
         raise DataError(f"{len(missing)} VOC label PNGs are missing from {vsrc}, "
                         f"e.g. {missing[:5]}")
 
 
-def check_sizes(out: _Layout, splits: Mapping[str, List[str]], progress: bool) -> None:
+def check_sizes(out: _Layout, splits: Mapping[str, List[str]], *, progress: bool) -> None:
     """Every image and its mask have one size (headers only: fast)."""
     pairs = [(out.images / f"{i}.jpg", out.labels / f"{i}.png")
              for i in sorted(splits["trainval"])]
     pairs += [(out.images / f"{i}.jpg", out.aug / f"{i}.png")
               for i in splits.get("train_aug", [])]
-    check_pair_sizes(pairs, progress)
+    check_pair_sizes(pairs, progress=progress)
 
 
 def write_manifest(root: Path, splits: Mapping[str, List[str]], sbd: bool) -> Dict:
@@ -232,13 +252,14 @@ def write_manifest(root: Path, splits: Mapping[str, List[str]], sbd: bool) -> Di
     return info
 
 
-def prepare_voc(root: PathLike, download_dir: Optional[PathLike] = None, sbd: bool = False,
+def prepare_voc(root: PathLike, download_dir: Optional[PathLike] = None, *, sbd: bool = False,
                 skip_download: bool = False, force: bool = False, verify: bool = True,
                 progress: bool = True, remotes: Optional[Mapping[str, Remote]] = None) -> Dict:
     """Prepare PASCAL VOC 2012 (``sbd``: plus ``train_aug``) at ``root``; returns the marker.
 
     Steps: fetch, read the split lists, convert SBD's labels, extract VOC's images and
     labels, fill train_aug's images from SBD, check, write the lists and the marker.
+    The flags are those of :func:`~encnet_lite.data.prepare_pcontext.prepare_pcontext`.
     """
     root = Path(root).expanduser()
     info = already_prepared(root, sbd, force)
@@ -248,20 +269,22 @@ def prepare_voc(root: PathLike, download_dir: Optional[PathLike] = None, sbd: bo
         return info
     (root / voc.MARKER).unlink(missing_ok=True)  # the root is incomplete until the end
     download_dir = Path(download_dir).expanduser() if download_dir else root / "downloads"
-    vsrc, ssrc = fetch_sources({**REMOTES, **(remotes or {})}, download_dir, sbd,
-                               skip_download, progress, verify)
+    vsrc, ssrc = fetch_sources({**REMOTES, **(remotes or {})}, download_dir, sbd=sbd,
+                               skip_download=skip_download, verify=verify, progress=progress)
     splits, out = read_splits(vsrc), _Layout.at(root)
     if ssrc is not None:
-        splits["train_aug"] = convert_sbd(ssrc, out, splits, force, progress)
+        splits["train_aug"] = convert_sbd(ssrc, out, splits, force=force, progress=progress)
     labelled = set(splits["trainval"])
     needed = labelled | set(splits.get("train_aug", []))
-    extract_voc(vsrc, out, needed, labelled, force, progress)
+    skipped = [Skipped(vsrc)] + ([Skipped(ssrc)] if ssrc is not None else [])
+    extract_voc(vsrc, out, needed, labelled, force=force, progress=progress,
+                skipped=skipped[0])
     if ssrc is not None:
-        copy_voc_labels_to_aug(out, splits["train"], force)
+        copy_voc_labels_to_aug(out, splits["train"], force=force)
         if missing_images(out, needed):
-            extract_sbd_images(ssrc, out, set(missing_images(out, needed)))
-    check_complete(out, vsrc, needed, labelled)
-    check_sizes(out, splits, progress)
+            extract_sbd_images(ssrc, out, set(missing_images(out, needed)), skipped[1])
+    check_complete(out, needed, labelled, skipped)
+    check_sizes(out, splits, progress=progress)
     info = write_manifest(root, splits, ssrc is not None)
     print(f"PASCAL VOC 2012 ready at {root}: " +
           ", ".join(f"{s} {len(ids)}" for s, ids in splits.items()))
@@ -277,8 +300,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="also build the 10,582-image train_aug set from SBD")
     args = parser.parse_args(argv)
     return run_prepare(lambda: prepare_voc(
-        args.root, args.download_dir, args.sbd, args.skip_download, args.force,
-        verify=not args.no_verify, progress=not args.quiet), args, "prepare_voc.py")
+        args.root, args.download_dir, sbd=args.sbd, skip_download=args.skip_download,
+        force=args.force, verify=not args.no_verify, progress=not args.quiet),
+        args, "prepare_voc.py")
 
 
 if __name__ == "__main__":

@@ -70,12 +70,15 @@ class PascalVOC(SegmentationFiles):
         if not marker.is_file():
             raise not_prepared(root, f"{MARKER} is missing: preparation never ran or did not "
                                      "finish", aug)
-        if aug and not read_marker(marker, "PASCAL VOC 2012").get("sbd"):
+        sbd = bool(read_marker(marker, "PASCAL VOC 2012").get("sbd"))
+        if aug and not sbd:
             raise not_prepared(root, "it was prepared without the SBD train_aug set", True)
         list_file = root / "ImageSets" / f"{split}.txt"
         if not list_file.is_file():
             raise not_prepared(root, f"{list_file} is missing", aug)
         self.ids = read_id_list(list_file)
         masks = root / ("SegmentationClassAug" if aug else "SegmentationClass")
+        repair = (f"restore it with: {PREPARE_COMMAND.format(root=root)}{' --sbd' * sbd} --force "
+                  "(with the --download-dir you prepared from, if not the default)")
         super().__init__([(root / "JPEGImages" / f"{i}.jpg", masks / f"{i}.png")
-                          for i in self.ids], transform)
+                          for i in self.ids], transform, repair)

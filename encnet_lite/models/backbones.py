@@ -8,6 +8,10 @@ Both return a dict of three feature maps (the heads pick what they need):
 
 ``backbone.out_channels`` maps those names to channel counts and ``backbone.output_stride``
 is the input-to-feature downsampling factor (8, or 16 on request for the ResNets).
+
+The ResNet's stem is torchvision's 7x7 conv by default; ``stem="deep64"`` is the official
+PyTorch-Encoding ``resnet50s``/``resnet101s`` stem and ``stem="deep32"`` mmsegmentation's
+ResNetV1c stem (three 3x3 convs), so that the published EncNets load one key to one key.
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-__all__ = ["ResNetBackbone", "TinyBackbone", "WeightsError", "check_images", "conv_bn_relu",
-           "load_resnet_state_dict"]
+__all__ = ["STEMS", "ResNetBackbone", "TinyBackbone", "WeightsError", "check_images",
+           "conv_bn_relu", "deep_stem", "load_resnet_state_dict"]
 
 _RESNETS = {
     50: (torchvision.models.resnet50, torchvision.models.ResNet50_Weights.IMAGENET1K_V1),
@@ -28,8 +32,14 @@ _RESNETS = {
 }
 
 
+# Stem name -> width of its first two 3x3 convs (None: torchvision's single 7x7 conv). The
+# deep stems end with twice that width: 128 channels (official resnet50s) or 64 (ResNetV1c).
+STEMS = {"plain": None, "deep64": 64, "deep32": 32}
+
+
 class WeightsError(RuntimeError):
-    """ImageNet weights could not be had (offline, or a file that is not plain weights)."""
+    """Weights could not be had or do not fit: offline, a file that is not plain weights, a
+    checksum mismatch, or keys that fit no model (ImageNet backbones and published models)."""
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
@@ -121,6 +131,32 @@ def _hub_state_dict(depth: int, url: str) -> Dict[str, Tensor]:
         ) from err
 
 
+def deep_stem(width: int) -> nn.Sequential:
+    """The deep stem: 3x3 convs 3 -> ``width`` (stride 2) -> ``width`` -> ``2 * width``.
+
+    BN + ReLU follow the first two convs inside the stem; the third conv's BN is the
+    backbone's ``bn1``, as in the official ``resnet50s`` (``conv1.{0,1,3,4,6}``, ``bn1``).
+    ``x: (B, 3, H, W) -> (B, 2 * width, ceil(H / 2), ceil(W / 2))``.
+    """
+    return nn.Sequential(
+        nn.Conv2d(3, width, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(width, width, 3, padding=1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(width, 2 * width, 3, padding=1, bias=False),
+    )
+
+
+def _widen_input(block: nn.Module, in_channels: int) -> None:
+    """Give the first bottleneck's 1x1 conv and shortcut conv ``in_channels`` inputs (a deep
+    stem of width 64 hands 128 channels to stage 1, torchvision's stem 64)."""
+    block.conv1 = nn.Conv2d(in_channels, block.conv1.out_channels, 1, bias=False)
+    block.downsample[0] = nn.Conv2d(in_channels, block.downsample[0].out_channels, 1,
+                                    bias=False)
+
+
 class ResNetBackbone(nn.Module):
     """torchvision ResNet-50/101 with stages 3 and 4 dilated instead of strided.
 
@@ -128,36 +164,56 @@ class ResNetBackbone(nn.Module):
     ``output_stride=16``: only stage 4 is dilated (dilation 2); ``32``: the plain
     classification ResNet (for comparisons). torchvision dilates a
     stage's first block with the previous rate, exactly as the official EncNet code does.
-    The stem is torchvision's plain 7x7 conv (the official models use a deep 3x3 stem).
 
     Args:
         depth: 50 or 101.
-        pretrained: load ImageNet weights (see :func:`load_resnet_state_dict`).
-        weights_path: a local torchvision ResNet state dict; implies ``pretrained``.
+        pretrained: load ImageNet weights (plain stem: torchvision's, see
+            :func:`load_resnet_state_dict`; ``deep64``: the official ``resnet50s`` /
+            ``resnet101s``, see :func:`encnet_lite.weights.load_imagenet_backbone`).
+        weights_path: a local ImageNet state dict for this stem; implies ``pretrained``.
+        stem: ``"plain"`` (torchvision's 7x7 conv, 64 channels), ``"deep64"`` (official
+            PyTorch-Encoding ``resnet50s``: 3x3 convs 3 -> 64 -> 64 -> 128, ``bn1`` of 128,
+            so stage 1 takes 128 channels) or ``"deep32"`` (mmsegmentation's ResNetV1c:
+            3 -> 32 -> 32 -> 64). Each is followed by BN, ReLU and the 3x3 stride-2 max pool.
 
     ``forward(x: (B, 3, H, W)) -> {"c2": (B, 512, H/8, W/8), "c3": (B, 1024, ...),
     "c4": (B, 2048, ...)}`` (sizes rounded up at every stride-2 layer).
     """
 
     def __init__(self, depth: int = 50, output_stride: int = 8, pretrained: bool = False,
-                 weights_path: Optional[Union[str, Path]] = None) -> None:
+                 weights_path: Optional[Union[str, Path]] = None, stem: str = "plain") -> None:
         super().__init__()
         if depth not in _RESNETS:
             raise ValueError(f"depth must be one of {sorted(_RESNETS)}, got {depth}")
         dilate = {8: [False, True, True], 16: [False, False, True], 32: [False, False, False]}
         if output_stride not in dilate:
             raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+        if stem not in STEMS:
+            raise ValueError(f"stem={stem!r}: choose one of {sorted(STEMS)}")
         dilate = dilate[output_stride]
         net = _RESNETS[depth][0](weights=None, replace_stride_with_dilation=dilate)
+        width = STEMS[stem]
+        if width is not None:
+            net.conv1, net.bn1 = deep_stem(width), nn.BatchNorm2d(2 * width)
+            if 2 * width != net.layer1[0].conv1.in_channels:
+                _widen_input(net.layer1[0], 2 * width)
+            for conv in [*net.conv1.modules(), net.layer1[0].conv1, net.layer1[0].downsample[0]]:
+                if isinstance(conv, nn.Conv2d):  # torchvision's initialisation of its convs
+                    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
         # Same attribute names as torchvision, so its state dicts load as they are.
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = (
             net.layer1, net.layer2, net.layer3, net.layer4)
         self.depth = depth
+        self.stem_type = stem  # "plain" | "deep64" | "deep32" (STEMS)
         self.output_stride = output_stride
         self.out_channels = {"c2": 512, "c3": 1024, "c4": 2048}
-        if pretrained or weights_path is not None:
+        if (pretrained or weights_path is not None) and width is None:
             self.load_state_dict(load_resnet_state_dict(depth, weights_path))
+        elif pretrained or weights_path is not None:
+            from ..weights import load_imagenet_backbone  # the catalogue imports this module
+
+            load_imagenet_backbone(self, weights_path)
 
     def forward(self, x: Tensor) -> Dict[str, Tensor]:
         check_images(x)

@@ -35,8 +35,9 @@ from .heads import EncHead, FCNHead
 
 __all__ = [
     "FCN", "EncNet", "SegmentationModel",
-    "encnet_resnet50", "encnet_resnet101", "encnet_tiny",
-    "fcn_resnet50", "fcn_resnet101", "fcn_tiny", "align_corners_disagreement",
+    "encnet_resnet50", "encnet_resnet101", "encnet_resnet50s", "encnet_resnet101s", "encnet_tiny",
+    "fcn_resnet50", "fcn_resnet101", "fcn_resnet50s", "fcn_resnet101s", "fcn_tiny",
+    "align_corners_disagreement",
 ]
 
 PathLike = Optional[Union[str, Path]]
@@ -157,44 +158,143 @@ class EncNet(SegmentationModel):
 
 
 # ---------------------------------------------------------------------------- builders
+#
+# ``weights="NAME"`` (keyword only) returns a published model from the catalogue of
+# :mod:`encnet_lite.weights`, as torchvision's builders do: downloaded (cached, verified),
+# converted and loaded strictly, in eval mode, with ``model.weights_meta`` attached.
 
 
 def _resnet(depth: int, pretrained_backbone: bool, weights_path: PathLike,
-            output_stride: int) -> ResNetBackbone:
+            output_stride: int, stem: Optional[str] = None) -> ResNetBackbone:
     return ResNetBackbone(depth, output_stride=output_stride, pretrained=pretrained_backbone,
-                          weights_path=weights_path)
+                          weights_path=weights_path, stem=stem or "plain")
 
 
-def encnet_resnet50(num_classes: int, pretrained_backbone: bool = False,
-                    weights_path: PathLike = None, output_stride: int = 8, **kwargs) -> EncNet:
+def _published(weights: str, model: str, depth: int, stem: Optional[str],
+               num_classes: Optional[int], backbone_args: Dict, kwargs: Dict) -> nn.Module:
+    """``load_weights(weights)`` after checking that it is the model this builder makes and
+    that no argument contradicts it (an argument equal to the entry's value is accepted)."""
+    from ..weights import check_builder_args, load_weights
+
+    check_builder_args(weights, model, depth, stem, num_classes, backbone_args, kwargs)
+    loaded = load_weights(weights)
+    if "align_corners" in kwargs:  # the one setting the weights leave free (upsampling)
+        loaded.align_corners = kwargs["align_corners"]
+    return loaded
+
+
+def _classes(num_classes: Optional[int], builder: str) -> int:
+    if num_classes is None:
+        raise TypeError(f"{builder}() needs num_classes (or weights='NAME' of a published "
+                        "model, which brings its own: encnet_lite.weights.CATALOGUE)")
+    return num_classes
+
+
+def _build_encnet(depth: int, stem: Optional[str], num_classes: Optional[int],
+                  pretrained_backbone: bool, weights_path: PathLike, output_stride: int,
+                  weights: Optional[str], kwargs: Dict) -> nn.Module:
+    if weights is not None:
+        return _published(weights, "encnet", depth, stem, num_classes,
+                          {"pretrained_backbone": pretrained_backbone,
+                           "weights_path": weights_path, "output_stride": output_stride}, kwargs)
+    backbone = _resnet(depth, pretrained_backbone, weights_path, output_stride, stem)
+    return EncNet(backbone, _classes(num_classes, f"encnet_resnet{depth}"), **kwargs)
+
+
+def _build_fcn(depth: int, stem: Optional[str], num_classes: Optional[int],
+               pretrained_backbone: bool, weights_path: PathLike, output_stride: int,
+               weights: Optional[str], kwargs: Dict) -> nn.Module:
+    if weights is not None:
+        return _published(weights, "fcn", depth, stem, num_classes,
+                          {"pretrained_backbone": pretrained_backbone,
+                           "weights_path": weights_path, "output_stride": output_stride}, kwargs)
+    backbone = _resnet(depth, pretrained_backbone, weights_path, output_stride, stem)
+    return FCN(backbone, _classes(num_classes, f"fcn_resnet{depth}"), **kwargs)
+
+
+def _fcn_kwargs(aux: bool, align_corners: Optional[bool]) -> Dict:
+    """``align_corners=None``: FCN's default (False), or the published entry's value."""
+    return {"aux": aux} if align_corners is None else {"aux": aux, "align_corners": align_corners}
+
+
+def encnet_resnet50(num_classes: Optional[int] = None, pretrained_backbone: bool = False,
+                    weights_path: PathLike = None, output_stride: int = 8, *,
+                    stem: Optional[str] = None, weights: Optional[str] = None,
+                    **kwargs) -> EncNet:
     """EncNet on a dilated ResNet-50. ``pretrained_backbone=True``: ImageNet weights via
     torchvision (a clear error offline; ``weights_path=`` reads a local file instead).
-    ``kwargs`` go to :class:`EncNet` (``aux``, ``se_loss``, ``lateral``, ``num_codes``...)."""
-    return EncNet(_resnet(50, pretrained_backbone, weights_path, output_stride), num_classes,
-                  **kwargs)
+    ``stem``: ``"plain"`` (default), ``"deep64"`` (official resnet50s) or ``"deep32"``
+    (ResNetV1c), see :class:`ResNetBackbone`. ``weights="EncNet_ResNet50s_PContext"`` (any
+    ResNet-50 EncNet of :data:`encnet_lite.weights.CATALOGUE`): the published model, in
+    eval mode. ``kwargs`` go to :class:`EncNet` (``aux``, ``se_loss``, ``lateral``...)."""
+    return _build_encnet(50, stem, num_classes, pretrained_backbone, weights_path,
+                         output_stride, weights, kwargs)
 
 
-def encnet_resnet101(num_classes: int, pretrained_backbone: bool = False,
-                     weights_path: PathLike = None, output_stride: int = 8, **kwargs) -> EncNet:
+def encnet_resnet101(num_classes: Optional[int] = None, pretrained_backbone: bool = False,
+                     weights_path: PathLike = None, output_stride: int = 8, *,
+                     stem: Optional[str] = None, weights: Optional[str] = None,
+                     **kwargs) -> EncNet:
     """EncNet on a dilated ResNet-101 (see :func:`encnet_resnet50`)."""
-    return EncNet(_resnet(101, pretrained_backbone, weights_path, output_stride), num_classes,
-                  **kwargs)
+    return _build_encnet(101, stem, num_classes, pretrained_backbone, weights_path,
+                         output_stride, weights, kwargs)
 
 
-def fcn_resnet50(num_classes: int, pretrained_backbone: bool = False,
+def encnet_resnet50s(num_classes: Optional[int] = None, pretrained_backbone: bool = False,
+                     weights_path: PathLike = None, output_stride: int = 8, *,
+                     weights: Optional[str] = None, **kwargs) -> EncNet:
+    """EncNet on the official deep-stem ResNet-50 (``resnet50s``): :func:`encnet_resnet50`
+    with ``stem="deep64"``; ``pretrained_backbone=True`` loads the official ImageNet
+    ``resnet50s`` weights (:data:`encnet_lite.weights.IMAGENET_BACKBONES`)."""
+    return _build_encnet(50, "deep64", num_classes, pretrained_backbone, weights_path,
+                         output_stride, weights, kwargs)
+
+
+def encnet_resnet101s(num_classes: Optional[int] = None, pretrained_backbone: bool = False,
+                      weights_path: PathLike = None, output_stride: int = 8, *,
+                      weights: Optional[str] = None, **kwargs) -> EncNet:
+    """EncNet on the official deep-stem ResNet-101 (see :func:`encnet_resnet50s`)."""
+    return _build_encnet(101, "deep64", num_classes, pretrained_backbone, weights_path,
+                         output_stride, weights, kwargs)
+
+
+def fcn_resnet50(num_classes: Optional[int] = None, pretrained_backbone: bool = False,
                  weights_path: PathLike = None, output_stride: int = 8, aux: bool = True,
-                 align_corners: bool = False) -> FCN:
-    """The FCN baseline on a dilated ResNet-50 (see :func:`encnet_resnet50`)."""
-    return FCN(_resnet(50, pretrained_backbone, weights_path, output_stride), num_classes, aux,
-               align_corners)
+                 align_corners: Optional[bool] = None, *, stem: Optional[str] = None,
+                 weights: Optional[str] = None) -> FCN:
+    """The FCN baseline on a dilated ResNet-50 (see :func:`encnet_resnet50`;
+    ``weights="FCN_ResNet50s_ADE"`` is the published one)."""
+    kwargs = _fcn_kwargs(aux, align_corners)
+    return _build_fcn(50, stem, num_classes, pretrained_backbone, weights_path, output_stride,
+                      weights, kwargs)
 
 
-def fcn_resnet101(num_classes: int, pretrained_backbone: bool = False,
+def fcn_resnet101(num_classes: Optional[int] = None, pretrained_backbone: bool = False,
                   weights_path: PathLike = None, output_stride: int = 8, aux: bool = True,
-                  align_corners: bool = False) -> FCN:
+                  align_corners: Optional[bool] = None, *, stem: Optional[str] = None,
+                  weights: Optional[str] = None) -> FCN:
     """The FCN baseline on a dilated ResNet-101 (see :func:`encnet_resnet50`)."""
-    return FCN(_resnet(101, pretrained_backbone, weights_path, output_stride), num_classes, aux,
-               align_corners)
+    kwargs = _fcn_kwargs(aux, align_corners)
+    return _build_fcn(101, stem, num_classes, pretrained_backbone, weights_path, output_stride,
+                      weights, kwargs)
+
+
+def fcn_resnet50s(num_classes: Optional[int] = None, pretrained_backbone: bool = False,
+                  weights_path: PathLike = None, output_stride: int = 8, aux: bool = True,
+                  align_corners: Optional[bool] = None, *, weights: Optional[str] = None) -> FCN:
+    """The FCN baseline on the official deep-stem ResNet-50 (see :func:`encnet_resnet50s`)."""
+    kwargs = _fcn_kwargs(aux, align_corners)
+    return _build_fcn(50, "deep64", num_classes, pretrained_backbone, weights_path,
+                      output_stride, weights, kwargs)
+
+
+def fcn_resnet101s(num_classes: Optional[int] = None, pretrained_backbone: bool = False,
+                   weights_path: PathLike = None, output_stride: int = 8, aux: bool = True,
+                   align_corners: Optional[bool] = None, *, weights: Optional[str] = None) -> FCN:
+    """The FCN baseline on the official deep-stem ResNet-101 (see :func:`encnet_resnet50s`)."""
+    kwargs = _fcn_kwargs(aux, align_corners)
+    return _build_fcn(101, "deep64", num_classes, pretrained_backbone, weights_path,
+                      output_stride, weights, kwargs)
 
 
 def encnet_tiny(num_classes: int, head_channels: int = 64, **kwargs) -> EncNet:

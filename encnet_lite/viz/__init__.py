@@ -7,6 +7,8 @@
 - :mod:`.results`: predictions, confusion matrices, training curves, the ablation;
 - :mod:`.diagrams`: EncNet's architecture and the Context Encoding Module's data flow,
   with shapes traced from the model;
+- :mod:`.pretrained`: the official evaluation's views and windows, codeword maps on
+  images of any size, a segmented photo with its class legend;
 - :mod:`.widgets`: ipywidgets explorers; :mod:`.tables`: Markdown tables.
 
 Each function returns a matplotlib figure; chapters call it plainly (a static figure for
@@ -36,6 +38,7 @@ from .data import (
 )
 from .diagrams import plot_context_encoding_pipeline, plot_encnet_architecture
 from .encoding import plot_assignment_map, plot_encoding_benchmark, plot_smoothing_sweep
+from .pretrained import plot_codeword_winners, plot_official_views, plot_segmentation
 from .results import (
     plot_ablation,
     plot_confusion,
@@ -51,6 +54,7 @@ from .widgets import codeword_explorer
 __all__ = [
     "add_class_legend", "codeword_explorer", "markdown_table", "plot_ablation",
     "plot_lookalike_sweep",
+    "plot_codeword_winners", "plot_official_views", "plot_segmentation",
     "plot_assignment_map", "plot_class_frequency", "plot_codeword_health", "plot_codeword_maps",
     "plot_codeword_usage",
     "plot_confusion", "plot_context_encoding_pipeline", "plot_context_schemes",
