@@ -9,6 +9,7 @@ from encnet_lite.presets import MODEL_FIELDS, RUNTIME_FIELDS
 
 
 @pytest.mark.parametrize("builder", [models.encnet_tiny, models.fcn_tiny])
+@pytest.mark.numerics
 def test_option_changes_only_the_upsampling(builder):
     torch.manual_seed(0)
     off = builder(5).eval()

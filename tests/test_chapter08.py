@@ -176,6 +176,7 @@ def test_score_rows_set_ours_beside_the_published_and_show_the_subset_effect():
 # ---------------------------------------------------------------------------- inside
 
 
+@pytest.mark.numerics
 def test_look_inside_keeps_what_the_model_computes_per_image():
     torch.manual_seed(0)
     model = encnet_tiny(5, num_codes=8).eval()
@@ -256,7 +257,8 @@ def test_rehearsal_chapter_08_full_mode_on_fabricated_data_and_weights(tmp_path,
                        "ENCNET_WEIGHTS_URL": "http://127.0.0.1:9/nothing-here"}.items():
         monkeypatch.setenv(key, value)
     nb = execute_chapter(CHAPTER, work)
-    text = outputs_text(nb)
+    text = outputs_text(nb) + "\n".join(  # the printed text and the Markdown tables
+        o.get("data", {}).get("text/markdown", "") for c in nb.cells for o in c.get("outputs", []))
 
     assert "FULL mode" in text and "RANDOM WEIGHTS" not in text and "verified: False" in text
     counters = sum(k.endswith("num_batches_tracked") for k in W.build_model(PC50, "meta")

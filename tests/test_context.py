@@ -8,6 +8,9 @@ from encnet_lite.context import ContextEncoding, ContextOutput, apply_attention
 from encnet_lite.encoding import Encoding
 from encnet_lite.losses import SegmentationLoss
 
+# The module against the paper's equations written out: rerun under other kernels.
+pytestmark = pytest.mark.numerics
+
 B, C, H, W, K, CLASSES = 2, 8, 5, 6, 4, 3
 
 

@@ -177,6 +177,7 @@ class PixelModel(torch.nn.Module):
         return {"main": torch.cat([x[:, :1], -x[:, :1]], 1)}
 
 
+@pytest.mark.numerics
 def test_predict_mmseg_averages_softmax_over_views_and_mirrors():
     torch.manual_seed(0)
     image = torch.randn(1, 3, 8, 12, dtype=torch.float64)

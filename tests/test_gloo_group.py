@@ -122,6 +122,7 @@ def _single_process_batchnorm(data: dict, shape: str) -> dict:
 
 
 @pytest.mark.parametrize("shape", ["4d", "3d"])
+@pytest.mark.numerics
 def test_cpu_sync_batchnorm_in_two_processes_is_batchnorm_on_the_whole_batch(gloo_run, shape):
     data, ranks = gloo_run
     ref = _single_process_batchnorm(data, shape)

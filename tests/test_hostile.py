@@ -257,6 +257,7 @@ def test_confusion_matrix_refuses_scores_of_another_class_count():
         ConfusionMatrix(3).update(target, torch.full((1, 4, 4), 7))
 
 
+@pytest.mark.numerics
 def test_encoding_sizes_and_layouts():
     from encnet_lite.encoding import Encoding
 

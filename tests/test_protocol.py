@@ -29,6 +29,9 @@ from encnet_lite.inference import (
 from encnet_lite.metrics import ConfusionMatrix
 from encnet_lite.models import encnet_tiny
 
+# Views, windows and averages against the same sums by hand: rerun under other kernels.
+pytestmark = pytest.mark.numerics
+
 
 class Probe(nn.Module):
     """Records every input; logits: class 0 = log(number of this call), class 1 = 0, the

@@ -61,6 +61,7 @@ def test_mixed_precision_and_fcn_train_on_cpu(tmp_path):
     assert "live_codewords" not in fcn.history[0]  # no Context Encoding Module: no health
 
 
+@pytest.mark.numerics
 def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
     full = train(tiny(tmp_path / "full"))
     # Same run, checkpointing every 4 iterations, crashes during iteration 10 (epoch 2).
@@ -147,6 +148,7 @@ def test_eval_cli_scores_a_checkpoint_and_writes_json(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.numerics
 def test_cli_run_killed_mid_way_resumes_to_the_same_losses(tmp_path):
     args = ["--preset", "scenes_encnet_tiny", "--num-train-images", "48", "--num-val-images",
             "8", "--image-size", "64", "--batch-size", "4", "--epochs", "2", "--workers", "0",

@@ -61,7 +61,9 @@ torch.save({"history": result.history, "state": result.model.state_dict(),
 EPS32, EPS64 = torch.finfo(torch.float32).eps, torch.finfo(torch.float64).eps
 # Weights (and running statistics), as a fraction of each tensor's largest value: the float32
 # runs of this comparison ended up to 0.34 apart (SSE4.1, AVX2, AVX-512 and scalar kernels);
-# float64 rounds 2**-29 as coarsely, so 0.5 * EPS64 / EPS32 = 9.3e-10. Measured: 9e-14.
+# float64's rounding unit is 2**-29 of float32's, so the same growth ends below
+# 0.5 * EPS64 / EPS32 = 9.3e-10. Measured: 9e-14 (BatchNorm statistics left per process
+# make the losses differ by 190%).
 WEIGHT_TOL = 0.5 * EPS64 / EPS32
 # The logged losses are float32 (train_step returns its terms so): DDP logs the mean of the
 # two processes' rounded losses, summed in float32 (3 roundings of half a float32 ulp at most,

@@ -159,6 +159,7 @@ def test_load_rejects_foreign_files_and_other_models(tmp_path):
         ckpt_io.check_compatible(saved, {"model": "fcn"}, 7, ("model",))
 
 
+@pytest.mark.numerics
 def test_convert_sync_batchnorm_keeps_the_parameters_and_falls_back_without_a_group():
     # Without a process group CPUSyncBatchNorm is plain BatchNorm; the synchronized path is
     # checked in two real processes in test_gloo_group.py.

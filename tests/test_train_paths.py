@@ -55,6 +55,7 @@ def test_fp16_run_uses_the_grad_scaler_and_resumes_its_state(tmp_path, monkeypat
 
 
 @pytest.mark.slow
+@pytest.mark.numerics
 def test_resume_with_loader_workers_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
     # Two worker processes build the batches (augmentation included): a resumed run must
     # draw the same batches from the same place in the epoch.

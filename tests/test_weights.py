@@ -554,6 +554,7 @@ def test_deep_stem_preset_builds_the_official_backbone():
 # ---------------------------------------------------------------------------- numerics
 
 
+@pytest.mark.numerics
 def test_forward_through_the_deep_stem_is_the_stem_computed_by_hand():
     torch.manual_seed(0)
     backbone = ResNetBackbone(50, stem="deep64").eval()

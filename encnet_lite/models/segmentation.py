@@ -190,26 +190,18 @@ def _classes(num_classes: Optional[int], builder: str) -> int:
     return num_classes
 
 
-def _build_encnet(depth: int, stem: Optional[str], num_classes: Optional[int],
-                  pretrained_backbone: bool, weights_path: PathLike, output_stride: int,
-                  weights: Optional[str], kwargs: Dict) -> nn.Module:
+def _build(model: str, depth: int, stem: Optional[str], num_classes: Optional[int],
+           pretrained_backbone: bool, weights_path: PathLike, output_stride: int,
+           weights: Optional[str], kwargs: Dict) -> nn.Module:
+    """What every ResNet builder does: the published ``weights``, or ``model`` ("encnet" |
+    "fcn") on a fresh (optionally ImageNet-initialised) dilated ResNet-``depth``."""
     if weights is not None:
-        return _published(weights, "encnet", depth, stem, num_classes,
+        return _published(weights, model, depth, stem, num_classes,
                           {"pretrained_backbone": pretrained_backbone,
                            "weights_path": weights_path, "output_stride": output_stride}, kwargs)
     backbone = _resnet(depth, pretrained_backbone, weights_path, output_stride, stem)
-    return EncNet(backbone, _classes(num_classes, f"encnet_resnet{depth}"), **kwargs)
-
-
-def _build_fcn(depth: int, stem: Optional[str], num_classes: Optional[int],
-               pretrained_backbone: bool, weights_path: PathLike, output_stride: int,
-               weights: Optional[str], kwargs: Dict) -> nn.Module:
-    if weights is not None:
-        return _published(weights, "fcn", depth, stem, num_classes,
-                          {"pretrained_backbone": pretrained_backbone,
-                           "weights_path": weights_path, "output_stride": output_stride}, kwargs)
-    backbone = _resnet(depth, pretrained_backbone, weights_path, output_stride, stem)
-    return FCN(backbone, _classes(num_classes, f"fcn_resnet{depth}"), **kwargs)
+    cls = EncNet if model == "encnet" else FCN
+    return cls(backbone, _classes(num_classes, f"{model}_resnet{depth}"), **kwargs)
 
 
 def _fcn_kwargs(aux: bool, align_corners: Optional[bool]) -> Dict:
@@ -227,7 +219,7 @@ def encnet_resnet50(num_classes: Optional[int] = None, pretrained_backbone: bool
     (ResNetV1c), see :class:`ResNetBackbone`. ``weights="EncNet_ResNet50s_PContext"`` (any
     ResNet-50 EncNet of :data:`encnet_lite.weights.CATALOGUE`): the published model, in
     eval mode. ``kwargs`` go to :class:`EncNet` (``aux``, ``se_loss``, ``lateral``...)."""
-    return _build_encnet(50, stem, num_classes, pretrained_backbone, weights_path,
+    return _build("encnet", 50, stem, num_classes, pretrained_backbone, weights_path,
                          output_stride, weights, kwargs)
 
 
@@ -236,7 +228,7 @@ def encnet_resnet101(num_classes: Optional[int] = None, pretrained_backbone: boo
                      stem: Optional[str] = None, weights: Optional[str] = None,
                      **kwargs) -> EncNet:
     """EncNet on a dilated ResNet-101 (see :func:`encnet_resnet50`)."""
-    return _build_encnet(101, stem, num_classes, pretrained_backbone, weights_path,
+    return _build("encnet", 101, stem, num_classes, pretrained_backbone, weights_path,
                          output_stride, weights, kwargs)
 
 
@@ -246,7 +238,7 @@ def encnet_resnet50s(num_classes: Optional[int] = None, pretrained_backbone: boo
     """EncNet on the official deep-stem ResNet-50 (``resnet50s``): :func:`encnet_resnet50`
     with ``stem="deep64"``; ``pretrained_backbone=True`` loads the official ImageNet
     ``resnet50s`` weights (:data:`encnet_lite.weights.IMAGENET_BACKBONES`)."""
-    return _build_encnet(50, "deep64", num_classes, pretrained_backbone, weights_path,
+    return _build("encnet", 50, "deep64", num_classes, pretrained_backbone, weights_path,
                          output_stride, weights, kwargs)
 
 
@@ -254,7 +246,7 @@ def encnet_resnet101s(num_classes: Optional[int] = None, pretrained_backbone: bo
                       weights_path: PathLike = None, output_stride: int = 8, *,
                       weights: Optional[str] = None, **kwargs) -> EncNet:
     """EncNet on the official deep-stem ResNet-101 (see :func:`encnet_resnet50s`)."""
-    return _build_encnet(101, "deep64", num_classes, pretrained_backbone, weights_path,
+    return _build("encnet", 101, "deep64", num_classes, pretrained_backbone, weights_path,
                          output_stride, weights, kwargs)
 
 
@@ -265,7 +257,7 @@ def fcn_resnet50(num_classes: Optional[int] = None, pretrained_backbone: bool = 
     """The FCN baseline on a dilated ResNet-50 (see :func:`encnet_resnet50`;
     ``weights="FCN_ResNet50s_ADE"`` is the published one)."""
     kwargs = _fcn_kwargs(aux, align_corners)
-    return _build_fcn(50, stem, num_classes, pretrained_backbone, weights_path, output_stride,
+    return _build("fcn", 50, stem, num_classes, pretrained_backbone, weights_path, output_stride,
                       weights, kwargs)
 
 
@@ -275,7 +267,7 @@ def fcn_resnet101(num_classes: Optional[int] = None, pretrained_backbone: bool =
                   weights: Optional[str] = None) -> FCN:
     """The FCN baseline on a dilated ResNet-101 (see :func:`encnet_resnet50`)."""
     kwargs = _fcn_kwargs(aux, align_corners)
-    return _build_fcn(101, stem, num_classes, pretrained_backbone, weights_path, output_stride,
+    return _build("fcn", 101, stem, num_classes, pretrained_backbone, weights_path, output_stride,
                       weights, kwargs)
 
 
@@ -284,7 +276,7 @@ def fcn_resnet50s(num_classes: Optional[int] = None, pretrained_backbone: bool =
                   align_corners: Optional[bool] = None, *, weights: Optional[str] = None) -> FCN:
     """The FCN baseline on the official deep-stem ResNet-50 (see :func:`encnet_resnet50s`)."""
     kwargs = _fcn_kwargs(aux, align_corners)
-    return _build_fcn(50, "deep64", num_classes, pretrained_backbone, weights_path,
+    return _build("fcn", 50, "deep64", num_classes, pretrained_backbone, weights_path,
                       output_stride, weights, kwargs)
 
 
@@ -293,7 +285,7 @@ def fcn_resnet101s(num_classes: Optional[int] = None, pretrained_backbone: bool 
                    align_corners: Optional[bool] = None, *, weights: Optional[str] = None) -> FCN:
     """The FCN baseline on the official deep-stem ResNet-101 (see :func:`encnet_resnet50s`)."""
     kwargs = _fcn_kwargs(aux, align_corners)
-    return _build_fcn(101, "deep64", num_classes, pretrained_backbone, weights_path,
+    return _build("fcn", 101, "deep64", num_classes, pretrained_backbone, weights_path,
                       output_stride, weights, kwargs)
 
 

@@ -42,7 +42,7 @@ def plot_official_views(views: Sequence, image_size: Sequence[int]):
         ax.set_ylim(extent_h, 0)
         ax.set_aspect("equal")
         ax.tick_params(labelsize=9)
-        ax.set_title(f"s={view.scale:g}: {view.height}x{view.width}, "
+        ax.set_title(f"scale {view.scale:g}: {view.height} x {view.width}\n"
                      f"{view.windows} window{'s' * (view.windows > 1)}", fontsize=9)
     for ax in axes.flat[len(views):]:
         ax.set_axis_off()
@@ -73,7 +73,9 @@ def plot_codeword_winners(images: Sequence[torch.Tensor], assignments: Sequence[
     ``images``: normalised ``(3, H, W)``; ``assignments``: ``(h, w, K)``; ``masks``: ``(H, W)``.
     """
     n = len(images)
-    fig, axes = plt.subplots(n, 4, figsize=(WIDTH, 1.75 * n + 0.5), squeeze=False)
+    aspect = float(np.mean([im.shape[-2] / im.shape[-1] for im in images]))  # height / width
+    fig, axes = plt.subplots(n, 4, figsize=(WIDTH, n * aspect * WIDTH / 4.6 + 0.6),
+                             squeeze=False, layout="constrained")
     k = assignments[0].shape[-1]
     for i, (image, a, mask) in enumerate(zip(images, assignments, masks)):
         a = a.detach().float().cpu()
@@ -95,7 +97,7 @@ def plot_codeword_winners(images: Sequence[torch.Tensor], assignments: Sequence[
     for ax, title in zip(axes[0], ("image", "ground truth", r"argmax$_k\, a_{ik}$",
                                    f"$a_{{ik}}$, codeword {code}")):
         ax.set_title(title, fontsize=9)
-    fig.colorbar(heat, ax=axes[:, 3].tolist(), fraction=0.08, pad=0.03)
+    fig.colorbar(heat, ax=axes[:, 3].tolist(), shrink=0.8, aspect=25)
     return fig
 
 
