@@ -93,21 +93,22 @@ def soft_assignment(x: Tensor, codewords: Tensor, scale: Tensor) -> Tensor:
         return torch.softmax(scale * pairwise_sq_distances(x, codewords), dim=-1)
 
 
-# Assignment weights (and the backward's softmax gradients) smaller than this are set to 0:
-# the square root of the smallest normal number (about 1e-19 in float32, 1e-154 in float64).
+# Assignment weights smaller than this are set to 0: the square root of the smallest normal
+# number (about 1e-19 in float32, 1e-154 in float64). The backward sets its subnormal values
+# to 0 too (only those: their scale is that of the upstream gradient, not of 1).
 #
-# Why: a weight in the subnormal range (below 1.2e-38 in float32) costs a microcode assist
-# on x86 CPUs in every multiply it enters, and so does a normal weight whose product with an
-# operand lands there. A logit gap of 87 to 103 below the row's best gives such weights, and
-# at the paper's head shape (||x||^2 ~ 512, scale in (-1, 0)) 0.3 % to 8 % of all a_ik fall
-# there, depending on the draw of the scales and descriptors: measured on this repository's
-# 2-core Xeon, one thread, A^T X took 5 ms with none and 6.6 to 48.5 ms over eight seeds, the
-# same product with those weights zeroed 5.2 to 5.8 ms; a product whose operands are all
-# subnormal took 530 ms against 4 ms. That is why the layer's speed seemed to depend on what
-# ran before it: a call that consumes random numbers first changes the next draw (1.7 % vs
-# 2.7 % subnormal weights, forward 39 vs 47 ms), and training moves the scales the same way.
-# A weight below sqrt(tiny) times any operand above sqrt(tiny) is still normal, and its
-# share of a row that sums to 1 is 12 orders of magnitude below float32's resolution.
+# Why: a subnormal number (below 1.2e-38 in float32) costs a microcode assist on x86 CPUs
+# in every multiply it enters or leaves, and so does exp producing one. A logit 87 to 103
+# below its row's best gives such a weight, and at the paper's head shape (||x||^2 ~ 512,
+# scale in (-1, 0)) 0.3 % to 8 % of all a_ik fall there, depending on the draw of the scales
+# and descriptors. Measured on a 2-core Xeon, one thread, batch 4: A^T X took 6.6 to 48.5 ms
+# over eight draws, 5.2 to 5.8 ms with those weights zeroed; with every weight subnormal,
+# 530 ms against 4 ms. That is why the layer's speed seemed to depend on what ran before
+# it: with identical inputs the order made no difference, but a call that draws random
+# numbers first changes the next draw (1.7 % vs 2.7 % subnormal weights, forward 39 vs
+# 47 ms), and training moves the scales the same way. A weight above sqrt(tiny) times an
+# operand above sqrt(tiny) stays normal, and a weight below it is 12 orders of magnitude
+# below float32's resolution of the row's total, 1.
 def _subnormal_guard(dtype: torch.dtype) -> float:
     return math.sqrt(torch.finfo(dtype).tiny)
 
@@ -126,9 +127,10 @@ def _sq_norms(x: Tensor, cols: bool) -> Tensor:
     """||x_i||^2: (B, N), one read of x and no (B, N, D) temporary."""
     if not cols:
         return torch.linalg.vector_norm(x, dim=-1).square_()
-    # (B, D, N) memory: torch's reduction over the middle axis is several times slower than
-    # one read of x, so square-accumulate blocks of 8 rows of D into a (B, 8, N) buffer that
-    # stays in cache (measured 1.2 ms against 6 to 8 ms at the paper's head shape, batch 4).
+    # (B, D, N) memory: torch.linalg.vector_norm over the middle axis is several times
+    # slower than one read of x, and squaring x first writes a (B, D, N) copy; so
+    # square-accumulate blocks of 8 rows of D into a (B, 8, N) buffer that stays in cache
+    # (1.2 to 2.3 ms against 6 to 8 ms at the paper's head shape, batch 4, one thread).
     xt = x.transpose(1, 2)
     d = xt.shape[1]
     if d % 8:
@@ -194,11 +196,14 @@ class _ResidualEncoding(torch.autograd.Function):
             x = x.contiguous()
         kdim = 1 if cols else 2
         x_sq = _sq_norms(x, cols)  # (B, N)
-        # ||x_i - c_k||^2 = ||x_i||^2 + ||c_k||^2 - 2 x_i.c_k: the norms are the beta input
-        base = x_sq.unsqueeze(kdim) + _along_k(codewords.pow(2).sum(-1), cols)
-        dist = _x_dot(x, codewords.expand(x.shape[0], -1, -1), base, cols, alpha=-2.0)
-        logits = dist.clamp_min_(0.0).mul_(_along_k(scale, cols))  # in place: no copy kept
-        assign = _guarded_softmax(logits, kdim)
+        # scale_k ||x_i - c_k||^2 = scale_k (||x_i||^2 + ||c_k||^2) + x_i.(-2 scale_k c_k):
+        # one product, with the norms as its beta input. Unlike pairwise_sq_distances, no
+        # clamp at 0: a distance that rounds below 0 moves a logit by a rounding error.
+        s_k = _along_k(scale, cols)
+        base = torch.addcmul(s_k * _along_k(codewords.pow(2).sum(-1), cols),
+                             x_sq.unsqueeze(kdim), s_k)
+        scaled_c = (-2.0 * scale.unsqueeze(-1) * codewords).expand(x.shape[0], -1, -1)
+        assign = _guarded_softmax(_x_dot(x, scaled_c, base, cols), kdim)
         mass = assign.sum(3 - kdim)  # (B, K): sum_i a_ik
         # E = A^T X - diag(mass) C: the second term is the product's beta input
         enc = _weighted_sum(assign, x, cols, -mass.unsqueeze(-1) * codewords)
@@ -219,9 +224,12 @@ class _ResidualEncoding(torch.autograd.Function):
             grad = grad.to(assign.dtype).contiguous()  # G: (B, K, D) = dL/de
             # dL/da_ik = G_k . x_i - G_k . c_k: one product, the second term its beta input
             dl_da = _x_dot(x, grad, -(grad * codewords).sum(-1).unsqueeze(ndim), cols)
-            # softmax backward, in place: q_ik = a_ik (g_ik - sum_j a_ij g_ij) = dL/dlogit_ik
-            q = dl_da.sub_((assign * dl_da).sum(kdim, keepdim=True)).mul_(assign)
-            q = F.hardshrink(q, _subnormal_guard(q.dtype))  # products with it stay normal
+            # softmax backward: q_ik = a_ik (g_ik - sum_j a_ij g_ij) = dL/dlogit_ik (torch's
+            # fused kernel, a third of the time of the three ops)
+            q = torch._softmax_backward_data(dl_da, assign, kdim, assign.dtype)
+            # subnormal gradients (dL/de of order 1e-20 makes some) set to 0 before they
+            # enter a product; only those: their scale is that of dL/de, not of 1
+            q = F.hardshrink(q, torch.finfo(q.dtype).tiny)
             # dL/dd_ik = scale_k q_ik. Sums over i of q_ik x_i, q_ik ||x_i||^2 and q_ik:
             q_x = _weighted_sum(q, x, cols).sum(0)  # (K, D), one product
             ones = torch.ones_like(x_sq)
@@ -250,7 +258,7 @@ def _input_gradient(x: Tensor, codewords: Tensor, scale: Tensor, grad: Tensor, a
     b = x.shape[0]
     scaled_c = -2.0 * scale.unsqueeze(-1) * codewords  # (K, D)
     rho = torch.matmul(2.0 * scale, q) if cols else torch.matmul(q, 2.0 * scale)  # (B, N)
-    rho = F.hardshrink(rho, _subnormal_guard(rho.dtype))
+    rho = F.hardshrink(rho, torch.finfo(rho.dtype).tiny)  # no subnormal factor either
     if cols:  # (B, D, N) = G^T A + (-2 scale C)^T Q + X^T diag(rho), as its (B, N, D) view;
         # the left operands made contiguous: transposed, the products take twice as long
         out = torch.bmm(grad.transpose(1, 2).contiguous(), assign)
@@ -267,7 +275,8 @@ def residual_encoding(x: Tensor, codewords: Tensor, scale: Tensor) -> Tensor:
     x: (B, N, D), codewords: (K, D), scale: (K,) -> (B, K, D).
     Uses sum_i a_ik (x_i - c_k) = (A^T X)_k - (sum_i a_ik) c_k: two matrix products and
     O(N(K+D)) memory instead of O(NKD). The backward is written by hand from the saved
-    assignment: four matrix products (X G^T, [A, P] [G; C], P^T X) and one pass over x.
+    assignment: four matrix products (X G^T; G^T A and C^T Q into one buffer; Q^T X, with Q
+    the softmax gradient) and one pass over x.
     Assignment weights below sqrt of the smallest normal float are set to 0 (see
     ``_subnormal_guard``: subnormal numbers would make the speed depend on the values).
     Computed in float32 (or float64) even under autocast; the output has that dtype.

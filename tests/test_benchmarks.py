@@ -101,29 +101,76 @@ def test_shared_cli_options(common):
 
 
 def test_encoding_benchmark_ratios_come_from_its_rows(tmp_path, common):
-    result = run_main("encoding", tmp_path)
+    result = run_main("encoding", tmp_path, "--repeats", "4")
     check_machine(result, common)
     # the fields the encoding chapter prints
-    for key in ("device_name", "threads", "torch", "date", "time_method", "memory_method"):
+    for key in ("device_name", "threads", "torch", "date", "time_method", "memory_method",
+                "floor", "orders", "malloc"):
         assert key in result
-    rows = {(r["batch"], r["impl"]): r for r in result["rows"]}
-    assert sorted(rows) == [(1, "default"), (1, "reference"), (2, "default"), (2, "reference")]
-    for r in result["rows"]:
+    assert sorted(result["orders"]) == ["after_small", "fresh"]
+    expected = sorted((b, impl) for b in (1, 2) for impl in ("default", "floor", "reference"))
+    fresh = {(r["batch"], r["impl"]): r for r in result["rows"]}
+    after = {(r["batch"], r["impl"]): r for r in result["rows_after_small"]}
+    assert sorted(fresh) == sorted(after) == expected
+    for r in result["rows"] + result["rows_after_small"]:
+        # the literal form takes part in the first three interleaved rounds only
+        assert len(r["time_ms_all"]) == (3 if r["impl"] == "reference" else 4)
         assert r["time_ms"] == pytest.approx(min(r["time_ms_all"]), abs=0.01)
         assert r["extra_peak_mib"] > 0
     for q in result["ratios"]:
-        new, ref = rows[q["batch"], "default"], rows[q["batch"], "reference"]
+        b = q["batch"]
+        new, ref, floor = (fresh[b, impl] for impl in ("default", "reference", "floor"))
         assert q["speedup"] == pytest.approx(ref["time_ms"] / new["time_ms"])
         assert q["memory_ratio"] == pytest.approx(ref["extra_peak_mib"] / new["extra_peak_mib"])
+        assert q["floor_ratio"] == pytest.approx(new["time_ms"] / floor["time_ms"])
+        assert q["floor_ratio_after_small"] == pytest.approx(
+            after[b, "default"]["time_ms"] / after[b, "floor"]["time_ms"])
+        assert q["after_small_over_fresh"] == pytest.approx(
+            after[b, "default"]["time_ms"] / new["time_ms"])
+        assert q["floor_ratio_cpu"] == pytest.approx(new["cpu_ms"] / floor["cpu_ms"])
+        assert q["floor_ratio_cpu_after_small"] == pytest.approx(
+            after[b, "default"]["cpu_ms"] / after[b, "floor"]["cpu_ms"])
+        assert 0 <= new["subnormal_weight_share"] < 1
+        assert sorted(new["passes_over_x_ms"]) == ["norm_gradient", "norms"]
+        assert all(t > 0 for t in new["passes_over_x_ms"].values())
     # the literal form holds a (B, N, K, D) tensor: more memory than the expanded one
     assert all(q["memory_ratio"] > 1 for q in result["ratios"])
+    # the target is judged at batch 4, not measured by --quick
+    assert result["target"] == {"floor_ratio_max": 1.5, "batch": 4, "worst_floor_ratio": None,
+                                "met": None}
+
+
+def test_encoding_benchmark_target_is_the_worse_order(common):
+    bench = load("encoding")
+    ratios = [{"batch": 4, "floor_ratio": 1.2, "floor_ratio_after_small": 1.6}]
+    assert bench.target(ratios) == {"floor_ratio_max": 1.5, "batch": 4,
+                                    "worst_floor_ratio": 1.6, "met": False}
+    ratios[0]["floor_ratio_after_small"] = 1.4
+    assert bench.target(ratios)["met"] is True
+
+
+def test_encoding_benchmark_floor_runs_the_six_products_of_the_layer_sizes(common, monkeypatch):
+    bench = load("encoding")
+    x = torch.randn(2, 6, 10).transpose(1, 2)  # (B, N, D) view of (B, D, N) memory
+    shapes = []
+    real_bmm = torch.bmm
+    monkeypatch.setattr(torch, "bmm", lambda a, b: shapes.append(
+        (tuple(a.shape), tuple(b.shape))) or real_bmm(a, b))
+    bench.floor_call(x, k=3)()
+    monkeypatch.undo()
+    b, n, d, k = 2, 10, 6, 3
+    assert shapes == [((b, k, d), (b, d, n)), ((b, d, n), (b, n, k)),  # X C^T, A^T X
+                      ((b, k, d), (b, d, n)), ((b, d, k), (b, k, n)),  # X G^T, A G
+                      ((b, d, k), (b, k, n)), ((b, d, n), (b, n, k))]  # dS C, dS^T X
 
 
 def test_encoding_benchmark_skips_the_reference_over_budget(tmp_path):
     result = run_main("encoding", tmp_path, "--batches", "1", "--budget-gib", "0")
     ref = next(r for r in result["rows"] if r["impl"] == "reference")
     assert "budget 0 GiB" in ref["skipped"] and "time_ms" not in ref
-    assert result["ratios"] == [{"batch": 1, "speedup": None, "memory_ratio": None}]
+    (q,) = result["ratios"]
+    assert (q["batch"], q["speedup"], q["memory_ratio"]) == (1, None, None)
+    assert q["floor_ratio"] > 0  # the layer and the floor are still measured
 
 
 def test_models_benchmark_ratios_come_from_its_results(tmp_path, common):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -16,6 +19,9 @@ from encnet_lite.encoding import (
     soft_assignment,
     vlad,
 )
+
+# Implementations against references, layouts and orders: rerun under other kernels.
+pytestmark = pytest.mark.numerics
 
 # (B, N, K, D), including the degenerate N=1, K=1 and D=1.
 SHAPES = [(2, 17, 5, 8), (1, 1, 3, 4), (3, 10, 1, 6), (2, 9, 4, 1), (1, 1, 1, 1), (2, 33, 7, 3)]
@@ -261,28 +267,32 @@ def _subnormal(t: torch.Tensor) -> int:
     return int(((mag > 0) & (mag < torch.finfo(t.dtype).tiny)).sum())
 
 
-class _MatmulOperands(TorchDispatchMode):
-    """Counts subnormal entries in every operand and result of a matrix product."""
+class _Subnormals(TorchDispatchMode):
+    """Counts subnormal entries in every operand and result of every op (and separately of
+    the matrix products, where they cost most)."""
 
     def __init__(self):
         super().__init__()
-        self.subnormal, self.products = 0, 0
+        self.anywhere, self.in_products, self.products = 0, 0, 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        found = sum(_subnormal(t) for t in (*args, *(out if isinstance(out, (tuple, list))
+                                                     else (out,)))
+                    if isinstance(t, torch.Tensor))
+        self.anywhere += found
         if func.__name__.split(".")[0] in ("mm", "bmm", "addmm", "baddbmm", "baddbmm_"):
             self.products += 1
-            for t in (*args, out):
-                if isinstance(t, torch.Tensor):
-                    self.subnormal += _subnormal(t)
+            self.in_products += found
         return out
 
 
-def test_no_subnormal_number_reaches_a_matrix_product():
+def test_no_subnormal_number_in_the_layer():
     """Logit gaps of 87-103 give float32 weights in the subnormal range, which cost a
-    microcode assist in every multiply on x86 (the product ran up to 9x slower, depending on
-    the draw): the layer zeroes weights below sqrt(tiny), so its speed does not depend on
-    the values, and the result stays that of the literal form."""
+    microcode assist in every multiply on x86 (the product A^T X ran up to 9x slower,
+    depending on the draw): no op of the layer's forward or backward produces or consumes a
+    subnormal number, so its speed does not depend on the values, and the result stays
+    that of the literal form."""
     gen = torch.Generator().manual_seed(0)
     b, n, k, d = 2, 300, 8, 16
     x = (3.0 * torch.randn(b, d, n, generator=gen)).transpose(1, 2).requires_grad_()
@@ -290,16 +300,55 @@ def test_no_subnormal_number_reaches_a_matrix_product():
     s = (-torch.linspace(0.05, 1.2, k)).requires_grad_()
     assert _subnormal(soft_assignment(x, c, s)) > 100  # the literal softmax makes many
     grad_out = torch.randn(b, k, d, generator=gen)
-    with _MatmulOperands() as mode:
+    with _Subnormals() as mode:
         e = residual_encoding(x, c, s)
         grads = torch.autograd.grad(e, (x, c, s), grad_out)
-    assert mode.products >= 5 and mode.subnormal == 0
+    assert mode.products >= 5 and mode.in_products == 0 and mode.anywhere == 0
     x64, c64, s64 = (t.detach().double().requires_grad_() for t in (x, c, s))
     e64 = residual_encoding_reference(x64, c64, s64)
     grads64 = torch.autograd.grad(e64, (x64, c64, s64), grad_out.double())
     torch.testing.assert_close(e.double(), e64, rtol=1e-4, atol=1e-3)
     for g, g64 in zip(grads, grads64):
         torch.testing.assert_close(g.double(), g64, rtol=1e-3, atol=1e-2 * g64.abs().max().item())
+
+
+def test_tiny_upstream_gradients_bring_no_subnormal_into_a_product():
+    """With dL/de of order 1e-20, the softmax gradients of small weights fall below 1.2e-38:
+    they are zeroed before they enter the backward's products (there alone, where they
+    would cost most), and the gradients stay those of the literal form."""
+    gen = torch.Generator().manual_seed(1)
+    b, n, k, d = 2, 300, 8, 16
+    x = (3.0 * torch.randn(b, d, n, generator=gen)).transpose(1, 2).requires_grad_()
+    c = (0.1 * torch.randn(k, d, generator=gen)).requires_grad_()
+    s = (-torch.linspace(0.05, 0.6, k)).requires_grad_()
+    grad_out = 1e-20 * torch.randn(b, k, d, generator=gen)
+    with _Subnormals() as mode:
+        grads = torch.autograd.grad(residual_encoding(x, c, s), (x, c, s), grad_out)
+    assert mode.anywhere > 0  # the softmax backward does make some ...
+    assert mode.in_products == 0  # ... and none reaches a matrix product
+    x64, c64, s64 = (t.detach().double().requires_grad_() for t in (x, c, s))
+    grads64 = torch.autograd.grad(residual_encoding_reference(x64, c64, s64),
+                                  (x64, c64, s64), grad_out.double())
+    for g, g64 in zip(grads, grads64):
+        torch.testing.assert_close(g.double(), g64, rtol=1e-3, atol=1e-2 * g64.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_guarded_softmax_zeroes_exactly_the_weights_below_the_guard(dtype):
+    """Weights below sqrt(smallest normal) are 0, every other weight is the softmax's."""
+    from encnet_lite.encoding import _guarded_softmax
+
+    guard = torch.finfo(dtype).tiny ** 0.5
+    gaps = torch.linspace(0.0, 2.5 * math.log(1 / guard), 40, dtype=dtype)  # 0 to deep
+    logits = torch.stack([-gaps, -gaps.flip(0)])  # (2, 40): rows with the best at either end
+    expected = torch.softmax(logits, -1)
+    got = _guarded_softmax(logits.clone(), kdim=-1)
+    below = expected < guard
+    assert below.any() and (~below).sum() > 10
+    assert (got[below] == 0).all()
+    torch.testing.assert_close(got[~below], expected[~below], rtol=1e-12 if dtype ==
+                               torch.float64 else 1e-6, atol=0)
+    assert _subnormal(got) == 0
 
 
 def test_backward_under_autocast_is_float32():
@@ -477,3 +526,60 @@ def test_non_finite_first_batch_does_not_initialise(variant, bad):
     twin.train()(x)  # the finite batch first
     for name, value in twin.state_dict().items():
         torch.testing.assert_close(layer.state_dict()[name], value, rtol=0, atol=0)
+
+
+_INIT_WORKER = r"""
+import sys, warnings
+import torch
+import torch.distributed as dist
+from encnet_lite.encoding import Encoding
+
+rank, store, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+dist.init_process_group("gloo", init_method="file://" + store, rank=rank, world_size=2)
+torch.set_num_threads(1)
+result = {}
+for case, bad_rank in (("rank0_broken", 0), ("rank1_broken", 1)):
+    torch.manual_seed(rank)  # each process its own data and its own initial layer
+    layer = Encoding(2, 3, variant="kmeans")
+    x = torch.randn(1, 40, 2) * 5
+    if rank == bad_rank:
+        x[0, 3, 0] = float("nan")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        layer.train()(x)
+    result[case] = {"initialised": bool(layer.initialised), "codewords": layer.codewords.data,
+                    "warned": any("NaN or Inf" in str(w.message) for w in caught)}
+torch.save(result, out)
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_non_finite_batch_under_torch_distributed_follows_rank_0(tmp_path):
+    """Two gloo processes: rank 0's batch decides for both (no process waits on a broadcast
+    that the other skipped); a broken batch on rank 1 alone still initialises both from
+    rank 0's values."""
+    script = tmp_path / "worker.py"
+    script.write_text(_INIT_WORKER)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    procs = [subprocess.Popen([sys.executable, str(script), str(r), str(tmp_path / "store"),
+                               str(tmp_path / f"r{r}.pt")], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    for p in procs:
+        try:
+            log = p.communicate(timeout=120)[0]
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            pytest.fail("the gloo workers did not finish within 120 s (a broadcast waited)")
+        assert p.returncode == 0, log[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"r{r}.pt", weights_only=True) for r in range(2))
+    for got in (r0, r1):
+        assert got["rank0_broken"]["initialised"] is False and got["rank0_broken"]["warned"]
+        assert got["rank1_broken"]["initialised"] is True and not got["rank1_broken"]["warned"]
+    assert not torch.equal(r0["rank0_broken"]["codewords"], r1["rank0_broken"]["codewords"])
+    torch.testing.assert_close(r0["rank1_broken"]["codewords"], r1["rank1_broken"]["codewords"],
+                               rtol=0, atol=0)
+    assert torch.isfinite(r1["rank1_broken"]["codewords"]).all()
