@@ -32,8 +32,12 @@ Span = Tuple[int, int]
 
 
 def _how(protocol: str) -> str:
-    """The short name of a published score's protocol (the words before its colon)."""
-    return protocol.split(":")[0].replace("mmsegmentation ", "mmseg ")
+    """The short name of a published score's protocol (the words before its colon, the
+    official script named by what it does)."""
+    name = protocol.split(":")[0]
+    if name.startswith("official test.py"):
+        return "official, multi-scale + flip"
+    return name.replace("mmsegmentation ", "mmseg ").replace("ms+flip", "multi-scale + flip")
 
 
 def catalogue_rows(entries: Optional[Sequence[WeightsEntry]] = None

@@ -123,16 +123,19 @@ def book_mode(dataset_root: Optional[Union[str, Path]] = None) -> str:
     return "full"
 
 
-def describe_mode(mode: str, full_does: str = "") -> str:
-    """Plain sentences for a chapter's output: which mode ran, what full would do.
+QUICK_DOES = "synthetic ContextScenes data, tiny backbone, short runs"
+
+
+def describe_mode(mode: str, full_does: str = "", quick_does: str = QUICK_DOES) -> str:
+    """Plain sentences for a chapter's output: which mode ran (``quick_does``: what quick
+    mode uses in this chapter), what full would do.
 
     Wrapped at 76 characters: the widest printed line the site's column shows without
     wrapping (measured in Chromium at a 1280 px wide window).
     """
     device = get_device()
     if mode == "quick":
-        text = textwrap.fill(f"QUICK mode on {device.type}: synthetic ContextScenes data, "
-                             "tiny backbone, short runs.", 76)
+        text = textwrap.fill(f"QUICK mode on {device.type}: {quick_does}.", 76)
         if full_does:
             text += "\n" + textwrap.fill(f"Full mode ({MODE_ENV}=full, a CUDA GPU) would {full_does}.", 76)
         return text
