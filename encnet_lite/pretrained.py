@@ -31,13 +31,12 @@ __all__ = ["Conversion", "Inside", "OfficialView", "catalogue_rows", "conversion
 Span = Tuple[int, int]
 
 
-def _how(protocol: str) -> str:
-    """The short name of a published score's protocol (the words before its colon, the
-    official script named by what it does)."""
-    name = protocol.split(":")[0]
-    if name.startswith("official test.py"):
-        return "official, multi-scale + flip"
-    return name.replace("mmsegmentation ", "mmseg ").replace("ms+flip", "multi-scale + flip")
+def _how(protocols: Sequence[str]) -> str:
+    """The short names of an entry's published protocols: who measured (``official`` or
+    ``mmseg``), then ``ss`` (single scale) and ``ms + flip`` (multi-scale with flips)."""
+    who = "mmseg" if protocols[0].startswith("mmsegmentation") else "official"
+    kinds = ["ss" if "single scale" in p else "ms + flip" for p in protocols]
+    return f"{who} {'; '.join(kinds)}"
 
 
 def catalogue_rows(entries: Optional[Sequence[WeightsEntry]] = None
@@ -51,7 +50,7 @@ def catalogue_rows(entries: Optional[Sequence[WeightsEntry]] = None
         scores = "; ".join(f"{s.miou:.{digits}f}" + (f" / {s.pixacc:.1f}" if s.pixacc else "")
                            for s in e.scores)
         rows.append((e.name, e.dataset, e.num_classes, scores,
-                     "; ".join(_how(s.protocol) for s in e.scores)))
+                     _how([s.protocol for s in e.scores])))
     return rows
 
 

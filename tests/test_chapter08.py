@@ -60,11 +60,11 @@ def test_catalogue_rows_give_each_entry_its_published_scores():
     (score,) = entry.scores
     assert (dataset, classes) == ("pcontext", 59)
     assert scores == f"{score.miou:.1f} / {score.pixacc:.1f}"
-    assert how == "official, multi-scale + flip" and "flip" in score.protocol
+    assert how == "official ms + flip" and "flip" in score.protocol
     mmseg = [e for e in W.CATALOGUE.values() if e.source == "mmseg"][0]
     (row,) = catalogue_rows([mmseg])
     assert row[3] == "; ".join(f"{s.miou:.2f}" for s in mmseg.scores)  # no pixAcc published
-    assert row[4] == "mmseg single scale; mmseg multi-scale + flip"
+    assert row[4] == "mmseg ss; ms + flip"
 
 
 # ---------------------------------------------------------------------------- conversion
