@@ -37,3 +37,24 @@ def crash_during(cfg, monkeypatch, at: int) -> None:
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_mod.train(cfg)
     monkeypatch.setattr(train_mod, "train_step", real_step)
+
+
+def local_server(handler):
+    """Serve ``handler`` (an ``http.server.BaseHTTPRequestHandler`` class) on 127.0.0.1 in a
+    background thread: a context manager yielding the base URL ``http://127.0.0.1:PORT/``.
+    The download tests' only network: nothing leaves the machine."""
+    import http.server
+    import threading
+    from contextlib import contextmanager
+
+    @contextmanager
+    def running():
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}/"
+        finally:
+            server.shutdown()
+            server.server_close()
+
+    return running()

@@ -6,7 +6,6 @@ import io
 import os
 import subprocess
 import sys
-import threading
 import zipfile
 from contextlib import contextmanager
 from dataclasses import replace
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import local_server
 from PIL import Image
 
 from encnet_lite.data import ADE20K, DataError, DatasetNotFoundError, train_transform
@@ -190,13 +190,8 @@ def _server(payload: bytes):
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/{ZIP}", ranges
-    finally:
-        server.shutdown()
-        server.server_close()
+    with local_server(Handler) as base:
+        yield f"{base}{ZIP}", ranges
 
 
 def test_an_interrupted_download_resumes_and_is_verified(prepared, tmp_path):

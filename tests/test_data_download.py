@@ -2,10 +2,10 @@
 
 import hashlib
 import http.server
-import threading
 from contextlib import contextmanager
 
 import pytest
+from helpers import local_server
 
 from encnet_lite.data.download import (
     DownloadError,
@@ -61,14 +61,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 def _server(honour_range=True, truncate_at=None):
     handler = type("Handler", (_Handler,), {"honour_range": honour_range,
                                              "truncate_next_at": truncate_at, "ranges": []})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/file.bin", handler
-    finally:
-        server.shutdown()
-        server.server_close()
+    with local_server(handler) as base:
+        yield f"{base}file.bin", handler
 
 
 def test_fetch_from_file_url_verifies_and_is_idempotent(tmp_path, capsys):

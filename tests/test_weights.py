@@ -7,7 +7,6 @@ import hashlib
 import http.server
 import io
 import json
-import threading
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import local_server
 
 from encnet_lite import engine, presets
 from encnet_lite import weights as W
@@ -448,13 +448,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 @contextmanager
 def serve(files, status=200):
     handler = type("Handler", (_Handler,), {"files": files, "requests": [], "status": status})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/", handler
-    finally:
-        server.shutdown()
-        server.server_close()
+    with local_server(handler) as base:
+        yield base, handler
 
 
 def small_entry(tmp_path, payload=b"not really weights" * 1000):
