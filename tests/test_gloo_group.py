@@ -52,6 +52,9 @@ cm.update(d["pred"][rows], d["target"][rows])
 result["local_matrix"] = cm.matrix.clone()
 result["matrix"] = cm.all_reduce().matrix
 torch.save(result, out)
+# Both ranks reach the end before either tears the group down: gloo could otherwise abort
+# one process at exit ("terminate called without an active exception", seen once here).
+dist.barrier()
 dist.destroy_process_group()
 """
 
