@@ -25,7 +25,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 from tqdm.auto import tqdm
 
@@ -50,16 +50,23 @@ class DownloadError(RuntimeError):
     """A download failed or a file does not match its checksum."""
 
 
-def md5sum(path: PathLike, *, progress: bool = False) -> str:
-    digest = hashlib.md5()
+def file_digests(path: PathLike, algos: Sequence[str] = ("md5",), *,
+                 progress: bool = False) -> Dict[str, str]:
+    """``{algo: hex digest}`` of a file for each of ``algos`` (hashlib names), in one pass."""
     path = Path(path)
+    digests = {algo: hashlib.new(algo) for algo in algos}
     with open(path, "rb") as f, tqdm(total=path.stat().st_size, unit="B", unit_scale=True,
-                                     desc=f"md5 {path.name}", disable=not progress,
-                                     leave=False) as bar:
+                                     desc=f"{'/'.join(algos)} {path.name}",
+                                     disable=not progress, leave=False) as bar:
         for block in iter(lambda: f.read(CHUNK), b""):
-            digest.update(block)
+            for digest in digests.values():
+                digest.update(block)
             bar.update(len(block))
-    return digest.hexdigest()
+    return {algo: digest.hexdigest() for algo, digest in digests.items()}
+
+
+def md5sum(path: PathLike, *, progress: bool = False) -> str:
+    return file_digests(path, ("md5",), progress=progress)["md5"]
 
 
 def _stamp_path(path: Path) -> Path:

@@ -10,7 +10,6 @@ end to end without the real data (the datasets chapter does so in quick mode).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import tarfile
 from pathlib import Path
@@ -23,7 +22,7 @@ from PIL import Image
 from . import pcontext as pc
 from . import prepare_ade20k, prepare_pcontext, prepare_voc
 from .common import PathLike, voc_palette
-from .download import Remote
+from .download import Remote, file_digests, md5sum
 
 Members = Mapping[str, bytes]
 
@@ -66,12 +65,8 @@ def write_tar(path: PathLike, members: Members) -> Path:
     return path
 
 
-def _md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
 def _remote(path: Path, upstream: Remote) -> Remote:
-    return Remote(upstream.filename, path.resolve().as_uri(), _md5(path), "miniature")
+    return Remote(upstream.filename, path.resolve().as_uri(), md5sum(path), "miniature")
 
 
 def _scene(rng: np.random.Generator, ids: List[int], hw: Tuple[int, int]) -> np.ndarray:
@@ -263,7 +258,7 @@ def make_ade20k_miniature(directory: PathLike, n_train: int = 4, n_val: int = 2,
         del members[name]
     filename = prepare_ade20k.OFFICIAL.filename
     path = write_zip(directory / filename, members)
-    digests = prepare_ade20k.file_digests(path)
+    digests = file_digests(path, ("sha1", "sha256"))
     release = prepare_ade20k.Release(filename, path.resolve().as_uri(), digests["sha1"],
                                      digests["sha256"], path.stat().st_size,
                                      {"train": n_train, "val": n_val})

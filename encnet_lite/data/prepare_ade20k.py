@@ -21,7 +21,6 @@ and used in place. A prepared root returns at once (``--force`` redoes every ste
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -49,9 +48,7 @@ from .common import (
     open_image,
     read_marker,
 )
-from .download import DownloadError, download, prepare_parser, run_prepare
-
-CHUNK = 1 << 20
+from .download import DownloadError, download, file_digests, prepare_parser, run_prepare
 
 
 @dataclass(frozen=True)
@@ -114,19 +111,6 @@ _MEMBER = re.compile(
 # --------------------------------------------------------------------------- the zip
 
 
-def file_digests(path: Path, *, progress: bool = False) -> Dict[str, str]:
-    """``{"sha1", "sha256"}`` of a file, in one pass."""
-    sha1, sha256 = hashlib.sha1(), hashlib.sha256()
-    with open(path, "rb") as f, tqdm(total=path.stat().st_size, unit="B", unit_scale=True,
-                                     desc=f"checksum {path.name}", disable=not progress,
-                                     leave=False) as bar:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            sha1.update(block)
-            sha256.update(block)
-            bar.update(len(block))
-    return {"sha1": sha1.hexdigest(), "sha256": sha256.hexdigest()}
-
-
 def check_zip(path: Path, release: Release, *, verify: bool = True, progress: bool = True
               ) -> bool:
     """Check ``path`` against ``release``'s checksums. True when it matches (or matched
@@ -141,7 +125,7 @@ def check_zip(path: Path, release: Release, *, verify: bool = True, progress: bo
     value = json.dumps({**known, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
     if stamp.is_file() and stamp.read_text() == value:
         return True
-    actual = file_digests(path, progress=progress)
+    actual = file_digests(path, ("sha1", "sha256"), progress=progress)
     if not any(actual[k] == v for k, v in known.items()):
         told = ", ".join(f"{k.upper()} {actual[k]} (expected {v})" for k, v in known.items())
         size = f" of {release.size}" if release.size else ""
