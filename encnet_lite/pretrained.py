@@ -185,11 +185,12 @@ class Inside(NamedTuple):
 
 
 @torch.no_grad()
+@torch.no_grad()
 def look_inside(model: nn.Module, images: Sequence[Tensor]) -> Inside:
-    """Run an EncNet (eval mode) on each of ``images`` (``(3, H, W)`` each, normalised; sizes
-    may differ) and keep, on the CPU, the codeword assignments of its encoding layer (the
-    module's input is caught with a hook, so the backbone runs once per image), ``gamma``
-    and the SE logits."""
+    """Run an EncNet (eval mode, no autograd) on each of ``images`` (``(3, H, W)`` each,
+    normalised; sizes may differ) and keep, on the CPU, the codeword assignments of its
+    encoding layer (the module's input is caught with a hook, so the backbone runs once per
+    image), ``gamma`` and the SE logits."""
     from .context import find_context_encoding
 
     module = find_context_encoding(model)
