@@ -219,7 +219,7 @@ def min_side(multi_scale: bool) -> int:
     """The shortest side an image may have: every view the model sees (the smallest scale
     of ``--multi-scale`` included, sides rounded as :func:`~encnet_lite.inference.predict`
     does) keeps :data:`MIN_SIDE` px."""
-    from .evaluate import MS_SCALES
+    from .inference import MS_SCALES
 
     smallest = min(MS_SCALES) if multi_scale else 1.0
     return math.ceil((MIN_SIDE - 0.5) / smallest)
