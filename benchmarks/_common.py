@@ -1,30 +1,23 @@
-"""What every benchmark script shares: the CLI, timing, peak memory, the machine, the JSON.
+"""What every benchmark script shares: the command line, the result file.
 
 - :func:`parser`: an ``argparse`` parser with the shared options (``--device``, ``--out``,
-  ``--quick``, ``--threads``) plus the script's own;
-- :func:`timed_rounds`: wall-clock (and process CPU) seconds of several callables taking
-  turns, with the device synchronised around each call;
-- :func:`extra_peak_bytes`: the most memory one call held beyond what was held before it
-  (CUDA: the allocator's peak counter; CPU: the running total of torch's CPU allocator,
-  recorded by ``torch.profiler``), and :func:`peak_rss_mib` for the whole process;
-- :func:`machine`: one description of the machine (CPU model, cores, threads, torch,
-  Python, the GPU's name);
-- :func:`write_result`: the JSON, written atomically.
+  ``--quick``, ``--threads``) plus the script's own; :func:`setup` applies them;
+- :func:`out_path`, :func:`finish`, :func:`write_result`: where the JSON goes, the stamp every
+  result gets (date, wall time, load, peak RSS), the file written atomically.
+
+The measuring itself (timing with the device synchronised, peak memory, the description of
+the machine) is the library's :mod:`encnet_lite.measure`, shared with the budget and the
+chapters; the device is :func:`encnet_lite.engine.resolve_device`'s.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import os
-import platform
-import resource
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional
 
 import torch
 
@@ -32,7 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
-from encnet_lite.checkpoint import write_json_atomic  # noqa: E402
+from encnet_lite import measure  # noqa: E402
+from encnet_lite.engine import DeviceError, resolve_device  # noqa: E402
+from encnet_lite.files import write_json_atomic  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 MIB = 2**20
@@ -60,20 +55,15 @@ def parser(doc: str) -> argparse.ArgumentParser:
                                    parents=[common_parser()])
 
 
-def resolve_device(name: Optional[str]) -> torch.device:
-    """``--device`` -> a device; asking for CUDA where there is none is an error."""
-    if name is None:
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda, but no CUDA device is visible: use --device cpu")
-    return torch.device(name)
-
-
 def setup(args: argparse.Namespace) -> torch.device:
-    """Apply the shared options (threads) and return the device."""
+    """Apply the shared options (threads) and return the device (default: cuda when
+    visible, else cpu); a device that is not here ends the script with one line."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    return resolve_device(args.device)
+    try:
+        return resolve_device(args.device or "auto", flag="--device")
+    except DeviceError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 def out_path(args: argparse.Namespace, name: str, device: torch.device) -> Path:
@@ -81,122 +71,7 @@ def out_path(args: argparse.Namespace, name: str, device: torch.device) -> Path:
     return args.out or RESULTS / f"{name}_{device.type}.json"
 
 
-# --- timing and memory ---------------------------------------------------------------------
-
-
-def sync(device: torch.device) -> None:
-    """Wait for the device's queued work, so a wall clock measures it (no-op on CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], Any], device: torch.device) -> Dict[str, float]:
-    """One call of ``fn``: wall-clock and process CPU seconds, the device synchronised
-    before and after."""
-    sync(device)
-    start, cpu_start = time.perf_counter(), time.process_time()
-    fn()
-    sync(device)
-    return {"wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu_start}
-
-
-def timed_rounds(fns: Mapping[str, Callable[[], Any]], device: torch.device, rounds: int,
-                 warmup: int = 1) -> Dict[str, Dict[str, List[float]]]:
-    """``{name: {"wall_s": [...], "cpu_s": [...]}}`` over ``rounds`` rounds.
-
-    The callables take turns (A, B, A, B, ...) after ``warmup`` calls each, so that load
-    from other processes on a shared machine hits all of them alike.
-    """
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    sync(device)
-    out: Dict[str, Dict[str, List[float]]] = {n: {"wall_s": [], "cpu_s": []} for n in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            for key, value in timed(fn, device).items():
-                out[name][key].append(value)
-    return out
-
-
-def extra_peak_bytes(fn: Callable[[], Any], device: torch.device) -> int:
-    """The most memory one call of ``fn`` held beyond what was held just before it.
-
-    CUDA: ``max_memory_allocated`` minus ``memory_allocated`` before. CPU, where torch keeps
-    no peak counter: one call under ``torch.profiler(profile_memory=True)``, the maximum of
-    the running "Total Allocated" of torch's CPU allocator, counted from the start of
-    profiling (so inputs and parameters are excluded; BLAS/oneDNN scratch is not seen).
-    """
-    if device.type == "cuda":
-        sync(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        fn()
-        sync(device)
-        return torch.cuda.max_memory_allocated(device) - before
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "trace.json"
-        prof.export_chrome_trace(str(path))
-        events = json.loads(path.read_text())["traceEvents"]
-    totals = [e["args"]["Total Allocated"] for e in events
-              if e.get("name") == "[memory]" and e["args"].get("Device Type") == 0]  # 0 = CPU
-    return max([0, *totals])
-
-
-CPU_MEMORY_METHOD = ("torch.profiler(profile_memory=True): peak running total of torch's CPU "
-                     "allocator over one profiled call, counted from its start (parameters and "
-                     "inputs excluded; BLAS/oneDNN scratch not seen)")
-CUDA_MEMORY_METHOD = "torch.cuda.max_memory_allocated minus memory_allocated before the call"
-
-
-def memory_method(device: torch.device) -> str:
-    """How :func:`extra_peak_bytes` measured on ``device`` (recorded in every JSON)."""
-    return CUDA_MEMORY_METHOD if device.type == "cuda" else CPU_MEMORY_METHOD
-
-
-def peak_rss_mib() -> float:
-    """The process's peak resident set size so far (MiB; Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (MIB if sys.platform == "darwin" else 1024)
-
-
-# --- the machine and the JSON --------------------------------------------------------------
-
-
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def load_average() -> List[float]:
-    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else []
-
-
-def machine(device: torch.device) -> Dict[str, Any]:
-    """What the numbers were measured on; ``device_name`` is the GPU's name on CUDA and the
-    CPU's model name otherwise."""
-    info = {"device": device.type, "cpu": cpu_name(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform(),
-            "load_average_at_start": load_average()}
-    info["device_name"] = info["cpu"]
-    if device.type == "cuda":
-        info["device_name"] = info["gpu"] = torch.cuda.get_device_name(device)
-        info["bf16_supported"] = torch.cuda.is_bf16_supported()
-        # "fp32" convolutions run in TF32 on Ampere+ unless this is False (torch's default).
-        info["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
-        info["matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
-    return info
+# --- the result file ------------------------------------------------------------------
 
 
 def finish(result: Dict[str, Any], started: float) -> Dict[str, Any]:
@@ -204,8 +79,8 @@ def finish(result: Dict[str, Any], started: float) -> Dict[str, Any]:
     result["date"] = datetime.date.today().isoformat()
     result["wall_s"] = round(time.perf_counter() - started, 1)
     if isinstance(result.get("machine"), dict):
-        result["machine"]["load_average_at_end"] = load_average()
-        result["machine"]["peak_rss_mib"] = round(peak_rss_mib(), 1)
+        result["machine"]["load_average_at_end"] = measure.load_average()
+        result["machine"]["peak_rss_mib"] = round(measure.peak_rss() / MIB, 1)
     return result
 
 
@@ -221,9 +96,3 @@ def ratio(num: Optional[float], den: Optional[float]) -> Optional[float]:
     if num is None or den is None or den == 0:
         return None
     return num / den
-
-
-def best(values: Sequence[float]) -> float:
-    """The least disturbed of repeated timings (the minimum): on a shared machine other
-    processes only ever add time."""
-    return min(values)

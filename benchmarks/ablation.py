@@ -14,8 +14,10 @@ each with seeds 0, 1, 2; then EncNet with K = 4 and 16 codewords (K = 0, no enco
 the ``fcn`` row; K = 32 is the ``encnet`` row). Every run is scored on the 128-image val
 split after its last epoch. Functions: :mod:`encnet_lite.ablation` (the chapter calls them
 too). Writes ``benchmarks/results/ablation.json``: top-level ``fcn``, ``fcn_enc``,
-``encnet``, each with ``miou`` and ``pixacc`` lists over seeds, in percent, plus per-class
-IoU, confusion matrices, the K sweep, the config, the machine and the wall time.
+``encnet``, each with ``pixAcc``, ``mIoU`` and per-class ``IoU`` lists over seeds, as
+fractions (``ConfusionMatrix.compute``; the ``units`` field says so), plus confusion matrices,
+the K sweep, the config, the machine and the wall time. Read it back with
+``ablation.read_result``.
 
 The training is deterministic on a CPU: a rerun on the same machine and torch version gives
 the same numbers (two runs here gave identical scores).
@@ -43,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when l
 import _common  # noqa: E402  (puts the checkout on sys.path too)
 import torch  # noqa: E402
 
-from encnet_lite import ablation  # noqa: E402
+from encnet_lite import ablation, measure  # noqa: E402
 
 RESULTS = _common.RESULTS / "ablation.json"
 PAPER_KEYS = tuple(ablation.PAPER_VARIANTS)  # ("fcn", "fcn_enc", "encnet")
@@ -66,7 +68,8 @@ def report(runs: Dict[str, Dict[str, Any]], cfg: ablation.TrainConfig, ks: Seque
     out = {"benchmark": "ablation of the Context Encoding Module on ContextScenes "
                         "(tiny backbone, CPU)",
            **ablation.summary(runs, cfg, ks)}
-    out["machine"] = _common.machine(torch.device(cfg.device if cfg.device != "auto" else "cpu"))
+    device = cfg.runtime.device
+    out["machine"] = measure.machine(torch.device(device if device != "auto" else "cpu"))
     out["command"] = command
     out["jobs"] = jobs
     out["seconds"] = round(seconds, 1)
@@ -78,7 +81,7 @@ def run(seeds: Sequence[int] = (0, 1, 2), ks: Sequence[int] = (0, 4, 16, 32),
         quick: bool = False, runs_dir: Optional[str] = None, log=print, command: str = "",
         **overrides: Any) -> Dict[str, Any]:
     """Train the grid and return the report (see :func:`report`)."""
-    start, load = time.perf_counter(), _common.load_average()
+    start, load = time.perf_counter(), measure.load_average()
     cfg = base_config(quick, threads, **overrides)
     with tempfile.TemporaryDirectory() as tmp:
         runs = ablation.paper_ablation(cfg, seeds, ks, k_seeds, runs_dir or tmp, jobs, log)
@@ -89,13 +92,15 @@ def run(seeds: Sequence[int] = (0, 1, 2), ks: Sequence[int] = (0, 4, 16, 32),
 
 
 def summary_lines(result: Dict[str, Any]) -> List[str]:
-    fmt = ablation.format_mean_std
+    def fmt(values: Sequence[float]) -> str:  # fractions, printed in percent
+        return ablation.format_mean_std(values, 2, percent=True)
+
     lines = [f"{'variant':>8} | {'mIoU %':>13} | {'pixAcc %':>13}"]
     for name in PAPER_KEYS:
-        lines.append(f"{name:>8} | {fmt(result[name]['miou'], 2):>13} | "
-                     f"{fmt(result[name]['pixacc'], 2):>13}")
+        lines.append(f"{name:>8} | {fmt(result[name]['mIoU']):>13} | "
+                     f"{fmt(result[name]['pixAcc']):>13}")
     for k, row in result["k_ablation"]["rows"].items():
-        lines.append(f"K = {k:>3}: mIoU {fmt(row['miou'], 2)} ({row['source']})")
+        lines.append(f"K = {k:>3}: mIoU {fmt(row['mIoU'])} ({row['source']})")
     lines.append(f"wall time {result['seconds']:.0f} s")
     return lines
 

@@ -5,8 +5,8 @@ For each variant of :data:`encnet_lite.encoding.VARIANTS` asked for, trains EncN
 seed, then measures on the first 32 validation images how the trained encoding layer uses
 its K = 32 codewords (:func:`encnet_lite.context.codeword_health`: live codewords = those
 winning >= 1 % of positions, assignment perplexity, share of positions won by the codeword
-with the largest smoothing factor) and scores the val split (mIoU, percent, after the last
-epoch). ``--no-se`` trains FCN + Context Encoding without the SE-loss instead (the ablation's
+with the largest smoothing factor) and scores the val split (mIoU, a fraction, after the
+last epoch). ``--no-se`` trains FCN + Context Encoding without the SE-loss instead (the ablation's
 middle row), whose only training signal for the encoder is the segmentation loss.
 
 Two stages, as the study was run: a screen of every variant with one seed at a reduced
@@ -16,11 +16,11 @@ budget, then the promising ones and "official" with three seeds at the preset's 
     .venv/bin/python benchmarks/codewords.py --variants official kmeans shared
 
 The second writes ``benchmarks/results/codewords.json``: ``{"variants": {name:
-{"live_codewords": [per seed], "miou": [per seed], ...}}, "official_variant",
+{"live_codewords": [per seed], "mIoU": [per seed], ...}}, "official_variant",
 "book_variant", "book_preset"}``, with the config, the machine and the wall time.
 ``--book-variant`` names the variant the ContextScenes presets use (chosen from the numbers;
 the default picks the variant with the highest mean mIoU among those with >= 8 live
-codewords on every seed).
+codewords on every seed). Read it back with ``encnet_lite.ablation.read_result``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_common.py
 import _common  # noqa: E402  (puts the checkout on sys.path)
 
-from encnet_lite import presets  # noqa: E402
+from encnet_lite import measure, presets  # noqa: E402
 from encnet_lite.encoding import VARIANTS  # noqa: E402
 
 RESULTS = _common.RESULTS / "codewords.json"
@@ -57,15 +57,15 @@ def health_images(cfg: presets.TrainConfig, n: int = HEALTH_IMAGES) -> torch.Ten
 
 
 def run_one(cfg: presets.TrainConfig) -> Dict[str, Any]:
-    """Train ``cfg``; its final val mIoU (percent) and codeword health on 32 val images."""
+    """Train ``cfg``; its final val mIoU (a fraction) and codeword health on 32 val images."""
     from encnet_lite.context import codeword_health
     from encnet_lite.train import train
 
-    torch.set_num_threads(max(1, cfg.threads))
+    torch.set_num_threads(max(1, cfg.runtime.threads))
     start = time.perf_counter()
     result = train(cfg, overwrite=True)  # a rerun of the benchmark replaces its runs
     health = codeword_health(result.model, health_images(cfg))
-    return {"seed": cfg.seed, "miou": 100 * float(result.history[-1]["mIoU"]), **health,
+    return {"seed": cfg.optim.seed, "mIoU": float(result.history[-1]["mIoU"]), **health,
             "seconds": time.perf_counter() - start}
 
 
@@ -78,16 +78,18 @@ def measure_run(folder: Path) -> Dict[str, Any]:
     from encnet_lite.checkpoint import load
     from encnet_lite.context import codeword_health
     from encnet_lite.engine import build_model
+    from encnet_lite.train import load_history
 
     folder = Path(folder)
     cfg = presets.TrainConfig.from_dict(json.loads((folder / "config.json").read_text()))
     saved = load(folder / "last.pt")
     model = build_model(cfg, len(saved["classes"]))
     model.load_state_dict(saved["model"])
-    history = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    if history[-1].get("epoch") != cfg.epochs or "mIoU" not in history[-1]:
-        raise ValueError(f"{folder}: not a finished, validated run of {cfg.epochs} epochs")
-    return {"seed": cfg.seed, "encoder": cfg.encoder, "miou": 100 * history[-1]["mIoU"],
+    history = load_history(folder)
+    if history[-1].get("epoch") != cfg.optim.epochs or "mIoU" not in history[-1]:
+        raise ValueError(f"{folder}: not a finished, validated run of {cfg.optim.epochs} epochs")
+    return {"seed": cfg.optim.seed, "encoder": cfg.model.encoder,
+            "mIoU": history[-1]["mIoU"],
             **codeword_health(model, health_images(cfg)), "source": str(folder.name)}
 
 
@@ -108,9 +110,9 @@ def study(variants: Sequence[str], seeds: Sequence[int], base: presets.TrainConf
     done: Dict[tuple, Dict[str, Any]] = {}
 
     def note(cfg: presets.TrainConfig, rec: Dict[str, Any]) -> None:
-        done[(cfg.encoder, cfg.seed)] = rec
+        done[(cfg.model.encoder, cfg.optim.seed)] = rec
         if log is not None:
-            log(f"{cfg.encoder:>10} seed {cfg.seed}: mIoU {rec['miou']:6.2f}  live "
+            log(f"{cfg.model.encoder:>10} seed {cfg.optim.seed}: mIoU {100 * rec['mIoU']:6.2f}  live "
                 f"{rec['live_codewords']:4.0f}  perplexity "
                 f"{rec['assignment_perplexity']:5.1f}  largest-scale share "
                 f"{rec['largest_scale_share']:.2f}  ({rec['seconds']:.0f} s)", flush=True)
@@ -123,22 +125,22 @@ def study(variants: Sequence[str], seeds: Sequence[int], base: presets.TrainConf
             futures = [(cfg, pool.submit(run_one, cfg)) for cfg in cfgs]
             for cfg, fut in futures:
                 note(cfg, fut.result())
-    keys = ("miou", *METRICS, "seconds")
+    keys = ("mIoU", *METRICS, "seconds")
     return {v: {"seeds": list(seeds), **{k: [done[(v, s)][k] for s in seeds] for k in keys}}
             for v in variants}
 
 
 def screen_section(paths: Sequence[Path]) -> Dict[str, Any]:
     """The variants of earlier ``--screen`` results, merged, with their budget and commands."""
-    import json
+    from encnet_lite.ablation import read_result
 
-    parts = [json.loads(Path(p).read_text()) for p in paths]
+    parts = [read_result(p) for p in paths]
     cfg = parts[0]["config"]
     return {"budget": f"{cfg['epochs']} epochs of {cfg['num_train_images']} images",
             "seed": parts[0]["variants"][next(iter(parts[0]["variants"]))]["seeds"][0],
             "commands": [part.get("command", "") for part in parts],
             "notes": [part["note"] for part in parts if "note" in part],
-            "variants": {v: {k: r[k][0] for k in ("miou", *METRICS)}
+            "variants": {v: {k: r[k][0] for k in ("mIoU", *METRICS)}
                          for part in parts for v, r in part["variants"].items()}}
 
 
@@ -146,7 +148,7 @@ def pick_book_variant(results: Dict[str, Dict[str, List[float]]], min_live: int 
     """The variant with the best mean mIoU among those with >= ``min_live`` live codewords
     on every seed ("official" if none qualifies)."""
     ok = [v for v, r in results.items() if min(r["live_codewords"]) >= min_live]
-    return max(ok, key=lambda v: statistics.fmean(results[v]["miou"])) if ok else "official"
+    return max(ok, key=lambda v: statistics.fmean(results[v]["mIoU"])) if ok else "official"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -174,7 +176,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.quick:
         overrides.update(epochs=1, num_train_images=16, num_val_images=32, image_size=64)
     cfg = base_config(args.screen, not args.no_se, **overrides)
-    start, info = time.perf_counter(), _common.machine(torch.device("cpu"))
+    start, info = time.perf_counter(), measure.machine(torch.device("cpu"))
     added = [measure_run(folder) for folder in args.add_runs]
     reused = {rec["encoder"] for rec in added}
     with tempfile.TemporaryDirectory() as tmp:
@@ -183,20 +185,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for variant in sorted(reused):
         recs = sorted((r for r in added if r["encoder"] == variant), key=lambda r: r["seed"])
         results[variant] = {"seeds": [r["seed"] for r in recs],
-                            **{k: [r[k] for r in recs] for k in ("miou", *METRICS, "source")}}
+                            **{k: [r[k] for r in recs] for k in ("mIoU", *METRICS, "source")}}
     book = args.book_variant or pick_book_variant(results)
     out = {
         "benchmark": "encoding-layer variants on ContextScenes (tiny backbone, CPU)",
-        "units": "miou in percent; live_codewords = codewords winning >= 1 % of the positions "
+        "units": "mIoU a fraction (0..1); live_codewords = codewords winning >= 1 % of the "
+                 "positions "
                  f"of the first {HEALTH_IMAGES} val images; assignment_perplexity = exp of the "
                  "entropy of the mean soft assignment; largest_scale_share = share of "
                  "positions won by the codeword with the largest scale",
-        "model": "EncNet" + ("" if cfg.se_loss else " without SE-loss (FCN + Context Encoding)"),
+        "model": "EncNet" + ("" if cfg.model.se_loss
+                             else " without SE-loss (FCN + Context Encoding)"),
         "variants": results,
         "official_variant": "official",
         "book_variant": book,
         "book_preset": BOOK_PRESET,
-        "config": {k: v for k, v in cfg.to_dict().items()
+        "config": {k: v for k, v in cfg.flat().items()
                    if k not in ("seed", "out", "name", "encoder")},
         "machine": info,
         "command": " ".join(["benchmarks/codewords.py",
@@ -209,8 +213,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _common.write_result(args.out or RESULTS, _common.finish(out, start), indent=1)
     for v, r in results.items():
         live = statistics.fmean(r["live_codewords"])
-        miou = statistics.fmean(r["miou"])
-        print(f"{v:>10}: mIoU {miou:6.2f}  live codewords {live:5.1f}")
+        score = statistics.fmean(r["mIoU"])
+        print(f"{v:>10}: mIoU {100 * score:6.2f}  live codewords {live:5.1f}")
     print(f"book variant: {book}")
     return 0
 

@@ -27,7 +27,7 @@ Usage (from the repository root)::
 
 Memory is the *extra* peak: the most memory the allocator held at any moment of one
 forward+backward, minus what it held just before (inputs and parameters); see
-:func:`_common.extra_peak_bytes` for how it is read on CUDA and on CPU.
+:func:`measure.extra_peak_bytes` for how it is read on CUDA and on CPU.
 """
 
 from __future__ import annotations
@@ -47,12 +47,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when loaded by path
 import _common  # noqa: E402  (puts the checkout on sys.path too)
 
+from encnet_lite import measure  # noqa: E402
 from encnet_lite.encoding import (  # noqa: E402
     _sq_norms,
     residual_encoding,
     residual_encoding_reference,
     soft_assignment,
 )
+from encnet_lite.viz import encoding_benchmark_tables, text_table  # noqa: E402
 
 IMPLS = ("default", "reference", "floor")
 ORDERS = {
@@ -147,8 +149,8 @@ def passes_over_x(x: torch.Tensor, device: torch.device, repeats: int) -> Dict[s
     rho = torch.rand(xt.shape[0], 1, xt.shape[2], device=x.device)
     calls = {"norms": lambda: _sq_norms(x.detach(), True),
              "norm_gradient": lambda: out.addcmul_(xt, rho)}
-    times = _common.timed_rounds(calls, device, repeats)
-    return {name: min(t["wall_s"]) * 1e3 for name, t in times.items()}
+    times = measure.timed_rounds(calls, device, repeats)
+    return {name: measure.best(t["wall_s"]) * 1e3 for name, t in times.items()}
 
 
 def measure_batch(batch: int, shape: Dict[str, int], device: torch.device, repeats: int,
@@ -168,10 +170,10 @@ def measure_batch(batch: int, shape: Dict[str, int], device: torch.device, repea
     # interleaved: A, B, C, A, B, C, ... The literal form (seconds a call) takes part in the
     # first REFERENCE_REPEATS rounds only; the layer and the floor go on taking turns.
     first = min(repeats, REFERENCE_REPEATS)
-    times = _common.timed_rounds(calls, device, first)
+    times = measure.timed_rounds(calls, device, first)
     if repeats > first:
         turns = {name: fn for name, fn in calls.items() if name != "reference"}
-        more = _common.timed_rounds(turns, device, repeats - first, warmup=0)
+        more = measure.timed_rounds(turns, device, repeats - first, warmup=0)
         for name, lists in more.items():
             for key, values in lists.items():
                 times[name][key] += values
@@ -182,10 +184,10 @@ def measure_batch(batch: int, shape: Dict[str, int], device: torch.device, repea
             row["skipped"] = skipped[impl]
         else:
             ms = [t * 1e3 for t in times[impl]["wall_s"]]
-            row.update(time_ms=min(ms), time_ms_median=statistics.median(ms),
+            row.update(time_ms=measure.best(ms), time_ms_median=statistics.median(ms),
                        time_ms_all=[round(t, 2) for t in ms],
                        cpu_ms=min(t * 1e3 for t in times[impl]["cpu_s"]),
-                       extra_peak_mib=_common.extra_peak_bytes(calls[impl], device) / _common.MIB)
+                       extra_peak_mib=measure.extra_peak_bytes(calls[impl], device) / _common.MIB)
         if impl == "default":
             row["subnormal_weight_share"] = subnormal_share(*inputs[:3])
             row["passes_over_x_ms"] = passes_over_x(inputs[0], device, repeats)
@@ -264,27 +266,6 @@ def target(result_ratios: Sequence[dict], batch: int = 4) -> dict:
             "met": None if worst is None else worst <= FLOOR_RATIO_TARGET}
 
 
-def table_lines(result: dict) -> List[str]:
-    lines = [f"{'batch':>5} | {'default ms':>10} {'MiB':>7} | {'floor ms':>8} {'ratio':>5} | "
-             f"{'after small':>11} {'ratio':>5} | {'reference ms':>12} {'MiB':>8} | "
-             f"{'speedup':>7} {'mem ratio':>9}", "-" * 104]
-    after = {(r["batch"], r["impl"]): r for r in result["rows_after_small"]}
-    for ratio in result["ratios"]:
-        b = ratio["batch"]
-        rows = {r["impl"]: r for r in result["rows"] if r["batch"] == b}
-        new, ref, floor = rows["default"], rows["reference"], rows["floor"]
-        line = (f"{b:5d} | {new['time_ms']:10.1f} {new['extra_peak_mib']:7.1f} | "
-                f"{floor['time_ms']:8.1f} {ratio['floor_ratio']:4.2f}x | "
-                f"{after[b, 'default']['time_ms']:11.1f} {ratio['floor_ratio_after_small']:4.2f}x | ")
-        if "skipped" in ref:
-            line += f"{'skipped':>12} {'':>8} | {'-':>7} {'-':>9}   ({ref['skipped']})"
-        else:
-            line += (f"{ref['time_ms']:12.1f} {ref['extra_peak_mib']:8.1f} | "
-                     f"{ratio['speedup']:6.1f}x {ratio['memory_ratio']:8.1f}x")
-        lines.append(line)
-    return lines
-
-
 def build_parser():
     p = _common.parser(__doc__)
     p.add_argument("--batches", type=int, nargs="+", default=None,
@@ -314,7 +295,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _common.write_result(args.worker_out, rows)
         return 0
     started = time.perf_counter()
-    info = _common.machine(device)
+    info = measure.machine(device)
     print(f"encoding layer fwd+bwd, D={shape['D']} K={shape['K']} {shape['H']}x{shape['W']} "
           f"float32 on {info['device_name']} ({info['torch_threads']} CPU threads), "
           f"torch {info['torch']}, load {info['load_average_at_start']}", flush=True)
@@ -339,7 +320,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    " ".join(f"{k}={v}" for k, v in MALLOC_ENV.items())
                    + " (freed memory kept: no form pays page faults that depend on the "
                    "allocation history)"),
-        "memory_method": _common.memory_method(device),
+        "memory_method": measure.memory_method(device),
         "floor": "six bare torch.bmm of the layer's sizes on x's (B, D, N) memory, operands "
                  "contiguous: X C^T, A^T X (forward), X G^T, A G, dS C, dS^T X (backward)",
         "orders": ORDERS,
@@ -351,7 +332,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result["ratios"] = ratios(result["rows"], result["rows_after_small"])
     result["target"] = target(result["ratios"])
     _common.finish(result, started)
-    print("\n".join(table_lines(result)))
+    tables = encoding_benchmark_tables(result)
+    for name in ("speed", "literal", "split"):
+        print("\n".join(text_table(*tables[name])))
     _common.write_result(_common.out_path(args, "encoding", device), result)
     return 0
 

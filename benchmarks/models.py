@@ -23,7 +23,7 @@ too: on a shared CPU other processes stretch the wall clock of whichever step th
 the CPU target is judged on the CPU-time ratio (on CUDA on the wall clock). Because the
 difference between the two models is small next to that noise, the Context Encoding Module
 is also timed alone (many short repeats) and ``1 + module / FCN step`` reported. Memory:
-:func:`_common.extra_peak_bytes` of one step (on CPU measured on an extra, untimed step).
+:func:`measure.extra_peak_bytes` of one step (on CPU measured on an extra, untimed step).
 ``--quick`` runs the tiny backbone on 64 px images: it checks the script, not the claim.
 """
 
@@ -41,6 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when loaded by path
 import _common  # noqa: E402  (puts the checkout on sys.path too)
 
+from encnet_lite import measure  # noqa: E402
 from encnet_lite.losses import SegmentationLoss  # noqa: E402
 from encnet_lite.models import (  # noqa: E402
     conv_macs,
@@ -98,7 +99,7 @@ def build_models(builders: Dict[str, Callable], device: torch.device, channels_l
     torch.manual_seed(0)
     models = {}
     for name, builder in builders.items():
-        model = builder(CLASSES).to(device).train()
+        model = builder(num_classes=CLASSES).to(device).train()
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         models[name] = model
@@ -113,9 +114,10 @@ def model_row(model, calls: Dict[str, List[float]], batch_size: int, peak: int,
             # Deterministic complement to the timings: conv + linear multiply-accumulates of
             # one training-mode forward (the encoding layer's two small matmuls excluded).
             "gmacs_per_image": conv_macs(model, one_image) / 1e9,
-            "step_s": min(wall), "step_s_median": statistics.median(wall),
-            "step_s_all": [round(t, 3) for t in wall], "images_per_s": batch_size / min(wall),
-            "cpu_s": min(cpu), "cpu_s_all": [round(t, 3) for t in cpu],
+            "step_s": measure.best(wall), "step_s_median": statistics.median(wall),
+            "step_s_all": [round(t, 3) for t in wall],
+            "images_per_s": batch_size / measure.best(wall),
+            "cpu_s": measure.best(cpu), "cpu_s_all": [round(t, 3) for t in cpu],
             "peak_mib": peak / _common.MIB}
 
 
@@ -133,7 +135,7 @@ def ratios(fcn: dict, enc: dict) -> Dict[str, Optional[float]]:
             "gmacs": r(enc["gmacs_per_image"], fcn["gmacs_per_image"])}
 
 
-def measure(device: torch.device, steps: int, quick: bool) -> dict:
+def measure_models(device: torch.device, steps: int, quick: bool) -> dict:
     """Time both models and the context module; the JSON's ``results`` and ``ratios``."""
     s = settings(device, quick)
     models = build_models(QUICK_BUILDERS if quick else BUILDERS, device, s["channels_last"])
@@ -143,17 +145,18 @@ def measure(device: torch.device, steps: int, quick: bool) -> dict:
     # CPU: the profiled step is the (untimed) warm-up, as the profiler slows it; CUDA: the
     # peak is read after the timed steps, once cuDNN has chosen its algorithms.
     on_cpu = device.type == "cpu"
-    peaks = {n: _common.extra_peak_bytes(c, device) for n, c in calls.items()} if on_cpu else {}
-    times = _common.timed_rounds(calls, device, steps, warmup=0 if on_cpu else 1)
-    peaks = peaks or {n: _common.extra_peak_bytes(c, device) for n, c in calls.items()}
+    peaks = {n: measure.extra_peak_bytes(c, device) for n, c in calls.items()} if on_cpu else {}
+    times = measure.timed_rounds(calls, device, steps, warmup=0 if on_cpu else 1)
+    peaks = peaks or {n: measure.extra_peak_bytes(c, device) for n, c in calls.items()}
     rows = {n: model_row(models[n], times[n], s["batch"], peaks[n], batch[0][:1])
             for n in models}
     encode = models["encnet"].head.encode
     x = torch.randn(s["batch"], encode.encoding.codewords.shape[1], -(-s["size"] // 8),
                     -(-s["size"] // 8), device=device, requires_grad=True)
-    module = _common.timed_rounds({"m": partial(context_module_call, encode, x, s["amp"])},
+    module = measure.timed_rounds({"m": partial(context_module_call, encode, x, s["amp"])},
                                   device, rounds=3 if quick else 10)["m"]
-    rows["encnet"].update(module_s=min(module["wall_s"]), module_cpu_s=min(module["cpu_s"]))
+    rows["encnet"].update(module_s=measure.best(module["wall_s"]),
+                          module_cpu_s=measure.best(module["cpu_s"]))
     return {"settings": s, "results": rows, "ratios": ratios(rows["fcn"], rows["encnet"])}
 
 
@@ -188,8 +191,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     started = time.perf_counter()
     result = {"benchmark": "training step (forward + loss + backward): FCN vs EncNet, "
                            + ("tiny backbone (--quick)" if args.quick else "ResNet-50"),
-              "quick": args.quick, "machine": _common.machine(device)}
-    measured = measure(device, steps, args.quick)
+              "quick": args.quick, "machine": measure.machine(device)}
+    measured = measure_models(device, steps, args.quick)
     s = measured.pop("settings")
     result["config"] = {"input": [s["batch"], 3, s["size"], s["size"]], "classes": CLASSES,
                         "backbone": s["backbone"], "output_stride": 8, "aux": True,
@@ -198,7 +201,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         "channels_last": s["channels_last"], "steps": steps}
     result["time_method"] = (f"min (and median) wall-clock, and min process CPU time, of {steps}"
                              " steps after one warm-up, the models taking turns")
-    result["memory_method"] = _common.memory_method(device)
+    result["memory_method"] = measure.memory_method(device)
     result.update(measured)
     # On a shared CPU other processes stretch the wall clock of whichever step they hit;
     # the CPU time this process spent is what the model costs. On CUDA: the wall clock.

@@ -15,7 +15,7 @@ are built from the same initial weights and timed taking turns (one step each, r
 after round) so that load from other processes hits all alike; the minimum per variant is
 the least disturbed step (medians kept too). Ratios come from those numbers:
 amp / fp32 images/s, channels_last on / off, compile on / off, EncNet / FCN step time.
-Memory: :func:`_common.extra_peak_bytes` of one step.
+Memory: :func:`measure.extra_peak_bytes` of one step.
 
 Targets on an H100 (checked only on CUDA): amp >= 2x fp32 images/s; EncNet <= 1.10x FCN's
 step time. Usage::
@@ -40,7 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when loaded by path
 import _common  # noqa: E402  (puts the checkout on sys.path too)
 
-from encnet_lite import engine  # noqa: E402
+from encnet_lite import engine, measure  # noqa: E402
 from encnet_lite.losses import SegmentationLoss  # noqa: E402
 from encnet_lite.models import count_parameters  # noqa: E402
 from encnet_lite.presets import TrainConfig  # noqa: E402
@@ -64,7 +64,7 @@ class Variant:
         model = copy.deepcopy(base).to(device).train()
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.optimizer = engine.build_optimizer(model, TrainConfig(lr=1e-3))
+        self.optimizer = engine.build_optimizer(model, TrainConfig().replace(lr=1e-3))
         self.scaler = engine.make_scaler(self.amp_dtype, device)
         self.model = torch.compile(model) if compiled else model
         self.loss_fn = SegmentationLoss(validate=False)
@@ -94,8 +94,8 @@ def variant_names(compile_: bool) -> List[str]:
 
 def variant_row(v: Variant, wall: List[float], batch: int, peak: int, warm_s: float) -> dict:
     """One variant's JSON row from its measured step times and peak bytes."""
-    return {"step_s": min(wall), "step_s_median": statistics.median(wall),
-            "step_s_all": [round(t, 4) for t in wall], "images_per_s": batch / min(wall),
+    return {"step_s": measure.best(wall), "step_s_median": statistics.median(wall),
+            "step_s_all": [round(t, 4) for t in wall], "images_per_s": batch / measure.best(wall),
             "peak_step_mib": peak / _common.MIB, "warmup_s": round(warm_s, 2),
             "amp_dtype": str(v.amp_dtype).replace("torch.", "") if v.amp_dtype else "fp32"}
 
@@ -104,18 +104,18 @@ def bench_model(model_name: str, backbone: str, batch: int, size: int, classes: 
                 device: torch.device, rounds: int, compile_: bool) -> dict:
     """Every variant of one model: ``{"params", "variants": {name: row}, "ratios"}``."""
     torch.manual_seed(0)
-    base = engine.build_model(TrainConfig(model=model_name, backbone=backbone,
-                                          se_loss=model_name == "encnet"), classes)
+    base = engine.build_model(TrainConfig().replace(arch=model_name, backbone=backbone,
+                                                    se_loss=model_name == "encnet"), classes)
     variants = {name: Variant(base, device, amp="amp" in name, channels_last="cl" in name,
                               compiled="compile" in name) for name in variant_names(compile_)}
     data = make_batch(batch, size, classes, device)
     calls = {name: (lambda v=v: v.step(*data)) for name, v in variants.items()}
     # warm-up: allocator, oneDNN/cuDNN algorithm choice, compilation (two steps each)
-    warm = {name: sum(_common.timed(call, device)["wall_s"] for _ in range(2))
+    warm = {name: sum(measure.timed(call, device)["wall_s"] for _ in range(2))
             for name, call in calls.items()}
-    times = _common.timed_rounds(calls, device, rounds, warmup=0)
+    times = measure.timed_rounds(calls, device, rounds, warmup=0)
     rows = {name: variant_row(v, times[name]["wall_s"], batch,
-                              _common.extra_peak_bytes(calls[name], device), warm[name])
+                              measure.extra_peak_bytes(calls[name], device), warm[name])
             for name, v in variants.items()}
     return {"params": count_parameters(base), "variants": rows, "ratios": ratios(rows)}
 
@@ -205,10 +205,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rounds = args.rounds or (1 if args.quick else 20 if device.type == "cuda" else 3)
     started = time.perf_counter()
     result = {"benchmark": "full training step (forward, loss, backward, SGD update): variants "
-                           "side by side", "quick": args.quick, "machine": _common.machine(device),
+                           "side by side", "quick": args.quick, "machine": measure.machine(device),
               "time_method": f"min (and median) wall-clock of {rounds} steps per variant after "
                              "two warm-up steps, the variants of a model taking turns",
-              "memory_method": _common.memory_method(device), "setups": []}
+              "memory_method": measure.memory_method(device), "setups": []}
     for backbone, batch, size, classes in SETUPS["quick" if args.quick else device.type]:
         if args.only and backbone != args.only:
             continue

@@ -15,79 +15,18 @@ the budget suggests a smaller batch and the learning rate the linear rule gives 
 from __future__ import annotations
 
 import math
-import resource
-import sys
 import time
-from typing import Any, Dict, Optional
+from functools import partial
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
+from . import measure
 from .presets import TrainConfig
 
 __all__ = ["measure_budget", "format_budget", "suggest_batch", "duration"]
 
 HEADROOM = 0.9  # plan for 90 % of the memory: allocator fragmentation, other processes
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _memory_now(device: torch.device) -> int:
-    """Bytes in use: CUDA tensors allocated, or this process's resident set on a CPU."""
-    if device.type == "cuda":
-        return torch.cuda.memory_allocated(device)
-    return _proc_status_bytes("VmRSS") or _peak_rss()
-
-
-def _reset_peak(device: torch.device) -> None:
-    """Start the peak counter afresh, so that what this process did before (another model,
-    an earlier chapter cell) does not count. On a CPU this needs Linux (``clear_refs``);
-    elsewhere the peak stays the process's lifetime peak, an upper bound."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM, the resident set's high-water mark
-    except OSError:
-        pass
-
-
-def _peak_memory(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    return _proc_status_bytes("VmHWM") or _peak_rss()
-
-
-def _proc_status_bytes(field: str) -> int:
-    """A ``kB`` field of ``/proc/self/status`` in bytes; 0 where there is none."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
-def _peak_rss() -> int:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
-
-
-def _memory_limit(device: torch.device) -> Optional[int]:
-    """The GPU's total memory, or the machine's physical memory (None if unknown)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory
-    try:
-        import os
-
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def _time_training(cfg: TrainConfig, device: torch.device, iterations: int,
@@ -99,24 +38,24 @@ def _time_training(cfg: TrainConfig, device: torch.device, iterations: int,
     train_ds, val_ds = engine.build_datasets(cfg)
     num_classes = int(getattr(train_ds, "num_classes", 0))
     # Random weights: the cost does not depend on them, and nothing is downloaded.
-    model = engine.build_model(cfg.replace(pretrained_backbone=False), num_classes).to(device)
-    channels_last = engine.resolve_channels_last(cfg.channels_last, device)
+    model = engine.build_model(cfg.replace(weights_backbone=""), num_classes).to(device)
+    channels_last = engine.resolve_channels_last(cfg.runtime.channels_last, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    amp_dtype = engine.resolve_amp(cfg.amp, device)
+    amp_dtype = engine.resolve_amp(cfg.optim.amp, device)
     optimizer, scaler = engine.build_optimizer(model, cfg), engine.make_scaler(amp_dtype, device)
-    loss_fn = SegmentationLoss(se_weight=cfg.se_weight, aux_weight=cfg.aux_weight,
+    loss_fn = SegmentationLoss(se_weight=cfg.model.se_weight, aux_weight=cfg.model.aux_weight,
                                ignore_index=int(getattr(train_ds, "ignore_index", 255)))
-    sampler = engine.TrainSampler(len(train_ds), cfg.batch_size, cfg.seed)
-    loader = engine.train_loader(train_ds, sampler, cfg.workers,
+    sampler = engine.TrainSampler(len(train_ds), cfg.optim.batch_size, cfg.optim.seed)
+    loader = engine.train_loader(train_ds, sampler, cfg.runtime.workers,
                                  pin_memory=device.type == "cuda")
-    _reset_peak(device)
-    fixed = _memory_now(device)  # weights (+ the process itself on a CPU)
+    measure.reset_peak(device)
+    fixed = measure.memory_now(device)  # weights (+ the process itself on a CPU)
     batches = iter(loader)
     model.train()
     for step in range(warmup + iterations):
         if step == warmup:
-            _sync(device)
+            measure.sync(device)
             start = time.perf_counter()
         try:
             images, masks = next(batches)
@@ -125,9 +64,9 @@ def _time_training(cfg: TrainConfig, device: torch.device, iterations: int,
             images, masks = next(batches)
         images, masks = engine.to_device(images, masks, device, channels_last)
         engine.train_step(model, images, masks, loss_fn, optimizer, scaler, amp_dtype)
-    _sync(device)
+    measure.sync(device)
     seconds = (time.perf_counter() - start) / iterations
-    peak = _peak_memory(device)
+    peak = measure.peak_memory(device)
     return {"model": model, "val_ds": val_ds, "num_classes": num_classes, "amp": amp_dtype,
             "seconds_per_iteration": seconds, "peak_memory": peak, "fixed_memory": fixed,
             "iterations_per_epoch": sampler.batches_per_epoch, "train_images": len(train_ds),
@@ -142,20 +81,21 @@ def _time_evaluation(model: torch.nn.Module, cfg: TrainConfig, num_classes: int,
     from .inference import MS_SCALES, predict
 
     dataset = eval_dataset(cfg)
-    crop = None if cfg.dataset == "scenes" else cfg.crop_size
+    crop = None if cfg.data.dataset == "scenes" else cfg.data.crop_size
     model.eval()
-    amp_dtype = resolve_amp(cfg.amp, device)
+    amp_dtype = resolve_amp(cfg.optim.amp, device)
+
+    def evaluate_one(image: torch.Tensor, scales: Tuple[float, ...], flip: bool) -> None:
+        with forward_context(device, amp_dtype):
+            predict(model, image, num_classes, scales=scales, flip=flip, crop_size=crop)
+
     per_image = {}
     for name, scales, flip in (("single", (1.0,), False), ("multi", MS_SCALES, True)):
         total = 0.0
         for i in range(min(images, len(dataset)) + 1):  # image 0 warms up
             image = dataset[i % len(dataset)][0][None].to(device)
-            _sync(device)
-            start = time.perf_counter()
-            with forward_context(device, amp_dtype):
-                predict(model, image, num_classes, scales=scales, flip=flip, crop_size=crop)
-            _sync(device)
-            total += (time.perf_counter() - start) if i else 0.0
+            seconds = measure.timed(partial(evaluate_one, image, scales, flip), device)["wall_s"]
+            total += seconds if i else 0.0
         per_image[name] = total / max(1, min(images, len(dataset)))
     return {"eval_images": len(dataset), "eval_single_per_image": per_image["single"],
             "eval_multi_per_image": per_image["multi"]}
@@ -188,9 +128,9 @@ def measure_budget(cfg: TrainConfig, iterations: int = 5, warmup: Optional[int] 
 
     if iterations < 1:
         raise ValueError(f"iterations={iterations}: time at least one iteration")
-    device = resolve_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.runtime.device)
+    if cfg.runtime.threads:
+        torch.set_num_threads(cfg.runtime.threads)
     warmup = (2 if device.type == "cuda" else 1) if warmup is None else warmup
     run = _time_training(cfg, device, iterations, warmup)
     evals = _time_evaluation(run.pop("model"), cfg, run["num_classes"], device, eval_images)
@@ -199,25 +139,26 @@ def measure_budget(cfg: TrainConfig, iterations: int = 5, warmup: Optional[int] 
     sec = run["seconds_per_iteration"]
     epoch_s = run["iterations_per_epoch"] * sec
     validations = 1  # the last epoch is always validated
-    if cfg.val_every:
-        validations = cfg.epochs // cfg.val_every + (1 if cfg.epochs % cfg.val_every else 0)
+    if cfg.runtime.val_every:
+        epochs, every = cfg.optim.epochs, cfg.runtime.val_every
+        validations = epochs // every + (1 if epochs % every else 0)
     val_s = run["val_images"] * evals["eval_single_per_image"]
-    limit = memory_limit if memory_limit is not None else _memory_limit(device)
+    limit = memory_limit if memory_limit is not None else measure.memory_limit(device)
     return {
         "name": cfg.name, "device": str(device), "device_name": _device_name(device),
         "amp": str(run["amp"]).replace("torch.", "") if run["amp"] else "off",
-        "batch_size": cfg.batch_size, "lr": cfg.lr, "timed_iterations": iterations,
+        "batch_size": cfg.optim.batch_size, "lr": cfg.optim.lr, "timed_iterations": iterations,
         "seconds_per_iteration": sec, "iterations_per_s": 1.0 / sec,
-        "images_per_s": cfg.batch_size / sec, "peak_memory": run["peak_memory"],
+        "images_per_s": cfg.optim.batch_size / sec, "peak_memory": run["peak_memory"],
         "memory_kind": "CUDA peak allocated" if device.type == "cuda" else "CPU peak RSS",
         "fixed_memory": run["fixed_memory"], "memory_limit": limit,
         "iterations_per_epoch": run["iterations_per_epoch"],
-        "epoch_s": epoch_s, "epochs": cfg.epochs, "validations": validations,
-        "validation_s": val_s, "schedule_s": cfg.epochs * epoch_s + validations * val_s,
+        "epoch_s": epoch_s, "epochs": cfg.optim.epochs, "validations": validations,
+        "validation_s": val_s, "schedule_s": cfg.optim.epochs * epoch_s + validations * val_s,
         "eval_images": evals["eval_images"],
         "eval_single_s": evals["eval_images"] * evals["eval_single_per_image"],
         "eval_multi_s": evals["eval_images"] * evals["eval_multi_per_image"],
-        "suggestion": suggest_batch(cfg.batch_size, cfg.lr, run["peak_memory"],
+        "suggestion": suggest_batch(cfg.optim.batch_size, cfg.optim.lr, run["peak_memory"],
                                     run["fixed_memory"], limit),
     }
 

@@ -1,43 +1,44 @@
-"""Checkpoints and the one atomic file writer: atomic writes, the checkpoint schema
-(:class:`TrainState`), RNG states, finite and compatibility checks on load.
+"""Checkpoints: the checkpoint schema (:class:`TrainState`), RNG states, finite and
+compatibility checks on load; written whole or not at all through :mod:`encnet_lite.files`.
 
 A checkpoint is a plain dict saved with ``torch.save``; it loads with ``weights_only=True``
 (only tensors, numbers, strings, lists and dicts inside), so opening one never runs code.
 
-``last.pt`` (:func:`training_checkpoint`): ``format``, ``config`` (``TrainConfig.to_dict()``),
+``last.pt`` (:func:`training_checkpoint`): ``format``, ``config`` (``TrainConfig.to_dict()``;
+read back with :func:`saved_config`, which also reads the flat config of earlier versions),
 ``num_classes``, ``classes``, the state dicts ``model``, ``optimizer``, ``scheduler``,
 ``scaler``, ``rng`` (one entry per process) and the :class:`TrainState` fields ``epoch``
 (completed epochs), ``iteration`` (completed optimizer steps), ``history`` (per-epoch
-metrics so far), ``best_miou``, ``best_epoch``, ``epoch_sums``, ``epoch_seconds``.
+metrics so far), ``best_mIoU``, ``best_epoch``, ``epoch_sums``, ``epoch_seconds``.
 ``best.pt`` (:func:`best_checkpoint`) holds only ``format``, ``config``, ``num_classes``,
 ``classes``, ``model``, ``epoch``, ``iteration``, ``metrics``: no optimizer, so it is for
 evaluation and prediction, not for resuming.
 """
 from __future__ import annotations
 
-import errno
-import json
 import math
-import os
 import random
-import shutil
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .presets import ConfigRangeError, check_ranges
+from .errors import EncnetError, one_line
+from .files import atomic_write
+from .metrics import upgrade_scores
+from .presets import ConfigRangeError, TrainConfig, check_ranges, nest
 
 FORMAT = "encnet_lite.checkpoint/1"
 PathLike = Union[str, Path]
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be written or does not fit the run that loads it."""
+class CheckpointError(EncnetError, RuntimeError):
+    """A checkpoint cannot be read or does not fit the run that loads it (a failed write is
+    an :class:`~encnet_lite.errors.FileWriteError`)."""
 
 
 class IncompatibleCheckpointError(CheckpointError, ValueError):
@@ -48,115 +49,9 @@ class NonFiniteError(CheckpointError):
     """A state dict holds NaN or Inf values: saving or evaluating it would mislead."""
 
 
-TMP_MARK = ".tmp-"  # temporary names are ``.{name}.tmp-{pid}``: see :func:`stale_temporaries`
-
-
-def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> Path:
-    """Call ``write(f)`` on a temporary file, then rename it over ``path``.
-
-    The temporary file ``.{name}.tmp-{pid}`` lives in the same folder (a rename across file
-    systems would not be atomic), is flushed and fsynced, then ``os.replace``-d over ``path``:
-    readers see the old file or the new one, never half of one. If anything fails (a full
-    disk, a folder turned read-only, Ctrl-C) the temporary file is removed where it can be,
-    the previous ``path`` is untouched, and a one-line :class:`CheckpointError` names the
-    first cause (KeyboardInterrupt and SystemExit pass through).
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        left = _remove_quietly(tmp)  # a cleanup failure must not hide ``exc``
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            raise
-        raise write_error(path, exc, left) from exc
-    _fsync_dir(path.parent)
-    return path
-
-
-def _remove_quietly(tmp: Path) -> Optional[Path]:
-    """Delete ``tmp``; returns it if it could not be deleted (e.g. the folder is read-only)."""
-    try:
-        tmp.unlink(missing_ok=True)
-    except OSError:
-        return tmp if tmp.exists() else None
-    return None
-
-
-def write_error(path: Path, exc: BaseException, left: Optional[Path] = None) -> CheckpointError:
-    """One line: what failed while writing ``path``, that the old file is intact, the fix."""
-    try:
-        free_mib: Optional[float] = shutil.disk_usage(_existing(path.parent)).free / 2**20
-    except OSError:
-        free_mib = None
-    code = exc.errno if isinstance(exc, OSError) else None
-    # torch's zip writer reports a full disk as RuntimeError("... unexpected pos ...").
-    if code == errno.ENOSPC or (free_mib is not None and free_mib < 64):
-        why, fix = "disk full", "free some space, then run the command again"
-    elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
-        why = f"no permission to write ({exc.strerror})"
-        fix = f"make {path.parent} writable, or write somewhere else"
-    else:
-        why, fix = f"{type(exc).__name__}: {_one_line(exc)}", "run the command again"
-    free = "" if free_mib is None else f", {free_mib:.0f} MiB free"
-    kept = f"; the temporary file {left} could not be removed: delete it" if left else ""
-    return CheckpointError(f"{why} while writing {path}{free}; the previous file there (if "
-                           f"any) is intact{kept}. Fix: {fix}")
-
-
-def _existing(folder: Path) -> Path:
-    """``folder`` or its nearest existing parent (disk_usage needs a path that exists)."""
-    return next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def write_text_atomic(path: PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_write`)."""
-    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-
-
-def write_json_atomic(path: PathLike, obj: Any, indent: Optional[int] = 2) -> Path:
-    """Write ``obj`` as JSON (plus a final newline) to ``path`` atomically."""
-    return write_text_atomic(path, json.dumps(obj, indent=indent) + "\n")
-
-
 def save_atomic(obj: Any, path: PathLike) -> Path:
     """``torch.save(obj)`` to ``path`` so that ``path`` is never half written."""
     return atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def stale_temporaries(folder: PathLike) -> List[Path]:
-    """Temporary files of :func:`atomic_write` in ``folder`` whose writer process is gone
-    (a kill between write and rename leaves them; a checkpoint's can be hundreds of MB)."""
-    stale = []
-    for p in Path(folder).glob(f".*{TMP_MARK}*"):
-        pid = p.name.rsplit(TMP_MARK, 1)[1]
-        if p.is_file() and pid.isdigit() and not pid_alive(int(pid)):
-            stale.append(p)
-    return stale
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this id exists on this machine."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    except OSError:
-        return False
-    return True
 
 
 def check_finite(state_dict: Mapping[str, Any], what: str = "state dict") -> None:
@@ -169,20 +64,6 @@ def check_finite(state_dict: Mapping[str, Any], what: str = "state dict") -> Non
                                  f"(NaN or Inf) out of {value.numel()}")
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (POSIX only; a no-op where folders can't be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def load(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
     """Load a checkpoint dict; a one-line error for a missing, empty, foreign or newer file."""
     path = Path(path)
@@ -190,10 +71,10 @@ def load(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict
         inside = [n for n in ("best.pt", "last.pt") if (path / n).is_file()]
         hint = (f"give the file inside, e.g. {path / inside[0]}" if inside
                 else "give a best.pt or last.pt file (this folder holds neither)")
-        raise IsADirectoryError(f"{path} is a folder, not a checkpoint file: {hint}")
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file: {hint}")
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}: check the path (a run's best.pt "
-                                "or last.pt)")
+        raise CheckpointError(f"no checkpoint at {path}: check the path (a run's best.pt or "
+                              "last.pt)")
     try:
         with warnings.catch_warnings():  # a hand-made file's sparse tensors are refused below
             warnings.filterwarnings("ignore", message="Validating sparse tensor invariants")
@@ -220,7 +101,7 @@ def _unreadable(path: Path, exc: BaseException) -> str:
     if "weights_only" in str(exc).lower() or "unsupported global" in str(exc).lower():
         return ("it holds Python objects other than tensors, numbers and strings, which are "
                 "never loaded (nothing was run)")
-    return f"the file ({size} bytes) is cut short or damaged ({_one_line(exc)[:160]})"
+    return f"the file ({size} bytes) is cut short or damaged ({one_line(exc)[:160]})"
 
 
 def _foreign_message(path: Path, made_by: Any) -> str:
@@ -236,23 +117,24 @@ def _foreign_message(path: Path, made_by: Any) -> str:
 
 def check_header(ckpt: Mapping[str, Any], path: PathLike) -> None:
     """Raise :class:`CheckpointError` unless ``ckpt`` has what building its model needs: a
-    ``config`` dict naming a model with every number in range
-    (:data:`encnet_lite.presets.RANGES`), ``num_classes`` >= 1 and a ``model`` state dict
-    of dense tensors."""
+    ``config`` dict with every number in range (:data:`encnet_lite.presets.RANGES`),
+    ``num_classes`` >= 1 and a ``model`` state dict of dense tensors. (A config value this
+    version does not know, such as a model name, is :func:`saved_config`'s error.)"""
     problems = []
     config = ckpt.get("config")
     if not isinstance(config, dict):
         problems.append("no 'config' dict")
-    elif not isinstance(config.get("model"), str) or not isinstance(config.get("backbone"),
-                                                                      str):
-        problems.append("a 'config' without 'model' and 'backbone' names")
     n = ckpt.get("num_classes")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         problems.append(f"'num_classes' {n!r} (need a count >= 1)")
     problems += _model_problems(ckpt.get("model"))
+    leaves = nest(config) if isinstance(config, dict) else {}
+    if isinstance(config, dict) and not all(isinstance(leaves.get(k), str)
+                                            for k in ("arch", "backbone")):
+        problems.append("a 'config' without the model's 'arch' and 'backbone' names")
     if isinstance(config, dict):
         try:
-            check_ranges(config)
+            check_ranges(leaves)
         except ConfigRangeError as exc:
             problems.append(f"a 'config' value out of range ({exc})")
     if problems:
@@ -303,7 +185,7 @@ class TrainState:
     epoch: int = 0  # completed epochs
     iteration: int = 0  # completed optimizer steps
     history: List[Dict[str, Any]] = field(default_factory=list)  # one record per epoch
-    best_miou: float = float("-inf")
+    best_mIoU: float = float("-inf")
     best_epoch: int = 0  # the epoch whose weights best.pt holds (0: none yet)
     epoch_sums: Tensor = field(default_factory=_zero_sums)  # LOSS_KEYS summed this epoch
     epoch_seconds: float = 0.0  # training time of this epoch so far
@@ -314,17 +196,19 @@ class TrainState:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainState:
-        best_miou = float(d["best_miou"])
+        # Checkpoints from before the one score format: "best_miou", per-class "iou".
+        best = float(d["best_mIoU"] if "best_mIoU" in d else d["best_miou"])
+        history = upgrade_scores(list(d["history"]))
         # Checkpoints from before best_epoch was saved: the first epoch that reached the best.
         best_epoch = d.get("best_epoch", next(
-            (r["epoch"] for r in d["history"] if r.get("mIoU") == best_miou), 0))
+            (r["epoch"] for r in history if r.get("mIoU") == best), 0))
         return cls(epoch=int(d["epoch"]), iteration=int(d["iteration"]),
-                   history=list(d["history"]), best_miou=best_miou, best_epoch=int(best_epoch),
+                   history=history, best_mIoU=best, best_epoch=int(best_epoch),
                    epoch_sums=d["epoch_sums"].double(), epoch_seconds=float(d["epoch_seconds"]))
 
-    def improves(self, miou: float) -> bool:
-        """Whether a validation score ``miou`` beats the best so far (the first one always)."""
-        return self.best_epoch == 0 or math.isnan(self.best_miou) or miou > self.best_miou
+    def improves(self, score: float) -> bool:
+        """Whether a validation mIoU ``score`` beats the best so far (the first one always)."""
+        return self.best_epoch == 0 or math.isnan(self.best_mIoU) or score > self.best_mIoU
 
 
 def training_checkpoint(header: Mapping[str, Any], state: TrainState,
@@ -351,17 +235,26 @@ def best_checkpoint(header: Mapping[str, Any], model_state: Mapping[str, Any],
             "iteration": record["iteration"], "metrics": record}
 
 
-def check_compatible(ckpt: Mapping[str, Any], config: Mapping[str, Any],
-                     num_classes: int, keys: tuple = ()) -> None:
+def saved_config(ckpt: Mapping[str, Any], path: PathLike) -> TrainConfig:
+    """The :class:`~encnet_lite.presets.TrainConfig` ``ckpt`` was trained with (a flat
+    config of earlier versions too: :func:`encnet_lite.presets.nest`); one this version
+    cannot build (a model name it lacks) is an :class:`IncompatibleCheckpointError`."""
+    try:
+        return TrainConfig.from_dict(ckpt["config"])
+    except (TypeError, ValueError) as exc:
+        raise IncompatibleCheckpointError(
+            f"{path}: its config does not fit this version ({exc}); resume a run of this "
+            "version, or start a new one with --preset") from None
+
+
+def check_compatible(ckpt: Mapping[str, Any], num_classes: int,
+                     changes: Sequence[str] = ()) -> None:
     """Raise :class:`IncompatibleCheckpointError` if ``ckpt`` was trained for another
-    number of classes or with different values of the ``keys`` of ``config``."""
-    problems = []
+    number of classes or ``changes`` (``"num_codes: 32 -> 8"``: the config fields whose
+    change means other weights, :func:`encnet_lite.presets.resume_changes`) is not empty."""
+    problems = list(changes)
     if ckpt.get("num_classes") != num_classes:
-        problems.append(f"num_classes {ckpt.get('num_classes')} != {num_classes}")
-    saved = ckpt.get("config", {})
-    for key in keys:
-        if key in saved and saved[key] != config.get(key):
-            problems.append(f"{key} {saved[key]!r} != {config.get(key)!r}")
+        problems.insert(0, f"num_classes {ckpt.get('num_classes')} != {num_classes}")
     if problems:
         raise IncompatibleCheckpointError(
             "checkpoint does not match this run: " + "; ".join(problems))

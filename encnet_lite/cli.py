@@ -2,70 +2,48 @@
 
 A misuse (a bad flag value, an output that cannot be written, a checkpoint that is not one)
 ends with exit status 2 and one line on stderr, ``PROG: error: <problem>; <fix>``, never a
-traceback. :func:`run` wraps a command's body to that effect; the ``check_*`` functions
-raise :class:`UsageError` early, so that no evaluation runs for an hour and then fails to
-write its result.
+traceback. :func:`run` wraps a command's body to that effect: it catches the library's one
+base class, :class:`~encnet_lite.errors.EncnetError`, so that any other exception (a bug)
+keeps its traceback. The ``check_*`` functions raise :class:`UsageError` early, so that no
+evaluation runs for an hour and then fails to write its result. The dataset preparation
+scripts share their options and their runner here too (:func:`prepare_parser`,
+:func:`run_prepare`).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterable, NoReturn, Optional, Tuple, Type, Union
+from typing import Callable, Iterable, NoReturn, Optional, Union
 
-import torch
+from . import errors
 
 PathLike = Union[str, Path]
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
-class UsageError(ValueError):
+class UsageError(errors.EncnetError, ValueError):
     """A command-line misuse; the message names the problem and the fix."""
-
-
-def one_line(exc: BaseException) -> str:
-    """The message of ``exc`` on one line (indented follow-up lines joined with spaces)."""
-    text = str(exc) or type(exc).__name__
-    if isinstance(exc, KeyError):  # str(KeyError('x')) is "'x'": say what it is
-        text = f"missing key {text}"
-    return re.sub(r"\s*\n\s*", " ", text).strip()
 
 
 def error(prog: str, exc: Union[BaseException, str]) -> int:
     """Print ``PROG: error: MESSAGE`` (one line) to stderr; return exit status 2."""
-    message = exc if isinstance(exc, str) else one_line(exc)
+    message = exc if isinstance(exc, str) else errors.one_line(exc)
     print(f"{prog}: error: {message}", file=sys.stderr)
     return EXIT_USAGE
 
 
-def known_errors() -> Tuple[Type[BaseException], ...]:
-    """The error types a command reports in one line: the library's own (data, checkpoint,
-    run folder, download), plus the built-in ones its checks raise."""
-    from .checkpoint import CheckpointError
-    from .data.common import DataError, DatasetNotFoundError
-    from .data.download import DownloadError
-    from .models.backbones import WeightsError
-    from .runfolder import RunFolderError
-
-    return (UsageError, DataError, DatasetNotFoundError, CheckpointError, RunFolderError,
-            DownloadError, WeightsError, FileNotFoundError, PermissionError, NotADirectoryError,
-            IsADirectoryError, FileExistsError, ValueError, FloatingPointError)
-
-
-def run(prog: str, body: Callable[[], int],
-        errors: Optional[Iterable[Type[BaseException]]] = None) -> int:
-    """``body()``'s exit status; a known error (see :func:`known_errors`) becomes one line
-    and status 2, Ctrl-C status 130. Other exceptions (bugs) keep their traceback, and so
-    does every error when ``ENCNET_TRACEBACK=1`` (a ``ValueError`` from deep inside the
-    library is reported in one line otherwise: set it to see where it came from)."""
+def run(prog: str, body: Callable[[], int]) -> int:
+    """``body()``'s exit status; an :class:`~encnet_lite.errors.EncnetError` (bad input)
+    becomes one line and status 2, Ctrl-C status 130. Any other exception is a bug and keeps
+    its traceback; ``ENCNET_TRACEBACK=1`` shows the traceback of a library error too."""
     try:
         return body()
-    except tuple(errors or known_errors()) as exc:
+    except errors.EncnetError as exc:
         if os.environ.get("ENCNET_TRACEBACK", "") not in ("", "0"):
             raise
         return error(prog, exc)
@@ -111,30 +89,6 @@ def check_threads(threads: int, flag: str = "--threads") -> None:
     if not isinstance(threads, int) or threads < 0:
         raise UsageError(f"{flag} {threads}: give a positive thread count, or 0 for torch's "
                          "default")
-
-
-def check_device(name: str, flag: str = "--device") -> torch.device:
-    """The device ``name`` means (see :func:`encnet_lite.engine.resolve_device`), or a
-    :class:`UsageError` for one that does not exist here or cannot train and evaluate."""
-    from .engine import resolve_device
-
-    fix = "use auto, cpu or cuda (cuda:N for the N-th GPU)"
-    try:
-        device = resolve_device(name)
-    except RuntimeError as exc:  # torch's 'Expected one of cpu, cuda, ...' or no GPU
-        why = ("not a device type torch knows" if "Expected one of" in str(exc)
-               else one_line(exc))
-        raise UsageError(f"{flag} {name}: {why}; {fix}") from None
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise UsageError(f"{flag} {name}: this library runs models on cpu, cuda or mps, "
-                         f"not {device.type}; {fix}")
-    if device.type == "cuda" and (not torch.cuda.is_available() or (
-            device.index is not None and device.index >= torch.cuda.device_count())):
-        raise UsageError(f"{flag} {name}: no such CUDA GPU is visible "
-                         f"({torch.cuda.device_count()} found); {fix}")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UsageError(f"{flag} {name}: MPS is not available here; {fix}")
-    return device
 
 
 # --------------------------------------------------------------------------- output checks
@@ -210,7 +164,7 @@ def check_keeps_runs(path: PathLike, flag: str = "--out",
     being read), and an existing checkpoint anywhere (by suffix, or a file ``torch.save``
     wrote: a zip holding ``data.pkl``, or the legacy pickle format).
     """
-    from .checkpoint import TMP_MARK
+    from .files import TMP_MARK
     from .runfolder import LOCK, RUN_FILES, holds_run
 
     path = Path(path).expanduser()
@@ -248,3 +202,60 @@ def is_checkpoint_file(path: Path) -> bool:
     except (OSError, zipfile.BadZipFile):
         return False
     return False
+
+
+# --------------------------------------------------------------------------- prepare scripts
+
+
+def prepare_parser(prog: str, description: str, root: str) -> argparse.ArgumentParser:
+    """The options every ``prepare_*`` script shares (one name per idea, the same keyword
+    in :func:`~encnet_lite.data.prepare_pcontext.prepare_pcontext` and its siblings:
+    ``--download-dir``/``download_dir``, ``--skip-download``/``skip_download``,
+    ``--no-verify``/``verify=False``, ``--quiet``/``progress=False``, ``--force``); each
+    script adds its own after these."""
+    parser = ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--root", default=root, help="output folder")
+    parser.add_argument("--download-dir", default=None,
+                        help="where the upstream archives are (or go); default ROOT/downloads. "
+                             "Files fetched by hand, or their extracted folders, work too.")
+    parser.add_argument("--skip-download", action="store_true",
+                        help="never download; fail with instructions if a file is missing")
+    parser.add_argument("--force", action="store_true", help="redo every step")
+    parser.add_argument("--no-verify", dest="verify", action="store_false",
+                        help="warn instead of failing on a checksum mismatch")
+    parser.add_argument("--quiet", dest="progress", action="store_false",
+                        help="no progress bars")
+    return parser
+
+
+def prepare_flags(args: argparse.Namespace) -> dict:
+    """The keyword arguments :func:`prepare_parser`'s options give every ``prepare_*``
+    function: ``download_dir``, ``skip_download``, ``force``, ``verify``, ``progress``."""
+    return {name: getattr(args, name)
+            for name in ("download_dir", "skip_download", "force", "verify", "progress")}
+
+
+def run_prepare(prog: str, step: Callable[[], object],
+                args: Optional[argparse.Namespace] = None) -> int:
+    """Run a prepare step for a CLI: exit status 0; 2 with one line on stderr for a misuse
+    (an output folder that cannot be written, checked before any download); 1 with one
+    line for data that cannot be prepared (missing offline, corrupt, hostile: an
+    :class:`~encnet_lite.errors.EncnetError`). Other exceptions (bugs) keep their traceback."""
+    try:
+        if args is not None:
+            check_writable_dir(args.root, "--root")
+            if args.download_dir and not args.skip_download:
+                check_writable_dir(args.download_dir, "--download-dir")
+    except UsageError as err:
+        return error(prog, err)
+    try:
+        step()
+    except errors.EncnetError as err:
+        if os.environ.get("ENCNET_TRACEBACK", "") not in ("", "0"):
+            raise
+        error(prog, err)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; a rerun continues where this one stopped", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0

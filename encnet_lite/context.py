@@ -11,13 +11,14 @@ From a feature map ``x: (B, C, H, W)`` the module computes, as the official EncN
 
 It also measures how the codewords are used (a collapsed encoder assigns every position to
 one codeword): :func:`live_codewords`, :func:`assignment_perplexity`,
-:func:`largest_scale_share` on assignments ``(..., K)``, and :func:`codeword_health` on a
-whole model; :func:`codeword_usage` tabulates classes x codewords.
+:func:`largest_scale_share` on assignments ``(..., K)`` (all three:
+:func:`assignment_health`), and :func:`codeword_health` on a whole model; :func:`codeword_usage` tabulates classes x codewords
+(:func:`shared_favourites`: the codewords that several classes prefer).
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, NamedTuple, Optional, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -80,8 +81,8 @@ class ContextEncoding(nn.Module):
         self.fc_se = nn.Linear(in_channels, num_classes) if num_classes else None
 
     def encode(self, x: Tensor) -> Tensor:
-        """The encoded context ``e: (B, C)`` of ``x: (B, C, H, W)``."""
-        codes = self.encoding(self.project(x))  # (B, K, C)
+        """The encoded context ``e: (B, D)`` of ``x: (B, D, h, w)``."""
+        codes = self.encoding(self.project(x))  # (B, K, D)
         return F.relu(self.code_norm(codes)).mean(dim=1)
 
     def assignments(self, x: Tensor) -> Tensor:
@@ -92,7 +93,8 @@ class ContextEncoding(nn.Module):
         e = self.encode(x)
         gamma = torch.sigmoid(self.fc_gamma(e))
         se = self.fc_se(e) if self.fc_se is not None else None
-        return ContextOutput(apply_attention(x, gamma, self.residual), e, gamma, se)
+        attended = apply_attention(x, gamma, self.residual)
+        return ContextOutput(attended, e, gamma, se)
 
 
 # --- codeword health: is the encoder using its K codewords? ------------------------------
@@ -133,6 +135,15 @@ def largest_scale_share(assign: Tensor, scale: Tensor) -> float:
     return float(codeword_shares(assign)[int(scale.argmax())])
 
 
+def assignment_health(assign: Tensor, scale: Tensor) -> Dict[str, float]:
+    """The three measures of codeword use of ``assign: (..., K)`` under factors ``scale:
+    (K,)``: ``live_codewords`` (as a float), ``assignment_perplexity`` and
+    ``largest_scale_share`` (NaN where no single codeword has the largest scale)."""
+    return {"live_codewords": float(live_codewords(assign)),
+            "assignment_perplexity": assignment_perplexity(assign),
+            "largest_scale_share": largest_scale_share(assign, scale)}
+
+
 def codeword_usage(assignments: Tensor, masks: Tensor, num_classes: int,
                    ignore_index: int = 255) -> Tensor:
     """Mean soft assignment of each class's pixels to each codeword.
@@ -154,6 +165,39 @@ def codeword_usage(assignments: Tensor, masks: Tensor, num_classes: int,
     sums = torch.zeros(num_classes, k).index_add_(0, labels, weights)
     counts = torch.bincount(labels, minlength=num_classes).clamp(min=1)
     return sums / counts[:, None]
+
+
+def shared_favourites(usage: Tensor) -> List[Tuple[int, List[int]]]:
+    """Codewords that are the favourite (largest mean assignment) of two or more classes.
+
+    ``usage: (num_classes, K)`` from :func:`codeword_usage` (absent classes, all-zero rows,
+    are skipped) -> ``[(codeword, [class ids])]``, the codewords shared by most classes
+    first. Classes that share a favourite look alike to the encoder: their descriptors
+    fall near the same codeword.
+    """
+    present = [c for c in range(usage.shape[0]) if float(usage[c].sum()) > 0]
+    by_code: Dict[int, List[int]] = {}
+    for c in present:
+        by_code.setdefault(int(usage[c].argmax()), []).append(c)
+    shared = [(k, members) for k, members in by_code.items() if len(members) > 1]
+    return sorted(shared, key=lambda item: (-len(item[1]), item[0]))
+
+
+def dominant_groups(masks: Tensor, num_classes: int, most: int = 4,
+                    ignore_index: int = 255) -> Tensor:
+    """Group images by their most frequent labelled class, keeping the ``most`` largest
+    groups: ``masks: (N, H, W)`` -> ``(N,)`` class ids, -1 for an image outside those groups
+    or without a labelled pixel (ties between groups of equal size: the lower class id)."""
+    groups = torch.full((len(masks),), -1, dtype=torch.long)
+    for i, mask in enumerate(masks):
+        labels = mask[mask != ignore_index].long()
+        if labels.numel():
+            groups[i] = int(torch.bincount(labels, minlength=num_classes).argmax())
+    sizes = torch.bincount(groups[groups >= 0], minlength=num_classes)
+    keep = torch.argsort(-sizes, stable=True)[:most]
+    keep = keep[sizes[keep] > 0]
+    groups[~torch.isin(groups, keep)] = -1
+    return groups
 
 
 def find_context_encoding(model: nn.Module) -> Optional[ContextEncoding]:
@@ -185,13 +229,9 @@ def codeword_health(model: nn.Module, images: Tensor) -> Dict[str, float]:
     finally:
         hook.remove()
         model.train(was_training)
-    health = {
-        "live_codewords": float(live_codewords(assign)),
-        "assignment_perplexity": assignment_perplexity(assign),
-    }
-    top = largest_scale_share(assign, module.encoding.smoothing())
-    if top == top:  # NaN (one shared factor) is left out: metrics.jsonl stays plain JSON
-        health["largest_scale_share"] = top
+    health = assignment_health(assign, module.encoding.smoothing())
+    if health["largest_scale_share"] != health["largest_scale_share"]:
+        del health["largest_scale_share"]  # NaN (one shared factor): JSON stays plain
     return health
 
 
@@ -224,27 +264,90 @@ def nearest_centroid_accuracy(train_features: Tensor, train_labels: Tensor,
     return float((pred == test_labels).float().mean())
 
 
+def kind_separation(val: Dict[str, Tensor], ref: Dict[str, Tensor],
+                    keys: Sequence[str] = ("gamma", "e")) -> Dict[str, Dict[str, float]]:
+    """How well each vector named in ``keys`` tells the scene kinds apart on held-out images.
+
+    ``val``, ``ref``: :func:`collect_context` outputs (``key: (N, D)``, ``"kind": (N,)``);
+    ``ref`` only supplies the kinds' centroids. Per key: ``ratio``
+    (:func:`separation_ratio` on ``val``), ``accuracy`` (:func:`nearest_centroid_accuracy`
+    of ``val`` against ``ref``'s centroids) and ``spread`` (the std over ``val``'s images,
+    averaged over the D entries: how much the vector varies at all).
+    """
+    return {key: {
+        "ratio": separation_ratio(val[key], val["kind"]),
+        "accuracy": nearest_centroid_accuracy(ref[key], ref["kind"], val[key], val["kind"]),
+        "spread": float(val[key].double().std(0).mean()),
+    } for key in keys}
+
+
 @torch.no_grad()
 def collect_context(model: nn.Module, dataset, num_images: int | None = None,
                     keys: Sequence[str] = ("gamma", "e", "se"),
-                    batch_size: int = 32) -> Dict[str, Tensor]:
-    """Run ``model`` (eval mode) over the first ``num_images`` of ``dataset`` and stack the
-    per-image outputs named in ``keys`` (those the model returns), each ``(N, ...)``, on the
-    CPU. Adds ``"kind"`` ``(N,)`` when the dataset has ``scene_kind_index`` (ContextScenes).
+                    batch_size: int = 32, crop_size: int | None = None) -> Dict[str, Tensor]:
+    """Run ``model`` (eval mode) over the first ``num_images`` of ``dataset`` and stack, per
+    image, each of ``keys`` on the CPU as ``(N, ...)``.
+
+    A key is one of the model's outputs (``"gamma"`` ``(N, D)``, ``"e"`` ``(N, D)``, ``"se"``
+    ``(N, C)``, ...; those it does not return are left out), or ``"assign"``: the soft
+    assignments ``(N, h, w, K)`` of ``EncNet.assignments``, ``"image"``: the inputs
+    ``(N, 3, H, W)``, ``"mask"``: the labels ``(N, H, W)``. ``crop_size``: centre-crop each
+    image and mask to it first (padding smaller ones with the ignore label), so that images
+    of different sizes (PASCAL-Context) stack into one batch. Adds ``"kind"`` ``(N,)`` when
+    the dataset has ``scene_kind_index`` (ContextScenes).
     """
+    from .data.transforms import CenterCrop
+
     n = len(dataset) if num_images is None else min(num_images, len(dataset))
+    crop = CenterCrop(crop_size) if crop_size else None
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     parts: Dict[str, list] = {}
-    for start in range(0, n, batch_size):
-        images = torch.stack([dataset[i][0] for i in range(start, min(start + batch_size, n))])
-        out = model(images.to(device))
-        for key in keys:
-            if key in out:
-                parts.setdefault(key, []).append(out[key].float().cpu())
-    model.train(was_training)
+    try:
+        for start in range(0, n, batch_size):
+            pairs = [dataset[i] for i in range(start, min(start + batch_size, n))]
+            if crop is not None:
+                pairs = [crop(image, mask) for image, mask in pairs]
+            images = torch.stack([image for image, _ in pairs])
+            got = dict(model(images.to(device)))
+            if "assign" in keys:
+                got["assign"] = model.assignments(images.to(device))
+            got["image"], got["mask"] = images, torch.stack([mask for _, mask in pairs])
+            for key in (k for k in keys if k in got):
+                value = got[key].cpu()  # labels stay integers, the rest float32
+                parts.setdefault(key, []).append(value if key == "mask" else value.float())
+    finally:
+        model.train(was_training)
     result = {key: torch.cat(chunks) for key, chunks in parts.items()}
     if hasattr(dataset, "scene_kind_index"):
         result["kind"] = torch.tensor([dataset.scene_kind_index(i) for i in range(n)])
     return result
+
+
+def context_scores(model: nn.Module, val_set, ref_set) -> Dict[str, object]:
+    """How well a trained model's encoded context ``e`` describes held-out scenes.
+
+    ``val_set`` / ``ref_set``: ContextScenes-like datasets (``scene_kind_index``); the kind
+    centroids of ``e`` come from ``ref_set``. Returns ``kind_ratio``
+    (:func:`separation_ratio` of ``e`` by kind on ``val_set``) and ``kind_centroid``
+    (:func:`nearest_centroid_accuracy`, a fraction); with an SE branch also
+    ``presence_right`` (fraction of (image, class) presence answers right at 0.5),
+    ``presence_images`` (fraction of images with every answer right) and
+    ``presence_probs`` ``(N, C)``, the SE layer's probabilities for the ``N`` val images.
+    A plain function of its arguments, so a ``functools.partial`` of it is a picklable
+    :func:`encnet_lite.ablation.run_grid` probe.
+    """
+    from .losses import presence_targets
+
+    val = collect_context(model, val_set, keys=("e", "se", "mask"))
+    ref = collect_context(model, ref_set, keys=("e",))
+    e = kind_separation(val, ref, keys=("e",))["e"]
+    scores: Dict[str, object] = {"kind_ratio": e["ratio"], "kind_centroid": e["accuracy"]}
+    if "se" in val:
+        probs = torch.sigmoid(val["se"])
+        right = (probs > 0.5).float() == presence_targets(val["mask"], probs.shape[1])
+        scores.update(presence_right=float(right.float().mean()),
+                      presence_images=float(right.all(1).float().mean()),
+                      presence_probs=probs)
+    return scores

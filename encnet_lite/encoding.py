@@ -289,16 +289,19 @@ def residual_encoding(x: Tensor, codewords: Tensor, scale: Tensor) -> Tensor:
         return _ResidualEncoding.apply(x, codewords, scale.to(dtype))
 
 
-def residual_encoding_reference(x: Tensor, codewords: Tensor, scale: Tensor) -> Tensor:
-    """The paper's equations written literally, with a (B, N, K, D) residual tensor.
-
-    For teaching and tests only: memory grows as B*N*K*D (3.8 GB per tensor in
-    float32 at B=16, N=60*60, K=32, D=512).
+def residual_encoding_reference(x: Tensor, codewords: Tensor,
+                                scale: Tensor) -> Tensor:
+    """The paper's equations written literally, with a (B, N, K, D)
+    residual tensor. For teaching and tests only: memory grows as B*N*K*D
+    (3.8 GB per tensor in float32 at B=16, N=60*60, K=32, D=512).
     """
     _check_shapes(x, codewords, scale)
-    residuals = x.unsqueeze(2) - codewords  # r_ik = x_i - c_k: (B, N, K, D)
-    assign = torch.softmax(scale * residuals.pow(2).sum(-1), dim=2)  # a_ik: (B, N, K)
-    return (assign.unsqueeze(-1) * residuals).sum(1)  # e_k: (B, K, D)
+    # r_ik = x_i - c_k: (B, N, K, D)
+    residuals = x.unsqueeze(2) - codewords
+    # a_ik = softmax_k(scale_k ||r_ik||^2): (B, N, K)
+    assign = torch.softmax(scale * residuals.pow(2).sum(-1), dim=2)
+    # e_k = sum_i a_ik r_ik: (B, K, D)
+    return (assign.unsqueeze(-1) * residuals).sum(1)
 
 
 def hard_assignment(x: Tensor, codewords: Tensor) -> Tensor:

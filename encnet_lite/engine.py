@@ -1,34 +1,63 @@
 """The pieces of a training run: model, data, optimizer, schedule, one step, validation.
 
 :func:`encnet_lite.train.train` assembles them; chapters can also call them one by one
-(e.g. :func:`train_step` in a hand-written loop, :func:`validate` on a trained model).
+(e.g. :func:`train_step` in a hand-written loop, :func:`step_call` to time one step,
+:func:`validate` on a trained model).
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Iterable, Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .distributed import SINGLE, DistInfo
+from .errors import DataError, EncnetError
+from .losses import SegmentationLoss
 from .metrics import ConfusionMatrix
-from .presets import TrainConfig
+from .presets import ConfigRangeError, TrainConfig
 
 # ---------------------------------------------------------------------------- device, AMP
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``"auto"``: the CUDA device when present (this process's GPU under torchrun), else CPU."""
+DEVICE_FIX = "use auto, cpu or cuda (cuda:N for the N-th GPU)"
+
+
+class DeviceError(EncnetError, ValueError):
+    """A device that is not here, or that this library cannot run models on."""
+
+
+def resolve_device(name: str = "auto", flag: Optional[str] = None) -> torch.device:
+    """The device ``name`` means, checked to exist here: ``"auto"`` is the CUDA device when
+    one is visible (this process's GPU under torchrun), else the CPU; ``"cuda"`` is the
+    current CUDA device; ``"cpu"``, ``"cuda:N"`` and ``"mps"`` are as named.
+
+    Anything else is a :class:`DeviceError` that names ``flag`` (a command line's option,
+    e.g. ``"--device"``; else ``device=``) and the fix.
+    """
+    label = f"{flag} {name}" if flag else f"device={name!r}"
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' was asked for but no CUDA GPU is visible")
-    if name == "cuda":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):  # 'Expected one of cpu, cuda, ...', 'Invalid device'
+        raise DeviceError(f"{label}: not a device torch knows; {DEVICE_FIX}") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"{label}: this library runs models on cpu, cuda or mps, not "
+                          f"{device.type}; {DEVICE_FIX}")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index is not None and device.index >= count):
+            raise DeviceError(f"{label}: no such CUDA GPU is visible ({count} found); "
+                              f"{DEVICE_FIX}")
+        if device.index is None:  # torchrun's process sets its own GPU as the current one
+            device = torch.device("cuda", torch.cuda.current_device())
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"{label}: MPS is not available here; {DEVICE_FIX}")
+    return device
 
 
 def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
@@ -49,7 +78,7 @@ def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
         return torch.bfloat16 if native_bf16 else torch.float16
     if amp == "bf16" and not native_bf16:
         major, minor = torch.cuda.get_device_capability(device)
-        raise ValueError(f"amp='bf16': this GPU (compute capability {major}.{minor}) has no "
+        raise DeviceError(f"amp='bf16': this GPU (compute capability {major}.{minor}) has no "
                          "native bf16 (it needs 8.0 or more); use amp='fp16' or 'auto'")
     if amp not in ("bf16", "fp16"):
         raise ValueError(f"amp={amp!r}: choose one of auto, on, off, bf16, fp16")
@@ -76,21 +105,19 @@ def make_scaler(amp_dtype: Optional[torch.dtype], device: torch.device) -> torch
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
-    """The model named by ``cfg.model`` + ``cfg.backbone`` (e.g. ``encnet_resnet50``)."""
+    """The model named by ``cfg.model.arch`` + ``cfg.model.backbone`` (``encnet_resnet50``),
+    given the options its class takes (:attr:`~encnet_lite.models.SegmentationModel.options`)
+    from ``cfg.model`` and its backbone's ``weights_backbone`` from ``cfg.runtime``."""
     from . import models
 
-    name = f"{cfg.model}_{cfg.backbone}"
+    m = cfg.model
+    name = f"{m.arch}_{m.backbone}"
     builder = getattr(models, name, None)
     if builder is None:
         raise ValueError(f"encnet_lite.models has no builder {name!r}")
-    kwargs: Dict[str, Any] = {"aux": cfg.aux, "align_corners": cfg.align_corners}
-    if cfg.model == "encnet":
-        kwargs.update(num_codes=cfg.num_codes, se_loss=cfg.se_loss, lateral=cfg.lateral,
-                      encoder=cfg.encoder)
-    if cfg.backbone != "tiny":
-        kwargs["pretrained_backbone"] = cfg.pretrained_backbone
-        kwargs["weights_path"] = cfg.backbone_weights or None
-    return builder(num_classes, **kwargs)
+    options = {k: getattr(m, k) for k in models.ARCHITECTURES[m.arch].options}
+    return builder(num_classes=num_classes,
+                   weights_backbone=cfg.runtime.weights_backbone or None, **options)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -104,30 +131,13 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def param_groups(model: nn.Module, lr: float, head_lr_mult: float = 10.0) -> List[Dict]:
-    """Optimizer groups: the backbone at ``lr``, everything else (head, auxiliary head) at
-    ``lr * head_lr_mult``, as the official recipe does (the backbone starts pretrained, the
-    heads from scratch). Each group records its ``lr_mult`` for logging."""
-    model = unwrap(model)
-    if hasattr(model, "param_groups"):  # encnet_lite models know their parts
-        groups = model.param_groups(lr, head_lr_mult)
-    else:  # any model with a .backbone: the rest is "head"
-        backbone = getattr(model, "backbone", None)
-        ids = {id(p) for p in backbone.parameters()} if backbone is not None else set()
-        groups = [{"name": "backbone", "params": [p for p in model.parameters() if id(p) in ids],
-                   "lr": lr},
-                  {"name": "head", "params": [p for p in model.parameters() if id(p) not in ids],
-                   "lr": lr * head_lr_mult}]
-    for g in groups:
-        g["params"] = [p for p in g["params"] if p.requires_grad]
-        g["lr_mult"] = g["lr"] / lr
-    return [g for g in groups if g["params"]]
-
-
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
     """SGD, momentum 0.9, weight decay 1e-4 (on every parameter, as the official code)."""
-    return torch.optim.SGD(param_groups(model, cfg.lr, cfg.head_lr_mult), lr=cfg.lr,
-                           momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    from .models import param_groups
+
+    o = cfg.optim
+    return torch.optim.SGD(param_groups(unwrap(model), o.lr, o.head_lr_mult), lr=o.lr,
+                           momentum=o.momentum, weight_decay=o.weight_decay)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, total_iters: int,
@@ -141,24 +151,35 @@ def build_scheduler(optimizer: torch.optim.Optimizer, total_iters: int,
 
 
 def build_datasets(cfg: TrainConfig) -> Tuple[Dataset, Dataset]:
-    """``(train, val)`` datasets with the recipe's joint transforms.
+    """``(train, val)`` datasets (:func:`build_dataset`) with the recipe's joint transforms.
 
     Raises :class:`encnet_lite.data.DatasetNotFoundError` (with the command that prepares
     the data) when a PASCAL root is missing.
     """
     from . import data
 
-    if cfg.dataset == "scenes":
+    d = cfg.data
+    if d.dataset == "scenes":
         # Flip only: a random rescale would shrink the cue-object gap the task relies on.
-        train = scenes_dataset(cfg, "train", cfg.num_train_images,
-                               transform=data.RandomHorizontalFlip(0.5))
-        return train, scenes_dataset(cfg, "val", cfg.num_val_images)
-    root = cfg.data_root or f"data/{cfg.dataset}"
-    cls = dataset_class(cfg.dataset)
-    train = cls(root, split=cfg.train_split,
-                transform=data.train_transform(cfg.crop_size, cfg.base_size))
-    val = cls(root, split="val", transform=data.val_transform(cfg.crop_size))
-    return train, val
+        return (build_dataset(cfg, "train", data.RandomHorizontalFlip(0.5)),
+                build_dataset(cfg, "val"))
+    return (build_dataset(cfg, d.train_split, data.train_transform(d.crop_size, d.base_size)),
+            build_dataset(cfg, "val", data.val_transform(d.crop_size)))
+
+
+def build_dataset(cfg: TrainConfig, split: str, transform: Optional[Callable] = None,
+                  data_root: Optional[str] = None) -> Dataset:
+    """The ``split`` of ``cfg``'s dataset, the one place a config chooses its data: the
+    ContextScenes stream (:func:`scenes_dataset`; ``"train"`` has ``num_train_images``,
+    other splits ``num_val_images``), or the folder dataset (:func:`dataset_class`) in
+    ``data_root`` (default: the config's, else ``data/<dataset>``). Without ``transform``
+    a folder split gives full images (evaluation)."""
+    if cfg.data.dataset == "scenes":
+        s = cfg.scenes
+        count = s.num_train_images if split == "train" else s.num_val_images
+        return scenes_dataset(cfg, split, count, transform=transform)
+    root = data_root or cfg.runtime.data_root or f"data/{cfg.data.dataset}"
+    return dataset_class(cfg.data.dataset)(root, split=split, transform=transform)
 
 
 def dataset_class(name: str) -> Callable[..., Dataset]:
@@ -179,10 +200,11 @@ def scenes_dataset(cfg: TrainConfig, split: str, num_images: int,
     density, ``day_night``): the one place a config becomes a ContextScenes."""
     from . import data
 
-    return data.ContextScenes(num_images, size=cfg.image_size, seed=cfg.data_seed, split=split,
+    s = cfg.scenes
+    return data.ContextScenes(num_images, size=s.image_size, seed=s.data_seed, split=split,
                               transform=transform,
-                              lookalikes=(cfg.min_lookalikes, cfg.max_lookalikes),
-                              day_night=cfg.day_night)
+                              lookalikes=(s.min_lookalikes, s.max_lookalikes),
+                              day_night=s.day_night)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -226,12 +248,14 @@ class TrainSampler(Sampler):
     def __init__(self, num_samples: int, global_batch: int, seed: int = 0,
                  info: DistInfo = SINGLE):
         if global_batch % info.world_size:
-            raise ValueError(f"batch_size {global_batch} is not divisible by the "
-                             f"{info.world_size} processes")
+            n = info.world_size  # each process takes an equal share of the global batch
+            raise ConfigRangeError("batch_size", global_batch, f"not divisible by the {n} "
+                                   f"processes; give a multiple of {n}",
+                                   n * max(1, global_batch // n))
         if num_samples < global_batch:
-            raise ValueError(f"{num_samples} training images are fewer than one batch "
-                             f"({global_batch}): give more (--num-train-images for the "
-                             "scenes) or a smaller --batch-size")
+            raise DataError(f"{num_samples} training images are fewer than one batch "
+                            f"({global_batch}): give more (--num-train-images for the "
+                            "scenes) or a smaller --batch-size")
         self.num_samples, self.global_batch, self.seed, self.info = (
             num_samples, global_batch, seed, info)
         self.local_batch = global_batch // info.world_size
@@ -325,6 +349,26 @@ def train_step(model: nn.Module, images: Tensor, masks: Tensor, loss_fn: Callabl
     return torch.stack([t.detach().float() for t in terms])
 
 
+def step_call(model: nn.Module, images: Tensor, masks: Tensor,
+              amp_dtype: Optional[torch.dtype] = None, channels_last: bool = False,
+              lr: float = 1e-4) -> Callable[[], Tensor]:
+    """A call without arguments that runs one :func:`train_step` of ``model`` on
+    ``images: (B, 3, H, W)``, ``masks: (B, H, W)`` (on their device), each call a new step:
+    what :func:`encnet_lite.measure.timed_rounds` times.
+
+    The model is moved to the images' device in training mode (``channels_last``: model
+    and images in that memory format), with plain SGD at ``lr``, a gradient scaler for
+    ``amp_dtype`` and the default :class:`~encnet_lite.losses.SegmentationLoss`.
+    """
+    model = model.to(images.device).train()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    scaler, loss_fn = make_scaler(amp_dtype, images.device), SegmentationLoss()
+    return lambda: train_step(model, images, masks, loss_fn, optimizer, scaler, amp_dtype)
+
+
 # ---------------------------------------------------------------------------- validation
 
 
@@ -338,7 +382,7 @@ def validate(model: nn.Module, loader: Iterable, num_classes: int, device: torch
 
     Under torchrun every process scores its shard and the matrices are summed, so every
     process returns the whole split's matrix. The model's train/eval mode is restored.
-    :func:`scores` reads pixAcc / mIoU / per-class IoU off the result.
+    Its :meth:`~encnet_lite.metrics.ConfusionMatrix.compute` gives pixAcc / mIoU / IoU.
     """
     from tqdm.auto import tqdm
 
@@ -357,12 +401,6 @@ def validate(model: nn.Module, loader: Iterable, num_classes: int, device: torch
     if info.enabled:
         cm.all_reduce()  # a process with an empty shard adds zeros
     return cm
-
-
-def scores(cm: ConfusionMatrix) -> Dict[str, Any]:
-    """``pixAcc``, ``mIoU`` (fractions) and ``iou`` (per class) of a confusion matrix."""
-    return {"pixAcc": float(cm.pixel_accuracy()), "mIoU": float(cm.mean_iou()),
-            "iou": [float(x) for x in cm.iou_per_class()]}
 
 
 # ---------------------------------------------------------------------------- process state

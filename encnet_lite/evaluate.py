@@ -7,9 +7,12 @@ class scores averaged over views) through :func:`encnet_lite.inference.predict`.
 ``--protocol official`` scores as the official PyTorch-Encoding test does instead
 (:func:`encnet_lite.inference.predict_official`: scales of ``--base-size`` 520, views and
 windows padded to ``--crop-size`` 480 with black, ``exp`` of the flip-summed logits,
-``align_corners=True``; mIoU over all classes, an absent one counting 0): the protocol of
-the published scores. pixAcc and mIoU come from one confusion matrix accumulated over the
-whole split.
+windows averaged where they overlap and the views *summed*, ``align_corners=True``; mIoU
+over all classes, an absent one counting 0): the protocol of the published scores.
+``--protocol mmseg`` averages the softmax probabilities of whole-image views
+(:func:`encnet_lite.inference.predict_mmseg`). Summing or averaging views gives the same
+argmax, and only the argmax is scored. pixAcc and mIoU come from one confusion matrix
+accumulated over the whole split.
 
 ::
 
@@ -40,12 +43,14 @@ from . import distributed as dist_utils
 from .distributed import SINGLE, DistInfo
 from .engine import (
     ShardSampler,
+    build_dataset,
     build_model,
-    dataset_class,
+    forward_context,
     resolve_amp,
     resolve_device,
-    scenes_dataset,
 )
+from .errors import FileWriteError, one_line
+from .files import write_json_atomic, write_text_atomic
 from .inference import MS_SCALES
 from .presets import TrainConfig
 
@@ -79,7 +84,7 @@ def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, *,
             ``save_every`` images (and when interrupted): a rerun with the same model and
             settings continues after the last saved image; it is removed when done.
 
-    Returns ``{"pixAcc", "mIoU", "iou": [per class], "protocol", "settings", "confusion",
+    Returns ``{"pixAcc", "mIoU", "IoU": [per class], "protocol", "settings", "confusion",
     "num_images", "seconds", "resumed_from"}`` (``resumed_from``: images from ``state``).
     """
     from tqdm.auto import tqdm
@@ -104,10 +109,9 @@ def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, *,
     try:
         for i in indices[done:]:
             image, mask = dataset[i]
-            with _autocast(device, amp_dtype):
-                scores = run(model, image[None].to(device), num_classes)
-            pred = scores.argmax(1) if scores.dim() == 4 else scores
-            cm.update(pred.reshape(mask.shape).cpu(), mask)
+            with forward_context(device, amp_dtype):
+                scores = run(model, image[None].to(device), num_classes)  # (1, C, H, W)
+            cm.update(scores.argmax(1).reshape(mask.shape).cpu(), mask)
             scored += 1
             bar.update(1)
             if state and scored % save_every == 0 and scored < len(indices):
@@ -116,7 +120,7 @@ def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, *,
         if state and scored > done:
             try:
                 _save_state(state, key, cm, scored, time.perf_counter() - start)
-            except ckpt_io.CheckpointError:  # e.g. a read-only folder: report the first error
+            except FileWriteError:  # e.g. a read-only folder: report the first error
                 pass
         raise
     finally:
@@ -128,19 +132,10 @@ def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, *,
             state.unlink(missing_ok=True)
         except OSError:  # the folder turned read-only: the state left resumes correctly
             pass
-    matrix = cm._ensure(torch.device("cpu")).cpu()
-    return {**_scores(cm, protocol), "settings": settings, "confusion": matrix.tolist(),
+    return {**cm.compute(absent_as_zero=protocol == "official"), "protocol": protocol,
+            "settings": settings, "confusion": cm.counts().tolist(),
             "num_images": n,
             "seconds": time.perf_counter() - start, "resumed_from": done}
-
-
-def _scores(cm: Any, protocol: str) -> Dict[str, Any]:
-    """pixAcc, mIoU and IoU per class of ``cm`` (a ConfusionMatrix) by ``protocol``: the
-    official mean is over all classes, an absent class counting 0 (NaN by default)."""
-    official, iou = protocol == "official", cm.iou_per_class()
-    return {"pixAcc": float(cm.pixel_accuracy()), "mIoU": cm.mean_iou(absent_as_zero=official),
-            "iou": [float(x) for x in (iou.nan_to_num(0.0) if official else iou)],
-            "protocol": protocol}
 
 
 def _predictor(protocol: str, multi_scale: bool, flip: Optional[bool],
@@ -207,15 +202,9 @@ def _load_state(path: Path, key: Dict[str, Any], cm: Any) -> Tuple[int, float]:
 
 
 def _save_state(path: Path, key: Dict[str, Any], cm: Any, done: int, seconds: float) -> None:
-    matrix = cm._ensure(torch.device("cpu")).cpu().tolist()
-    ckpt_io.write_json_atomic(path, {"key": key, "done": done, "seconds": seconds,
+    matrix = cm.counts().tolist()
+    write_json_atomic(path, {"key": key, "done": done, "seconds": seconds,
                                      "matrix": matrix}, indent=None)
-
-
-def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
-    import contextlib
-
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype)
 
 
 def load_model(path: str, device: Optional[torch.device] = None
@@ -231,7 +220,7 @@ def load_model(path: str, device: Optional[torch.device] = None
     try:
         cfg = TrainConfig.from_dict(saved["config"])
         # The checkpoint holds every weight: no ImageNet file is read (nor needed).
-        model = build_model(cfg.replace(pretrained_backbone=False, backbone_weights=""),
+        model = build_model(cfg.replace(weights_backbone=""),
                             saved["num_classes"])
     except (TypeError, ValueError, KeyError) as exc:  # a model name this version lacks
         raise ckpt_io.IncompatibleCheckpointError(
@@ -241,7 +230,7 @@ def load_model(path: str, device: Optional[torch.device] = None
         model.load_state_dict(saved["model"])
     except RuntimeError as exc:  # keys or shapes differ: another model version
         raise ckpt_io.IncompatibleCheckpointError(
-            f"{path} does not fit {cfg.model}_{cfg.backbone}: {exc}") from exc
+            f"{path} does not fit {cfg.model.arch}_{cfg.model.backbone}: {exc}") from exc
     return model.to(device or resolve_device("auto")).eval(), cfg, saved
 
 
@@ -252,8 +241,9 @@ def load_published(name: str, file: Optional[str] = None, *, verify: bool = True
     checkpoint's: ``(model (eval), config, info)``, ``info`` holding ``num_classes``,
     ``classes`` and the entry (``"weights"``)."""
     from . import weights
+    from .models import load_weights
 
-    model = weights.load_weights(name, file, verify=verify, progress=progress)
+    model = load_weights(name, file, verify=verify, progress=progress)
     entry = model.weights_meta
     info = {"num_classes": entry.num_classes, "classes": list(entry.classes),
             "weights": entry, "epoch": None}
@@ -265,7 +255,7 @@ def load_source(args: argparse.Namespace, device: torch.device
     """The model a CLI was given: ``--checkpoint FILE`` (:func:`load_model`) or ``--weights
     NAME [--weights-file F] [--no-verify]`` (:func:`load_published`)."""
     if args.weights:
-        return load_published(args.weights, args.weights_file, verify=not args.no_verify,
+        return load_published(args.weights, args.weights_file, verify=args.verify,
                               device=device)
     return load_model(args.checkpoint, device)
 
@@ -280,7 +270,7 @@ def check_source(args: argparse.Namespace) -> List[Path]:
         raise cli.UsageError("give either --checkpoint (a run's best.pt) or --weights NAME (a "
                              "published model: encnet-weights list)")
     if args.weights is None:
-        if args.weights_file or args.no_verify:
+        if args.weights_file or not args.verify:
             raise cli.UsageError("--weights-file and --no-verify go with --weights NAME")
         if getattr(args, "dataset", None):
             raise cli.UsageError("--dataset goes with --weights: a checkpoint scores the "
@@ -295,12 +285,9 @@ def check_source(args: argparse.Namespace) -> List[Path]:
 
 def eval_dataset(cfg: TrainConfig, data_root: Optional[str] = None,
                  split: str = "val") -> Dataset:
-    """The full-image split to score (PASCAL, ADE20K: no crop; scenes: the validation
-    stream)."""
-    if cfg.dataset == "scenes":
-        return scenes_dataset(cfg, split, cfg.num_val_images)
-    root = data_root or cfg.data_root or f"data/{cfg.dataset}"
-    return dataset_class(cfg.dataset)(root, split=split)
+    """The full-image split to score (PASCAL, ADE20K: no crop; scenes: the split's stream),
+    by :func:`encnet_lite.engine.build_dataset`."""
+    return build_dataset(cfg, split, data_root=data_root)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -314,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "case-insensitive), downloaded to the cache and verified")
     p.add_argument("--weights-file", default=None, metavar="F",
                    help="with --weights: a local copy of its file (zip or .pth) to use")
-    p.add_argument("--no-verify", action="store_true",
+    p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="with --weights: skip the checksum (a file you trust, e.g. re-saved)")
     p.add_argument("--dataset", default=None, choices=("pcontext", "ade20k", "voc"),
                    help="with --weights: the dataset to score (default: the model's; it must "
@@ -362,7 +349,7 @@ def run_cli(args: argparse.Namespace) -> int:
     are checked before the (possibly hours long) evaluation starts."""
     from . import cli
 
-    device = cli.check_device(args.device)
+    device = resolve_device(args.device, flag="--device")  # checked before any work
     inputs = check_source(args)
     args.protocol = resolve_protocol(args)
     official = args.protocol == "official"
@@ -377,14 +364,14 @@ def run_cli(args: argparse.Namespace) -> int:
     try:
         model, cfg, saved = load_source(args, device)
         cfg = dataset_for(args, cfg, saved)
-        threads = cfg.threads if args.threads is None else args.threads
+        threads = cfg.runtime.threads if args.threads is None else args.threads
         cli.check_threads(threads, "--threads (or the run's threads)")
         if threads:
             torch.set_num_threads(threads)
         dataset = eval_split(cfg, args)
-        crop = cfg.crop_size if cfg.dataset != "scenes" else None
-        base = (args.base_size or cfg.base_size) if official else None
-        crop = (args.crop_size or cfg.crop_size) if official else crop
+        crop = cfg.data.crop_size if cfg.data.dataset != "scenes" else None
+        base = (args.base_size or cfg.data.base_size) if official else None
+        crop = (args.crop_size or cfg.data.crop_size) if official else crop
         result = evaluate(model, dataset, saved["num_classes"], multi_scale=args.multi_scale,
                           flip=True if args.flip else None, crop_size=crop, device=device,
                           protocol=args.protocol, base_size=base,
@@ -431,7 +418,7 @@ def dataset_for(args: argparse.Namespace, cfg: TrainConfig, saved: Dict[str, Any
     from . import cli
 
     if args.dataset is None:
-        if args.weights and cfg.dataset == "scenes":  # e.g. a Cityscapes model
+        if args.weights and cfg.data.dataset == "scenes":  # e.g. a Cityscapes model
             raise cli.UsageError(f"--weights {args.weights}: this project has no "
                                  f"{saved['weights'].dataset} dataset to score it on; use "
                                  "encnet-predict on your own images instead")
@@ -450,7 +437,7 @@ def report_result(args: argparse.Namespace, out: Path, cfg: TrainConfig,
     mode = "multi-scale + flip" if args.multi_scale else ("flip" if args.flip else "single scale")
     mode += "" if args.protocol == "default" else f", {args.protocol} protocol"
     note = ""
-    if cfg.dataset == "pcontext":
+    if cfg.data.dataset == "pcontext":
         note = f" over {saved['num_classes']} classes" + (
             " (background ignored, the paper's protocol)" if saved["num_classes"] == 59 else "")
     what = f"{cfg.name} (published weights)" if args.weights else \
@@ -458,11 +445,12 @@ def report_result(args: argparse.Namespace, out: Path, cfg: TrainConfig,
     print(f"{what}, {args.split} ({result['num_images']} images, {mode}): pixAcc "
           f"{100 * result['pixAcc']:.2f}  mIoU {100 * result['mIoU']:.2f}{note}")
     for score in saved["weights"].scores if args.weights else ():
-        pixacc = f"pixAcc {score.pixacc:.1f}  " if score.pixacc else ""
-        print(f"  published: {pixacc}mIoU {score.miou:.2f} ({score.protocol}; {score.where})")
+        acc = f"pixAcc {100 * score.pixAcc:.1f}  " if score.pixAcc else ""
+        print(f"  published: {acc}mIoU {100 * score.mIoU:.2f} ({score.protocol}; "
+              f"{score.where})")
     report = {"checkpoint": args.checkpoint, "weights": args.weights,
               "weights_file": args.weights_file, "split": args.split, "mode": mode,
-              "dataset": cfg.dataset, "num_classes": saved["num_classes"],
+              "dataset": cfg.data.dataset, "num_classes": saved["num_classes"],
               "classes": saved.get("classes", []), **result}
     write_report(out, report)
     if result["resumed_from"]:
@@ -484,7 +472,7 @@ def eval_split(cfg: TrainConfig, args: argparse.Namespace) -> Dataset:
     try:
         dataset = eval_dataset(cfg, args.data_root, args.split)
     except ValueError as exc:
-        raise cli.UsageError(f"--split {args.split}: {cli.one_line(exc)}") from None
+        raise cli.UsageError(f"--split {args.split}: {one_line(exc)}") from None
     if len(dataset) == 0:  # pixAcc and mIoU of nothing are NaN: say so instead
         where = getattr(dataset, "root", None)
         where = f"{where} lists no {args.split} images" if where else \
@@ -500,8 +488,8 @@ def check_data_root(cfg: TrainConfig, data_root: Optional[str], checkpoint: str)
     or when ``--data-root`` is given for synthetic scenes, which no folder holds."""
     from . import cli
 
-    trained = DATASET_NAMES.get(cfg.dataset, cfg.dataset)
-    if cfg.dataset == "scenes":
+    trained = DATASET_NAMES.get(cfg.data.dataset, cfg.data.dataset)
+    if cfg.data.dataset == "scenes":
         if data_root is not None:
             held = _root_dataset(Path(data_root))
             held = f" (it holds {DATASET_NAMES[held]})" if held else ""
@@ -511,9 +499,9 @@ def check_data_root(cfg: TrainConfig, data_root: Optional[str], checkpoint: str)
                 "--data-root, or evaluate a checkpoint trained on that dataset")
         return
     flag = "--data-root" if data_root else "the run's data root"
-    root = data_root or cfg.data_root or f"data/{cfg.dataset}"
+    root = data_root or cfg.runtime.data_root or f"data/{cfg.data.dataset}"
     held = _root_dataset(Path(root))
-    if held is not None and held != cfg.dataset:
+    if held is not None and held != cfg.data.dataset:
         raise cli.UsageError(
             f"{flag} {root} holds {DATASET_NAMES[held]}, but {checkpoint} was trained on "
             f"{trained}; give a {trained} root with --data-root, or a checkpoint trained on "
@@ -543,22 +531,20 @@ def check_scored(args: argparse.Namespace, result: Dict[str, Any]) -> None:
 
 
 def write_report(out: Path, report: Dict[str, Any]) -> None:
-    """Write ``report`` as strict JSON: a NaN IoU (a class absent from both the masks and
-    the predictions, so without one) becomes null, and a note in the report says so."""
+    """Write ``report`` as strict JSON; where a class has no IoU (None: absent from both the
+    masks and the predictions; null in the file), a note in the report says so."""
     from . import cli
-    from .metrics import finite_or_none
 
-    iou = finite_or_none(report.get("iou", []))
-    absent = [i for i, x in enumerate(iou) if x is None]
-    report = {**report, "iou": iou}
+    absent = [i for i, x in enumerate(report.get("IoU", [])) if x is None]
     if absent:
-        report["notes"] = [f"iou is null for the {len(absent)} class(es) {absent} absent from "
-                           "both the masks and the predictions (no IoU; left out of mIoU)"]
+        report = {**report, "notes": [
+            f"IoU is null for the {len(absent)} class(es) {absent} absent from both the "
+            "masks and the predictions (no IoU; left out of mIoU)"]}
     text = json.dumps(report, indent=2, allow_nan=False) + "\n"
     try:
-        ckpt_io.write_text_atomic(out, text)
-    except ckpt_io.CheckpointError as exc:  # e.g. the folder turned read-only meanwhile
-        raise cli.UsageError(f"--out {out}: {cli.one_line(exc)} (the scores are printed "
+        write_text_atomic(out, text)
+    except FileWriteError as exc:  # e.g. the folder turned read-only meanwhile
+        raise cli.UsageError(f"--out {out}: {one_line(exc)} (the scores are printed "
                              "above)") from exc
 
 

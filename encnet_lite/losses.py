@@ -23,13 +23,21 @@ class LossTerms(NamedTuple):
     se: Tensor
 
 
-def check_labels(mask: Tensor, num_classes: int, ignore_index: int = 255) -> None:
+def check_labels(mask: Tensor, num_classes: int, ignore_index: int = 255, *,
+                 wait: bool = True) -> None:
     """Raise ``ValueError`` naming the labels of ``mask`` outside ``[0, num_classes)``.
 
-    Cheap enough for every training step: one elementwise pass and one ``any``; the
-    ``unique`` that names the bad values only runs when something is wrong.
+    On the CPU the check is one elementwise pass and one ``any``. On a GPU, reading the
+    answer back makes the host wait for the GPU (a sync per call): ``wait=False`` instead
+    queues ``torch._assert_async`` on a CUDA mask, which fails the process at a later
+    sync, without naming the labels, if a bad one is there (CUDA's cross-entropy would
+    stop it as uncleanly without the check). ``unique``, which names the bad values, only
+    runs when something is wrong.
     """
     bad = ((mask < 0) | (mask >= num_classes)) & (mask != ignore_index)
+    if not wait and mask.device.type == "cuda":
+        torch._assert_async(~bad.any())
+        return
     if bool(bad.any()):
         values = torch.unique(mask[bad]).tolist()
         raise ValueError(
@@ -101,7 +109,10 @@ class SegmentationLoss(nn.Module):
 
     Called on the model's output dict: ``main: (B, classes, H, W)`` always, ``aux`` and
     ``se`` when present (a missing key makes that term 0, not added). Returns
-    :class:`LossTerms`. ``validate`` checks the mask's labels once per call.
+    :class:`LossTerms`. ``validate`` checks the mask's labels (:func:`check_labels`) at
+    every call: on a CPU mask with the clear error each time; on a CUDA mask with the clear
+    error at the first call (one sync: a wrong ``num_classes`` shows at once), then without
+    a host sync (``wait=False``), so that training steps keep the GPU ahead of the host.
     """
 
     def __init__(self, se_weight: float = 0.2, aux_weight: float = 0.2,
@@ -111,6 +122,7 @@ class SegmentationLoss(nn.Module):
         self.aux_weight = aux_weight
         self.ignore_index = ignore_index
         self.validate = validate
+        self._waited = False  # whether the first (synchronous) label check has run
 
     def forward(self, outputs: Mapping[str, Tensor], mask: Tensor) -> LossTerms:
         logits = outputs["main"]
@@ -119,7 +131,8 @@ class SegmentationLoss(nn.Module):
         check_mask(mask)
         mask = mask.long()
         if self.validate:
-            check_labels(mask, logits.shape[1], self.ignore_index)
+            check_labels(mask, logits.shape[1], self.ignore_index, wait=not self._waited)
+            self._waited = True
         main = pixel_cross_entropy(logits, mask, self.ignore_index)
         zero = logits.new_zeros(())
         aux = se = zero

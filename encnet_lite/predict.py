@@ -14,12 +14,11 @@ prediction is :func:`encnet_lite.inference.predict`, as in evaluation: one scale
 default, ``--multi-scale`` for the paper's scales with flips; views larger than the
 training crop are scored by sliding windows of the crop's size.
 
-What a photo becomes before the model sees it (:func:`read_photo`): turned upright by its
-EXIF orientation (the mask matches what an image viewer shows); 16-bit images scaled by
-their range (/257), float images in [0, 1] by 255 (other float ranges are refused); a photo
-over ``ENCNET_MAX_IMAGE_PIXELS`` refused from its header, before decoding; one whose long
-side exceeds ``max_side`` (1024 px by default) segmented at that size, its labels scaled back
-(nearest) to the photo's size; one under 8 px a side refused.
+The photos are read, and the PNGs written, by :mod:`encnet_lite.images` (upright by EXIF
+orientation; 16-bit and float images by their range; the pixel limit checked from the
+header). This module adds what the model needs: a photo whose long side exceeds
+``max_side`` (1024 px by default) is segmented at that size, its labels scaled back
+(nearest) to the photo's size; one under 8 px a side is refused.
 """
 
 from __future__ import annotations
@@ -28,20 +27,19 @@ import argparse
 import math
 import sys
 from collections import Counter
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import nn
 
-from . import checkpoint as ckpt_io
 from .data.common import MAX_IMAGE_PIXELS
+from .images import class_shares, overlay, photo_size, read_photo, save_png, with_legend
 from .presets import TrainConfig
 
-__all__ = ["segment_image", "palette_for", "overlay", "save_png", "predict_files", "class_shares",
-           "read_photo", "photo_size", "output_stems", "main"]
+__all__ = ["segment_image", "palette_for", "predict_files", "check_photo", "output_stems",
+           "main"]
 
 PathLike = Union[str, Path]
 MIN_SIDE = 8  # the backbones' output stride: a smaller view has no feature cell at all
@@ -53,7 +51,7 @@ def palette_for(cfg: TrainConfig, num_classes: int) -> np.ndarray:
     from .data import voc_palette
     from .engine import scenes_dataset
 
-    if cfg.dataset == "scenes":  # day_night scenes have more classes, hence more colours
+    if cfg.data.dataset == "scenes":  # day_night scenes have more classes, hence more colours
         return scenes_dataset(cfg, "val", 1).palette
     return voc_palette(num_classes)
 
@@ -97,122 +95,6 @@ def segment_image(model: nn.Module, rgb: np.ndarray, num_classes: int, *,
     if size != (height, width):
         labels = np.asarray(Image.fromarray(labels).resize((width, height), Image.NEAREST))
     return labels
-
-
-def overlay(rgb: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """``rgb`` and ``colours`` (both ``(H, W, 3)`` uint8) blended: ``(1 - alpha) rgb + alpha c``.
-
-    Computed a band of rows at a time: float32 copies of a whole 80-megapixel photo would
-    take about 2 GB.
-    """
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha={alpha}: choose a value in [0, 1]")
-    out = np.empty(rgb.shape, np.uint8)
-    rows = max(1, (1 << 20) // max(1, rgb.shape[1]))
-    for r in range(0, rgb.shape[0], rows):
-        mixed = ((1 - alpha) * rgb[r:r + rows].astype(np.float32)
-                 + alpha * colours[r:r + rows].astype(np.float32))
-        out[r:r + rows] = np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
-    return out
-
-
-def save_png(path: Path, array: np.ndarray) -> Path:
-    """An RGB ``(H, W, 3)`` uint8 array as a PNG, written atomically."""
-    from PIL import Image
-
-    image = Image.fromarray(np.ascontiguousarray(array))
-    return ckpt_io.atomic_write(path, lambda f: image.save(f, format="PNG"))
-
-
-# --------------------------------------------------------------------------- reading photos
-
-
-def photo_size(path: PathLike) -> Tuple[int, int]:
-    """``(H, W)`` of the photo at ``path`` as shown upright (EXIF orientation applied), from
-    its header only; a missing, unreadable or too large file raises a ValueError naming it
-    (the pixel limit: ``ENCNET_MAX_IMAGE_PIXELS``)."""
-    from .data.common import open_image
-
-    path = Path(path)
-    _check_file(path)
-    with _decoding_errors(path):
-        with open_image(path, path) as img:
-            width, height = img.size
-            if img.getexif().get(0x0112) in (5, 6, 7, 8):  # turned by 90 degrees
-                width, height = height, width
-    return height, width
-
-
-def read_photo(path: PathLike) -> np.ndarray:
-    """The photo at ``path`` as ``(H, W, 3)`` uint8 RGB, upright (EXIF orientation applied).
-
-    16-bit images are scaled by their range (``v / 257``), float images by 255 if their
-    values are in [0, 1] (another range is refused: it has no agreed meaning); a ValueError
-    names a file that cannot be read.
-    """
-    from PIL import ImageOps
-
-    from .data.common import open_image
-
-    path = Path(path)
-    _check_file(path)
-    with _decoding_errors(path):
-        with open_image(path, path) as img:
-            img.load()  # decode now, so a truncated file fails here, naming it
-            return _to_rgb8(ImageOps.exif_transpose(img), path)
-
-
-def _to_rgb8(img, name: object) -> np.ndarray:
-    """``(H, W, 3)`` uint8 of a PIL image of any mode, by the range of its pixel type (PIL's
-    own ``convert("RGB")`` clips 16-bit and float values at 255)."""
-    from .data import DataError
-
-    if img.mode == "F":
-        a = np.asarray(img, dtype=np.float32)
-        low, high = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
-        if not (math.isfinite(low) and math.isfinite(high) and low >= 0 and high <= 1):
-            raise DataError(f"{name} is a floating-point image with values in [{low:g}, "
-                            f"{high:g}]; only [0, 1] has an agreed meaning: scale it to [0, 1] "
-                            "or save it as an 8-bit image")
-        grey = (a * 255 + 0.5).astype(np.uint8)
-    elif img.mode == "I" or img.mode.startswith("I;16"):
-        a = np.asarray(img).astype(np.int64)
-        if a.size and (a.min() < 0 or a.max() > 65535):
-            raise DataError(f"{name} is a 32-bit integer image with values in [{a.min()}, "
-                            f"{a.max()}], outside the 16-bit range; save it as an 8-bit or "
-                            "16-bit image")
-        grey = ((a + 128) // 257).astype(np.uint8)  # 0..65535 -> 0..255, rounded
-    else:
-        return np.asarray(img.convert("RGB"))
-    return np.repeat(grey[..., None], 3, axis=2)
-
-
-def _check_file(path: Path) -> None:
-    if path.is_dir():
-        raise ValueError(f"image {path} is a folder, not an image file: give the files in it")
-    if not path.is_file():
-        raise ValueError(f"image {path} does not exist (check the path)")
-
-
-@contextmanager
-def _decoding_errors(path: Path) -> Iterator[None]:
-    """PIL's errors while reading ``path`` become a DataError naming the file (the library's
-    own DataError, e.g. the pixel limit or a float range, passes as it is)."""
-    from PIL import UnidentifiedImageError
-
-    from .data import DataError
-
-    try:
-        yield
-    except DataError:
-        raise
-    except MemoryError:
-        raise DataError(f"image {path} does not fit in the memory available when decoded; "
-                        "downscale it, or lower ENCNET_MAX_IMAGE_PIXELS to refuse such "
-                        "images from their header") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"corrupt or unreadable image file {path}: "
-                        f"{' '.join(str(exc).split())} (give a JPEG or PNG photo)") from exc
 
 
 def min_side(multi_scale: bool) -> int:
@@ -291,7 +173,7 @@ def predict_files(model: nn.Module, cfg: TrainConfig, num_classes: int,
 
     Every image is checked from its header before any model work (exists, readable, within
     the pixel limit, large enough), so that a typo fails at once; images are then decoded one
-    at a time (:func:`read_photo`). ``max_side``: see :func:`segment_image`; ``options`` go
+    at a time (:func:`encnet_lite.images.read_photo`). ``max_side``: see :func:`segment_image`; ``options`` go
     to it. ``classes``: names of the classes, shown in a legend under the overlay (the most
     frequent predicted classes, with their colours and pixel shares). ``palette``: the
     colours, ``(num_classes, 3)`` uint8 (default: :func:`palette_for`). Returns, per image, the written paths (``"mask"``, ``"overlay"``), the class ids
@@ -317,44 +199,6 @@ def predict_files(model: nn.Module, cfg: TrainConfig, num_classes: int,
                         "overlay": save_png(out / f"{name}.overlay.png", blended),
                         "labels": labels, "model_size": model_size(*size, max_side)})
     return written
-
-
-def with_legend(image: np.ndarray, shares: Sequence[Tuple[str, float]],
-                classes: Sequence[str], palette: np.ndarray) -> np.ndarray:
-    """``image: (H, W, 3)`` uint8 with a white band below it naming ``shares`` (from
-    :func:`class_shares`): a swatch of each class's colour, its name and pixel share, as
-    many per row as fit the width. Returns ``(H + band, W, 3)`` uint8."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    font = ImageFont.load_default()
-    entries = [(f"{name} {100 * share:.0f}%", palette[list(classes).index(name)])
-               for name, share in shares]
-    width, line = image.shape[1], 16
-    widths = [int(font.getlength(text)) + 20 for text, _ in entries]
-    rows, x = 1, 4
-    for w in widths:  # greedy line breaking
-        if x + w > width and x > 4:
-            rows, x = rows + 1, 4
-        x += w
-    band = Image.new("RGB", (width, rows * line + 6), "white")
-    draw, x, y = ImageDraw.Draw(band), 4, 3
-    for (text, colour), w in zip(entries, widths):
-        if x + w > width and x > 4:
-            x, y = 4, y + line
-        draw.rectangle([x, y + 2, x + 10, y + 12], fill=tuple(int(c) for c in colour),
-                       outline="black")
-        draw.text((x + 14, y + 1), text, fill="black", font=font)
-        x += w
-    return np.concatenate([image, np.asarray(band, np.uint8)], axis=0)
-
-
-def class_shares(labels: np.ndarray, classes: Sequence[str], top: int = 5
-                 ) -> List[Tuple[str, float]]:
-    """The ``top`` most frequent predicted classes of ``labels`` with their pixel shares."""
-    counts = np.bincount(labels.ravel(), minlength=len(classes))
-    order = np.argsort(-counts)[:top]
-    return [(classes[i] if i < len(classes) else str(i), counts[i] / labels.size)
-            for i in order if counts[i]]
 
 
 # --------------------------------------------------------------------------- the CLI
@@ -387,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "for your own photos")
     p.add_argument("--weights-file", default=None, metavar="F",
                    help="with --weights: a local copy of its file (zip or .pth) to use")
-    p.add_argument("--no-verify", action="store_true",
+    p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="with --weights: skip the checksum (a file you trust)")
     p.add_argument("--out", required=True, help="folder for the PNGs (created if missing)")
     p.add_argument("--multi-scale", action="store_true",
@@ -447,18 +291,18 @@ def check_sizes(args: argparse.Namespace) -> None:
 
 def run_cli(args: argparse.Namespace) -> int:
     """``encnet-predict``'s work once its arguments are parsed."""
-    from . import cli
     from .data import voc_palette
+    from .engine import resolve_device
     from .evaluate import check_source, load_source
 
     check_sizes(args)
-    device = cli.check_device(args.device)
+    device = resolve_device(args.device, flag="--device")
     check_outputs(args.images, Path(args.out), check_source(args))
     for image in args.images:  # before the model is loaded: a typo fails at once
         check_photo(image, args.multi_scale, args.max_side or None)
     model, cfg, saved = load_source(args, device)
     crop = args.crop_size if args.crop_size is not None else (
-        None if cfg.dataset == "scenes" and not args.weights else cfg.crop_size)
+        None if cfg.data.dataset == "scenes" and not args.weights else cfg.data.crop_size)
     n = saved["num_classes"]
     written = predict_files(model, cfg, n, args.images, Path(args.out),
                             alpha=args.alpha, max_side=args.max_side or None,

@@ -1,8 +1,20 @@
-"""Training configurations: one frozen dataclass, :class:`TrainConfig`, and named presets.
+"""Training configurations: :class:`TrainConfig`, grouped by concern, and named presets.
 
-A preset is a function returning a :class:`TrainConfig`; keyword arguments override any
-field, so a chapter writes ``presets.scenes_encnet_tiny(epochs=3, out="runs/x")`` and the
-CLI ``encnet-train --preset scenes_encnet_tiny --epochs 3 --out runs/x``.
+A :class:`TrainConfig` holds a run's ``name`` and ``out`` folder and five groups, each a
+frozen dataclass: ``model`` (:class:`ModelConfig`: what network, and its loss weights),
+``data`` (:class:`DataConfig`: which images and views), ``scenes`` (:class:`ScenesConfig`:
+the synthetic ContextScenes data), ``optim`` (:class:`OptimConfig`: the schedule being
+followed) and ``runtime`` (:class:`RuntimeConfig`: where and how fast, which does not change
+what is learned). Code reads a field through its group (``cfg.optim.lr``,
+``cfg.model.backbone``); every leaf name is unique across the groups, so people keep writing
+flat names: a preset's keyword arguments, :meth:`TrainConfig.replace` and the CLI flags
+(``--lr``, ``--num-codes``) route each name to its group. A chapter writes
+``presets.scenes_encnet_tiny(epochs=3, out="runs/x")`` and the CLI
+``encnet-train --preset scenes_encnet_tiny --epochs 3 --out runs/x``.
+
+Resuming a run, each group's ``RESUME`` says what may change: ``"weights"`` (another value
+means other weights: the checkpoint is refused as incompatible), ``"recipe"`` (another value
+would not continue the same run: refused), ``"free"`` (allowed; also ``name`` and ``out``).
 
 The PASCAL presets follow the EncNet recipe (Zhang et al., CVPR 2018, and the official
 PyTorch-Encoding code): SGD with momentum 0.9 and
@@ -17,18 +29,18 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from dataclasses import dataclass, fields, replace
-from typing import Any, Callable, Dict, Mapping, Optional, Union
+from dataclasses import MISSING, dataclass, field, fields, replace
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Tuple, Union
 
-MODELS = ("encnet", "fcn")
+from .encoding import VARIANTS  # the encoding-layer variants a config may name
+from .errors import EncnetError
+
+ARCHS = ("encnet", "fcn")
 # "resnet50s"/"resnet101s": the official deep-stem ResNets (models.encnet_resnet50s).
 BACKBONES = ("tiny", "resnet50", "resnet101", "resnet50s", "resnet101s")
 DATASETS = ("scenes", "pcontext", "voc", "ade20k")
 AMP_MODES = ("auto", "on", "off", "bf16", "fp16")
 SWITCH_MODES = ("auto", "on", "off")
-# Encoding-layer variants: encnet_lite.encoding.VARIANTS (kept in sync by a test; presets
-# stays importable without torch).
-ENCODERS = ("official", "shared", "softplus", "normscale", "kmeans", "l2", "shared_kmeans")
 
 
 # The allowed range of every numeric field, as an interval ("[": bound included, "(":
@@ -48,7 +60,7 @@ RANGES = {
 }
 
 
-class ConfigRangeError(ValueError):
+class ConfigRangeError(EncnetError, ValueError):
     """A numeric field outside :data:`RANGES`; :meth:`for_flag` words it for the CLI."""
 
     def __init__(self, key: str, value: Any, rule: str, example: Any) -> None:
@@ -63,13 +75,13 @@ class ConfigRangeError(ValueError):
 
 
 def check_ranges(values: Mapping[str, Any]) -> None:
-    """Raise :class:`ConfigRangeError` for the first field of ``values`` (a config or a
-    checkpoint's config dict) outside :data:`RANGES`; fields not given are not checked."""
-    kinds = {f.name: f.type for f in fields(TrainConfig)}
+    """Raise :class:`ConfigRangeError` for the first field of ``values`` (flat names: a
+    group's fields, or :meth:`TrainConfig.flat`) outside :data:`RANGES`; fields not given
+    are not checked."""
     for key, interval in RANGES.items():
         if key not in values:
             continue
-        value, whole = values[key], kinds[key] == "int"
+        value, whole = values[key], LEAVES[key][1].type == "int"
         low, high = (float(t) for t in interval[1:-1].split(","))
         number = not isinstance(value, bool) and isinstance(value, (int, float)) and not (
             whole and not isinstance(value, int))
@@ -82,12 +94,80 @@ def check_ranges(values: Mapping[str, Any]) -> None:
             below = "" if math.isinf(high) else \
                 f" and {'at most' if interval[-1] == ']' else 'below'} {high:.0f}"
             raise ConfigRangeError(key, value, f"give {what} {above}{below}",
-                                   getattr(TrainConfig, key))
+                                   LEAVES[key][1].default)
+
+
+def _check_group(group: Any, choices: Mapping[str, Tuple[str, ...]]) -> None:
+    """A group's checks: booleans of the on/off switches become "on"/"off", each value of
+    ``choices`` is one of its names, every number is inside :data:`RANGES`."""
+    for key in ("amp", "channels_last"):
+        if isinstance(getattr(group, key, None), bool):
+            object.__setattr__(group, key, "on" if getattr(group, key) else "off")
+    for key, allowed in choices.items():
+        if getattr(group, key) not in allowed:
+            raise ValueError(f"{key}={getattr(group, key)!r}: choose one of {allowed}")
+    check_ranges(dataclasses.asdict(group))
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Everything that defines a training run. Every field is a CLI flag (``--num-codes``).
+class ModelConfig:
+    """The network and its loss weights (a checkpoint of another model is refused)."""
+
+    RESUME: ClassVar[str] = "weights"
+    arch: str = "encnet"  # "encnet" | "fcn"
+    backbone: str = "tiny"  # "tiny" | "resnet50" | "resnet101" | "resnet50s" | "resnet101s"
+    num_codes: int = 32  # K, codewords of the Context Encoding Module (EncNet only)
+    encoder: str = "official"  # EncNet: encoding-layer variant (encnet_lite.encoding.VARIANTS)
+    se_loss: bool = True  # SE branch + Semantic Encoding loss (EncNet only)
+    aux: bool = True  # auxiliary FCN head on backbone stage 3
+    lateral: bool = False  # EncNet: lateral c2/c3 connections (official code: on for PASCAL)
+    # Upsampling of the logits (official code: True). The weights fit either way (a
+    # checkpoint can be scored with the other value), but a resumed run may not change it.
+    align_corners: bool = False
+    se_weight: float = 0.2
+    aux_weight: float = 0.2
+
+    def __post_init__(self) -> None:
+        _check_group(self, {"arch": ARCHS, "backbone": BACKBONES, "encoder": VARIANTS})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset, and the training views of the PASCAL-style datasets."""
+
+    RESUME: ClassVar[str] = "recipe"
+    dataset: str = "scenes"  # "scenes" | "pcontext" | "voc" | "ade20k"
+    train_split: str = "train"  # PASCAL: "train" ("train_aug" for VOC with SBD)
+    crop_size: int = 480  # PASCAL: random crop side
+    base_size: int = 520  # PASCAL: long side before the random [0.5, 2] rescale
+
+    def __post_init__(self) -> None:
+        _check_group(self, {"dataset": DATASETS})
+
+
+@dataclass(frozen=True)
+class ScenesConfig:
+    """The synthetic ContextScenes data (``dataset="scenes"`` only)."""
+
+    RESUME: ClassVar[str] = "recipe"
+    num_train_images: int = 512
+    num_val_images: int = 128
+    image_size: int = 128  # side of the square synthetic images
+    data_seed: int = 0  # which synthetic images (train and val are disjoint)
+    min_lookalikes: int = 4  # fewest look-alike objects per image
+    max_lookalikes: int = 8  # most look-alike objects per image
+    day_night: bool = False  # a second context (day/night decides the birds)
+
+    def __post_init__(self) -> None:
+        _check_group(self, {})
+        if self.max_lookalikes < self.min_lookalikes:
+            raise ValueError(f"max_lookalikes ({self.max_lookalikes}) must be at least "
+                             f"min_lookalikes ({self.min_lookalikes})")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """The schedule a run follows, and the arithmetic of its steps.
 
     ``batch_size`` is the global batch: under torchrun each of the ``W`` processes loads
     ``batch_size / W`` images, so the recipe does not change with the number of GPUs.
@@ -96,37 +176,7 @@ class TrainConfig:
     (1e-3 for 16 images): do it yourself when you change ``batch_size``.
     """
 
-    name: str = "custom"
-    # --- model
-    model: str = "encnet"  # "encnet" | "fcn"
-    backbone: str = "tiny"  # "tiny" | "resnet50" | "resnet101" | "resnet50s" | "resnet101s"
-    num_codes: int = 32  # K, codewords of the Context Encoding Module (EncNet only)
-    se_loss: bool = True  # SE branch + Semantic Encoding loss (EncNet only)
-    aux: bool = True  # auxiliary FCN head on backbone stage 3
-    se_weight: float = 0.2
-    aux_weight: float = 0.2
-    lateral: bool = False  # EncNet: lateral c2/c3 connections (official code: on for PASCAL)
-    encoder: str = "official"  # EncNet: encoding-layer variant (encnet_lite.encoding.VARIANTS)
-    # Upsampling of the logits (official code: True). Not a MODEL_FIELD: the weights fit
-    # either way (a checkpoint can be scored with the other value); but it is part of the
-    # recipe, so a resumed run may not change it.
-    align_corners: bool = False
-    pretrained_backbone: bool = False  # ImageNet weights (ResNets; torchvision's cache)
-    backbone_weights: str = ""  # a local ImageNet state-dict file instead of the cache
-    # --- data
-    dataset: str = "scenes"  # "scenes" | "pcontext" | "voc" | "ade20k"
-    data_root: str = ""  # dataset folder (PASCAL); unused for the synthetic scenes
-    train_split: str = "train"  # PASCAL: "train" ("train_aug" for VOC with SBD)
-    num_train_images: int = 512  # scenes only
-    num_val_images: int = 128  # scenes only
-    image_size: int = 128  # scenes only: side of the square synthetic images
-    data_seed: int = 0  # scenes only: which synthetic images (train and val are disjoint)
-    min_lookalikes: int = 4  # scenes only: fewest look-alike objects per image
-    max_lookalikes: int = 8  # scenes only: most look-alike objects per image
-    day_night: bool = False  # scenes only: a second context (day/night decides the birds)
-    crop_size: int = 480  # PASCAL: random crop side
-    base_size: int = 520  # PASCAL: long side before the random [0.5, 2] rescale
-    # --- optimisation
+    RESUME: ClassVar[str] = "recipe"
     batch_size: int = 16  # global batch (all processes together)
     lr: float = 1e-3
     head_lr_mult: float = 10.0
@@ -134,12 +184,26 @@ class TrainConfig:
     weight_decay: float = 1e-4
     poly_power: float = 0.9
     epochs: int = 80
-    # --- runtime
     seed: int = 0
-    workers: int = 4  # DataLoader processes per training process
     # Mixed precision: "auto" (on for CUDA, off on CPU) | "on" (bf16 where supported, else
-    # fp16 with a grad scaler) | "off" | "bf16" | "fp16". True/False mean "on"/"off".
+    # fp16 with a grad scaler) | "off" | "bf16" | "fp16". True/False mean "on"/"off". Here
+    # and not in runtime: it changes the steps' arithmetic and the grad scaler's state
+    # that a resumed run continues.
     amp: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check_group(self, {"amp": AMP_MODES})
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where the inputs are and how fast the run goes: nothing that changes what is learned
+    (``weights_backbone`` initialises a new run only; a resumed one loads its own)."""
+
+    RESUME: ClassVar[str] = "free"
+    data_root: str = ""  # dataset folder (PASCAL); unused for the synthetic scenes
+    weights_backbone: str = ""  # "" (from scratch) | "imagenet" | a local ImageNet .pth file
+    workers: int = 4  # DataLoader processes per training process
     channels_last: str = "auto"  # "auto" (on for CUDA) | "on" | "off"; or True/False
     compile: bool = False  # torch.compile the model
     sync_bn: bool = True  # SyncBatchNorm when several processes train together
@@ -148,52 +212,106 @@ class TrainConfig:
     checkpoint_every: int = 0  # also checkpoint every N iterations (0: only each epoch)
     val_every: int = 1  # validate every N epochs (0: never; the last epoch always is)
     val_batch_size: int = 0  # 0: the per-process training batch
-    out: str = "runs/default"
     progress: bool = True  # tqdm bars (chapters may turn them off)
 
     def __post_init__(self) -> None:
-        for key in ("amp", "channels_last"):  # accept booleans for the switches
-            value = getattr(self, key)
-            if isinstance(value, bool):
-                object.__setattr__(self, key, "on" if value else "off")
-        checks = {
-            "model": (self.model, MODELS),
-            "backbone": (self.backbone, BACKBONES),
-            "dataset": (self.dataset, DATASETS),
-            "amp": (self.amp, AMP_MODES),
-            "channels_last": (self.channels_last, SWITCH_MODES),
-            "encoder": (self.encoder, ENCODERS),
-        }
-        for key, (value, allowed) in checks.items():
-            if value not in allowed:
-                raise ValueError(f"{key}={value!r}: choose one of {allowed}")
-        check_ranges(dataclasses.asdict(self))
-        if self.max_lookalikes < self.min_lookalikes:
-            raise ValueError(f"max_lookalikes ({self.max_lookalikes}) must be at least "
-                             f"min_lookalikes ({self.min_lookalikes})")
+        _check_group(self, {"channels_last": SWITCH_MODES})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run; every leaf field is a CLI flag
+    (``--num-codes``). Build one with a preset or ``TrainConfig().replace(lr=0.1, ...)``."""
+
+    name: str = "custom"
+    out: str = "runs/default"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    scenes: ScenesConfig = field(default_factory=ScenesConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            kind = f.default_factory if f.default_factory is not MISSING else str
+            if not isinstance(getattr(self, f.name), kind):
+                raise TypeError(f"{f.name}={getattr(self, f.name)!r}: give a "
+                                f"{kind.__name__}" + (" (the architecture is arch=...)"
+                                                      if f.name == "model" else ""))
 
     def to_dict(self) -> Dict[str, Any]:
+        """The nested dict (``{"name", "out", "model": {...}, ...}``) checkpoints store."""
         return dataclasses.asdict(self)
 
+    def flat(self) -> Dict[str, Any]:
+        """Every leaf by its flat name (``{"lr": ..., "num_codes": ...}``)."""
+        values = {"name": self.name, "out": self.out}
+        for part in self.to_dict().values():
+            if isinstance(part, dict):
+                values.update(part)
+        return values
+
     @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> TrainConfig:
-        """Inverse of :meth:`to_dict`; unknown keys (from a newer version) are dropped."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; also reads the flat dict of earlier versions (see
+        :func:`nest`). Unknown keys (from a newer version) are dropped."""
+        return cls().replace(**nest(data))
 
     def replace(self, **overrides: Any) -> TrainConfig:
-        return replace(self, **overrides)
+        """A copy with ``overrides``: flat leaf names (``lr=0.1``) or whole groups
+        (``model=ModelConfig(...)``); an unknown name is a TypeError naming it."""
+        top, grouped = {}, {}  # type: Dict[str, Any], Dict[str, Dict[str, Any]]
+        for key, value in overrides.items():
+            if key in TOP:
+                top[key] = value
+            elif key in LEAVES:
+                grouped.setdefault(LEAVES[key][0], {})[key] = value
+            else:
+                raise TypeError(f"TrainConfig has no field {key!r}; the fields are "
+                                f"{sorted(LEAVES)}")
+        for group, changes in grouped.items():
+            top[group] = replace(top.get(group, getattr(self, group)), **changes)
+        return replace(self, **top)
 
 
-# Fields that do not change what is learned (only where, how fast, what is shown):
-# resuming with other values of these is allowed.
-RUNTIME_FIELDS = frozenset(
-    {"name", "workers", "device", "progress", "out", "checkpoint_every", "val_every",
-     "val_batch_size", "compile", "threads", "data_root", "backbone_weights", "pretrained_backbone"}
-)
-# Fields that decide the model's architecture: a checkpoint with others is incompatible.
-MODEL_FIELDS = ("model", "backbone", "num_codes", "se_loss", "aux", "lateral", "dataset",
-                "encoder", "day_night")
+# The top-level fields by name, and every field by its flat name: (its group, the Field);
+# ``name`` and ``out`` are their own group.
+TOP = {f.name: f for f in fields(TrainConfig)}
+LEAVES: Dict[str, Tuple[str, dataclasses.Field]] = {
+    leaf.name: (f.name, leaf) for f in fields(TrainConfig)
+    for leaf in (fields(f.default_factory) if f.default_factory is not MISSING else [f])}
+
+
+def nest(data: Mapping[str, Any]) -> Dict[str, Any]:
+    """A stored config as :meth:`TrainConfig.replace` arguments: the one place where the
+    flat dict of earlier versions (45 fields, as in checkpoints and ``config.json`` written
+    before the groups) is read. ``model`` then named the architecture (now ``arch``);
+    ``pretrained_backbone`` and ``backbone_weights`` are now one ``weights_backbone``."""
+    out: Dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping) and key in TOP:  # a group of the nested form
+            out.update({k: v for k, v in value.items() if LEAVES.get(k, ("",))[0] == key})
+        elif key == "model":  # the flat form's architecture name
+            out["arch"] = value
+        elif key in LEAVES:
+            out[key] = value
+    if "backbone_weights" in data or "pretrained_backbone" in data:
+        out["weights_backbone"] = data.get("backbone_weights") or (
+            "imagenet" if data.get("pretrained_backbone") else "")
+    return out
+
+
+def resume_changes(old: TrainConfig, new: TrainConfig) -> Dict[str, List[str]]:
+    """The fields of ``new`` that differ from ``old`` (a checkpoint's), as
+    ``"lr: 0.05 -> 0.5"``, under the ``RESUME`` rule of their group (``"weights"``,
+    ``"recipe"``; ``"free"`` ones are left out)."""
+    changes: Dict[str, List[str]] = {"weights": [], "recipe": []}
+    before, after = old.flat(), new.flat()
+    for key, (group, _) in LEAVES.items():
+        rule = getattr(TOP[group].default_factory, "RESUME", "free")
+        if rule != "free" and before[key] != after[key]:
+            changes[rule].append(f"{key}: {before[key]!r} -> {after[key]!r}")
+    return changes
 
 
 def cpu_workers(most: int = 8) -> int:
@@ -204,12 +322,12 @@ def cpu_workers(most: int = 8) -> int:
 
 def _pascal(name: str, **kw: Any) -> TrainConfig:
     base = dict(
-        name=name, backbone="resnet50", pretrained_backbone=True, crop_size=480,
+        name=name, backbone="resnet50", weights_backbone="imagenet", crop_size=480,
         base_size=520, batch_size=16, lr=1e-3, epochs=80, workers=cpu_workers(),
         checkpoint_every=1000, align_corners=True,
     )
     base.update(kw)
-    return TrainConfig(**base)
+    return TrainConfig().replace(**base)
 
 
 def pcontext_encnet_r50(**overrides: Any) -> TrainConfig:
@@ -242,7 +360,7 @@ def pcontext_encnet_r101s(**overrides: Any) -> TrainConfig:
 
 def pcontext_fcn_r50(**overrides: Any) -> TrainConfig:
     """The FCN baseline under the same recipe (no Context Encoding, no SE-loss)."""
-    return pcontext_encnet_r50(name="pcontext_fcn_r50", model="fcn", se_loss=False,
+    return pcontext_encnet_r50(name="pcontext_fcn_r50", arch="fcn", se_loss=False,
                                lateral=False, out="runs/pcontext_fcn_r50").replace(**overrides)
 
 
@@ -295,7 +413,7 @@ def scenes_encnet_tiny(**overrides: Any) -> TrainConfig:
     against the other variants (``benchmarks/results/codewords.json``). Pass
     ``encoder="official"`` for the official layer.
     """
-    return TrainConfig(
+    return TrainConfig().replace(
         name="scenes_encnet_tiny", backbone="tiny", dataset="scenes", num_train_images=512,
         num_val_images=128, image_size=128, batch_size=16, lr=0.05, epochs=12, workers=0,
         threads=1, out="runs/scenes_encnet_tiny", encoder="shared_kmeans",
@@ -304,7 +422,7 @@ def scenes_encnet_tiny(**overrides: Any) -> TrainConfig:
 
 def scenes_fcn_tiny(**overrides: Any) -> TrainConfig:
     """The FCN baseline of :func:`scenes_encnet_tiny` (same data, schedule and budget)."""
-    return scenes_encnet_tiny(name="scenes_fcn_tiny", model="fcn", se_loss=False,
+    return scenes_encnet_tiny(name="scenes_fcn_tiny", arch="fcn", se_loss=False,
                               out="runs/scenes_fcn_tiny").replace(**overrides)
 
 
@@ -341,6 +459,7 @@ def parse_value(text: str, default: Any) -> Union[bool, int, float, str, Optiona
 
 
 __all__ = [
-    "TrainConfig", "PRESETS", "get_preset", "RUNTIME_FIELDS", "MODEL_FIELDS", "parse_value",
-    "RANGES", "ConfigRangeError", "check_ranges",
+    "TrainConfig", "ModelConfig", "DataConfig", "ScenesConfig", "OptimConfig", "RuntimeConfig",
+    "PRESETS", "get_preset", "parse_value", "nest", "resume_changes", "LEAVES", "RANGES",
+    "ConfigRangeError", "check_ranges",
 ] + list(PRESETS)

@@ -47,8 +47,8 @@ def catalogue_rows(entries: Optional[Sequence[WeightsEntry]] = None
     rows = []
     for e in CATALOGUE.values() if entries is None else entries:
         digits = 1 if e.source == "official" else 2  # as published
-        scores = "; ".join(f"{s.miou:.{digits}f}" + (f" / {s.pixacc:.1f}" if s.pixacc else "")
-                           for s in e.scores)
+        scores = "; ".join(f"{100 * s.mIoU:.{digits}f}" +
+                           (f" / {100 * s.pixAcc:.1f}" if s.pixAcc else "") for s in e.scores)
         rows.append((e.name, e.dataset, e.num_classes, scores,
                      _how([s.protocol for s in e.scores])))
     return rows
@@ -158,17 +158,18 @@ def score_rows(result: Mapping[str, Any], entry: WeightsEntry, who: str = "this 
 
     cm = ConfusionMatrix(entry.num_classes)
     cm.matrix = torch.tensor(result["confusion"], dtype=torch.int64)
-    occurring = int((~cm.iou_per_class().isnan()).sum())
+    occurring_only = cm.compute()  # the default protocol: the classes that occur
+    occurring = sum(x is not None for x in occurring_only["IoU"])
     n, c = result["num_images"], entry.num_classes
     rows = [(f"{who}, {n} images", f"{100 * result['pixAcc']:.1f}",
              f"{100 * result['mIoU']:.1f}", f"all {c} classes, an absent one counting 0")]
     if occurring < c:
-        rows.append((f"{who}, {n} images", "", f"{100 * cm.mean_iou():.1f}",
+        rows.append((f"{who}, {n} images", "", f"{100 * occurring_only['mIoU']:.1f}",
                      f"the {occurring} classes that occur"))
     digits = 1 if entry.source == "official" else 2  # as published
     for s in entry.scores:
-        pixacc = f"{s.pixacc:.1f}" if s.pixacc is not None else ""
-        rows.append((f"published ({s.where.split(',')[0]})", pixacc, f"{s.miou:.{digits}f}",
+        acc = f"{100 * s.pixAcc:.1f}" if s.pixAcc is not None else ""
+        rows.append((f"published ({s.where.split(',')[0]})", acc, f"{100 * s.mIoU:.{digits}f}",
                      f"all {c} classes, the whole val split"))
     return rows
 
@@ -184,7 +185,6 @@ class Inside(NamedTuple):
     se: Tensor  # (N, classes) presence logits of the SE branch
 
 
-@torch.no_grad()
 @torch.no_grad()
 def look_inside(model: nn.Module, images: Sequence[Tensor]) -> Inside:
     """Run an EncNet (eval mode, no autograd) on each of ``images`` (``(3, H, W)`` each,

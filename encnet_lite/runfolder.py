@@ -16,7 +16,7 @@
 - temporary files a killed writer left behind are removed.
 
 :class:`RunFolder` then writes ``config.json``, ``metrics.jsonl``, ``iterations.jsonl``
-and the checkpoints, every rewrite through :func:`encnet_lite.checkpoint.atomic_write`.
+and the checkpoints, every rewrite through :func:`encnet_lite.files.atomic_write`.
 """
 
 from __future__ import annotations
@@ -31,6 +31,16 @@ from pathlib import Path
 from typing import IO, Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import checkpoint as ckpt_io
+from .errors import EncnetError, FileWriteError
+from .files import (
+    TMP_MARK,
+    pid_alive,
+    stale_temporaries,
+    write_error,
+    write_json_atomic,
+    write_text_atomic,
+)
+from .presets import nest
 
 RUN_FILES = ("config.json", "metrics.jsonl", "iterations.jsonl", "last.pt", "best.pt")
 LOCK = "train.lock"
@@ -38,7 +48,7 @@ PathLike = Union[str, Path]
 ResumeArg = Union[None, bool, str, Path]
 
 
-class RunFolderError(RuntimeError):
+class RunFolderError(EncnetError, RuntimeError):
     """The run folder cannot be used as asked (the message says why and what to pass)."""
 
 
@@ -86,13 +96,14 @@ def old_run_files(path: Path) -> List[Path]:
 
 
 def _run_config(path: Path) -> Optional[Dict[str, Any]]:
-    """``path/config.json`` if it is a training config (a dict with a model and a dataset)."""
+    """``path/config.json`` if it is a training config (a dict naming a model and a dataset;
+    the flat config of earlier versions too)."""
     try:
         config = json.loads((path / "config.json").read_text())
     except (OSError, ValueError):
         return None
-    ok = isinstance(config, dict) and all(isinstance(config.get(k), str)
-                                          for k in ("model", "backbone", "dataset"))
+    ok = isinstance(config, dict) and all(isinstance(nest(config).get(k), str)
+                                          for k in ("arch", "backbone", "dataset"))
     return config if ok else None
 
 
@@ -144,7 +155,7 @@ def resume_source(path: Path, resume: ResumeArg) -> Optional[Path]:
         source = source / "last.pt"
     if not source.is_file():
         folder = source.parent if source.name == "last.pt" else Path(resume)
-        raise FileNotFoundError(nothing_to_resume(resume, folder))
+        raise RunFolderError(nothing_to_resume(resume, folder))
     return source
 
 
@@ -191,7 +202,7 @@ def acquire_lock(path: Path) -> Path:
     """
     lock = path / LOCK
     me = {"pid": os.getpid(), "host": socket.gethostname()}
-    tmp = ckpt_io.write_json_atomic(path / f".{LOCK}{ckpt_io.TMP_MARK}{os.getpid()}", me)
+    tmp = write_json_atomic(path / f".{LOCK}{TMP_MARK}{os.getpid()}", me)
     try:
         for _ in range(3):
             try:
@@ -227,7 +238,7 @@ def lock_is_stale(holder: Optional[Mapping[str, Any]]) -> bool:
     if holder is None:  # unreadable: not written by the link above, so no trainer's
         return True
     same_host = holder.get("host") == socket.gethostname()
-    return same_host and not ckpt_io.pid_alive(int(holder["pid"]))
+    return same_host and not pid_alive(int(holder["pid"]))
 
 
 def _locked_message(path: Path, holder: Mapping[str, Any]) -> str:
@@ -245,7 +256,7 @@ def release_lock(path: Path) -> None:
 
 def remove_stale_temporaries(path: Path) -> List[Path]:
     """Delete the temporary files of writers that are gone; returns them."""
-    stale = ckpt_io.stale_temporaries(path)
+    stale = stale_temporaries(path)
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
@@ -277,11 +288,11 @@ class RunFolder:
                 for old in old_run_files(self.path):
                     old.unlink(missing_ok=True)
                 self.replace = False
-            ckpt_io.write_json_atomic(self.path / "config.json", dict(config))
+            write_json_atomic(self.path / "config.json", dict(config))
             self.write_history(history)
             steps = [r for r in read_jsonl(self.path / "iterations.jsonl")
                      if r["iteration"] <= iteration] if iteration else []
-            ckpt_io.write_text_atomic(self.path / "iterations.jsonl", _jsonl(steps))
+            write_text_atomic(self.path / "iterations.jsonl", _jsonl(steps))
             self._step_log = open(self.path / "iterations.jsonl", "a")
 
     def log_step(self, record: Mapping[str, Any]) -> None:
@@ -293,7 +304,7 @@ class RunFolder:
     def write_history(self, history: Sequence[Mapping[str, Any]]) -> None:
         if self.active:
             with self._writing("metrics.jsonl"):
-                ckpt_io.write_text_atomic(self.path / "metrics.jsonl", _jsonl(history))
+                write_text_atomic(self.path / "metrics.jsonl", _jsonl(history))
 
     def save(self, name: str, ckpt: Mapping[str, Any]) -> None:
         """Save ``last.pt`` or ``best.pt`` atomically."""
@@ -304,16 +315,16 @@ class RunFolder:
     @contextlib.contextmanager
     def _writing(self, name: str) -> Iterator[None]:
         """A failed write (full disk, read-only folder) becomes one
-        :class:`~encnet_lite.checkpoint.CheckpointError` that also says how to go on with
+        :class:`~encnet_lite.errors.FileWriteError` that also says how to go on with
         this run afterwards (nested writes add it once)."""
         try:
             yield
-        except ckpt_io.CheckpointError as exc:
+        except FileWriteError as exc:
             if getattr(exc, "run_advice", False):
                 raise
             raise _with_advice(str(exc), self.path) from exc
         except OSError as exc:  # the step log is appended to, not written atomically
-            raise _with_advice(str(ckpt_io.write_error(self.path / name, exc)),
+            raise _with_advice(str(write_error(self.path / name, exc)),
                                self.path) from exc
 
     def close(self) -> None:
@@ -324,7 +335,7 @@ class RunFolder:
             release_lock(self.path)
 
 
-def _with_advice(message: str, path: Path) -> ckpt_io.CheckpointError:
+def _with_advice(message: str, path: Path) -> FileWriteError:
     """``message`` and how this run goes on once the cause is fixed (by what it holds)."""
     if (path / "last.pt").is_file():
         advice = "For this run, that means --resume: it continues from its last.pt."
@@ -334,7 +345,7 @@ def _with_advice(message: str, path: Path) -> ckpt_io.CheckpointError:
     else:
         advice = ("This run saved no last.pt yet, so not --resume: the same command without "
                   "--resume starts it afresh.")
-    error = ckpt_io.CheckpointError(f"{message} {advice}")
+    error = FileWriteError(f"{message} {advice}")
     error.run_advice = True  # type: ignore[attr-defined]
     return error
 

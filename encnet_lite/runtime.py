@@ -15,6 +15,8 @@ from typing import Optional, Union
 
 import torch
 
+from .engine import resolve_device
+
 MODES = ("quick", "full")
 MODE_ENV = "ENCNET_MODE"
 
@@ -36,8 +38,8 @@ def in_colab() -> bool:
 
 
 def get_device() -> torch.device:
-    """The CUDA device when one is visible, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The CUDA device when one is visible, else the CPU (``resolve_device("auto")``)."""
+    return resolve_device("auto")
 
 
 def persistent_dir(name: str, local_root: Union[str, Path] = "..") -> Path:

@@ -22,8 +22,8 @@ writes, every file atomically):
 - ``best.pt``: the model with the best validation mIoU so far, written before ``last.pt``
   records it;
 - ``metrics.jsonl``: one line per epoch (``epoch, iteration, loss, main, aux, se, lr,
-  seconds, images_per_s`` and, after a validation, ``pixAcc, mIoU, iou`` and for EncNet
-  the codeword health of :func:`encnet_lite.context.codeword_health`);
+  seconds, images_per_s`` and, after a validation, ``pixAcc, mIoU, IoU`` (fractions) and
+  for EncNet the codeword health of :func:`encnet_lite.context.codeword_health`);
   ``iterations.jsonl``: one line per step (``iteration, epoch, loss, main, aux, se, lr``);
   ``config.json``.
 
@@ -42,7 +42,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -66,7 +66,6 @@ from .engine import (
     resolve_amp,
     resolve_channels_last,
     resolve_device,
-    scores,
     to_device,
     train_loader,
     train_step,
@@ -74,15 +73,16 @@ from .engine import (
     val_loader,
     validate,
 )
+from .errors import DataError
 from .metrics import ConfusionMatrix
 from .presets import (
-    MODEL_FIELDS,
+    LEAVES,
     PRESETS,
-    RUNTIME_FIELDS,
     ConfigRangeError,
     TrainConfig,
     get_preset,
     parse_value,
+    resume_changes,
 )
 from .runfolder import RunFolder
 
@@ -98,7 +98,7 @@ class TrainResult:
     config: TrainConfig
     out: Path
     classes: List[str] = field(default_factory=list)
-    best_miou: float = float("nan")
+    best_mIoU: float = float("nan")
     confusion: Optional[ConfusionMatrix] = None  # of this call's last validation
 
     @property
@@ -142,11 +142,14 @@ class Run:
 
 
 def load_history(out: Union[str, Path], name: str = "metrics.jsonl") -> List[Dict[str, Any]]:
-    """Read back a run's per-epoch log (``name="iterations.jsonl"``: the per-step log)."""
+    """Read back a run's per-epoch log (``name="iterations.jsonl"``: the per-step log);
+    records of runs from before the one score format come back in it (``IoU``)."""
+    from .metrics import upgrade_scores
+
     path = Path(out) / name
     if not path.is_file():
         raise FileNotFoundError(f"no {name} in {out}: not a training run folder")
-    return runfolder.read_jsonl(path)
+    return upgrade_scores(runfolder.read_jsonl(path))
 
 
 def train(cfg: TrainConfig, *, resume: runfolder.ResumeArg = None, overwrite: bool = False,
@@ -169,8 +172,8 @@ def train(cfg: TrainConfig, *, resume: runfolder.ResumeArg = None, overwrite: bo
     history (losses and metrics are reduced over processes). The thread count and the
     global RNGs are restored on return.
     """
-    with process_state(cfg.threads):
-        info = dist_utils.setup(resolve_device(cfg.device).type)
+    with process_state(cfg.runtime.threads):
+        info = dist_utils.setup(resolve_device(cfg.runtime.device).type)
         datasets = checked_datasets(cfg)
         folder, source = open_folder(cfg, resume, overwrite, info)
         try:  # a replaced run's files go only once setup succeeded (folder.start)
@@ -180,13 +183,13 @@ def train(cfg: TrainConfig, *, resume: runfolder.ResumeArg = None, overwrite: bo
             run = setup(cfg, info, datasets, folder, model, saved)
             state = start_state(run, saved)
             cm = None
-            for epoch in range(state.epoch, cfg.epochs):
+            for epoch in range(state.epoch, cfg.optim.epochs):
                 train_one_epoch(run, state, epoch)
                 validated = finish_epoch(run, state, epoch)  # validates, saves, logs
                 cm = validated if validated is not None else cm
         finally:
             folder.close()
-    best = state.best_miou if state.best_epoch else float("nan")
+    best = state.best_mIoU if state.best_epoch else float("nan")
     return TrainResult(unwrap(run.model).eval(), state.history, cfg, folder.path, run.classes,
                        best, cm)
 
@@ -198,7 +201,7 @@ def checked_datasets(cfg: TrainConfig) -> Tuple[Dataset, Dataset]:
     """``(train, val)``; an empty validation split is an error (its mIoU would be NaN)."""
     train_ds, val_ds = build_datasets(cfg)
     if len(val_ds) == 0:  # type: ignore[arg-type]
-        raise ValueError("the validation split is empty (num_val_images 0?): validation "
+        raise DataError("the validation split is empty (num_val_images 0?): validation "
                          "needs at least one image, e.g. --num-val-images 8")
     return train_ds, val_ds
 
@@ -222,20 +225,19 @@ def open_folder(cfg: TrainConfig, resume: runfolder.ResumeArg, overwrite: bool,
 
 def load_resumable(source: Optional[Path], cfg: TrainConfig,
                    train_ds: Dataset) -> Optional[Dict[str, Any]]:
-    """The checkpoint to continue (None for a new run), checked against ``cfg``: the same
-    model (else IncompatibleCheckpointError) and the same recipe (else ValueError: a
-    changed schedule would not continue the same run)."""
+    """The checkpoint to continue (None for a new run), checked against ``cfg`` by the
+    ``RESUME`` rule of each config group (:mod:`encnet_lite.presets`): the same model (else
+    IncompatibleCheckpointError) and the same recipe (else the same error: a changed schedule
+    would not continue the same run)."""
     if source is None:
         return None
     saved = ckpt_io.load_training(source)
-    ckpt_io.check_compatible(saved, cfg.to_dict(), _num_classes(train_ds), MODEL_FIELDS)
-    old, new = saved["config"], cfg.to_dict()
-    changed = [f"{k}: {old[k]!r} -> {new[k]!r}" for k in new
-               if k in old and k not in RUNTIME_FIELDS and k not in MODEL_FIELDS
-               and old[k] != new[k]]
-    if changed:
-        raise ValueError("resume continues the checkpoint's run, but the recipe changed ("
-                         + "; ".join(changed) + "); start a new run in another --out instead")
+    changes = resume_changes(ckpt_io.saved_config(saved, source), cfg)
+    ckpt_io.check_compatible(saved, _num_classes(train_ds), changes["weights"])
+    if changes["recipe"]:
+        raise ckpt_io.IncompatibleCheckpointError(
+            "resume continues the checkpoint's run, but the recipe changed ("
+            + "; ".join(changes["recipe"]) + "); start a new run in another --out instead")
     return saved
 
 
@@ -246,48 +248,118 @@ def _num_classes(ds: Dataset) -> int:
 def setup(cfg: TrainConfig, info: DistInfo, datasets: Tuple[Dataset, Dataset],
           folder: RunFolder, model: Optional[nn.Module] = None,
           saved: Optional[Dict[str, Any]] = None) -> Run:
-    """Model (same initial weights on every process), optimizer, schedule, loaders."""
+    """The :class:`Run`: where it computes, the model (same initial weights on every
+    process), the labels, the optimizer and schedule, the loaders."""
+    train_ds, val_ds = datasets
+    where = placement(cfg)  # after dist setup: this process's GPU under torchrun
+    labels = label_info(train_ds)
+    raw = place_model(cfg, info, where, labels.num_classes, model, saved)
+    sampler = TrainSampler(len(train_ds), cfg.optim.batch_size, cfg.optim.seed, info)
+    steps = optimization(raw, cfg, sampler, where)
+    loaders = build_loaders(cfg, datasets, sampler, info, where)
+    health = torch.stack([val_ds[i][0] for i in range(min(HEALTH_IMAGES, len(val_ds)))])
+    return Run(cfg=cfg, info=info, device=where.device, amp_dtype=where.amp_dtype,
+               channels_last=where.channels_last, model=wrap_model(raw, cfg, info, where),
+               optimizer=steps.optimizer, scheduler=steps.scheduler, scaler=steps.scaler,
+               loss_fn=loss_function(cfg, labels), sampler=sampler, loader=loaders.train,
+               vloader=loaders.val, classes=labels.classes, num_classes=labels.num_classes,
+               ignore_index=labels.ignore_index, health_images=health, folder=folder)
+
+
+@dataclass
+class Placement:
+    """Where a run computes, and in what arithmetic."""
+
+    device: torch.device
+    amp_dtype: Optional[torch.dtype]  # None: full precision
+    channels_last: bool
+
+
+def placement(cfg: TrainConfig) -> Placement:
+    """``cfg``'s device, mixed precision and memory format, resolved for this machine."""
+    device = resolve_device(cfg.runtime.device)
+    return Placement(device=device, amp_dtype=resolve_amp(cfg.optim.amp, device),
+                     channels_last=resolve_channels_last(cfg.runtime.channels_last, device))
+
+
+@dataclass
+class Labels:
+    """What the training set says about its classes."""
+
+    classes: List[str]
+    num_classes: int
+    ignore_index: int
+
+
+def label_info(train_ds: Dataset) -> Labels:
+    return Labels(classes=list(getattr(train_ds, "classes", [])),
+                  num_classes=_num_classes(train_ds),
+                  ignore_index=int(getattr(train_ds, "ignore_index", 255)))
+
+
+@dataclass
+class Steps:
+    """What makes an optimizer step: the optimizer, its poly schedule, the grad scaler."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+
+
+def optimization(model: nn.Module, cfg: TrainConfig, sampler: TrainSampler,
+                 where: Placement) -> Steps:
+    """SGD over ``model``'s parameter groups, scheduled over every step of the run."""
+    optimizer = build_optimizer(model, cfg)
+    total = cfg.optim.epochs * sampler.batches_per_epoch
+    return Steps(optimizer=optimizer,
+                 scheduler=build_scheduler(optimizer, total, cfg.optim.poly_power),
+                 scaler=make_scaler(where.amp_dtype, where.device))
+
+
+def loss_function(cfg: TrainConfig, labels: Labels) -> nn.Module:
     from .losses import SegmentationLoss
 
-    train_ds, val_ds = datasets
-    device = resolve_device(cfg.device)  # after dist setup: this process's GPU under torchrun
-    amp_dtype = resolve_amp(cfg.amp, device)
-    channels_last = resolve_channels_last(cfg.channels_last, device)
-    num_classes = _num_classes(train_ds)
-    raw = place_model(cfg, info, device, channels_last, num_classes, model, saved)
-    optimizer = build_optimizer(raw, cfg)
-    sampler = TrainSampler(len(train_ds), cfg.batch_size, cfg.seed, info)
-    scheduler = build_scheduler(optimizer, cfg.epochs * sampler.batches_per_epoch,
-                                cfg.poly_power)
-    wrapped = raw
+    return SegmentationLoss(se_weight=cfg.model.se_weight, aux_weight=cfg.model.aux_weight,
+                            ignore_index=labels.ignore_index)
+
+
+@dataclass
+class Loaders:
+    train: DataLoader  # this process's shard of each global batch
+    val: DataLoader
+
+
+def build_loaders(cfg: TrainConfig, datasets: Tuple[Dataset, Dataset], sampler: TrainSampler,
+                  info: DistInfo, where: Placement) -> Loaders:
+    """The training loader (batches from ``sampler``) and the validation loader (this
+    process's share of the images; ``val_batch_size`` 0: the per-process batch)."""
+    pin, workers = where.device.type == "cuda", cfg.runtime.workers
+    return Loaders(
+        train=train_loader(datasets[0], sampler, workers, pin_memory=pin),
+        val=val_loader(datasets[1], cfg.runtime.val_batch_size or sampler.local_batch,
+                       workers, info, pin_memory=pin))
+
+
+def wrap_model(model: nn.Module, cfg: TrainConfig, info: DistInfo,
+               where: Placement) -> nn.Module:
+    """What the loop calls: ``model`` in DistributedDataParallel under torchrun, compiled
+    if ``compile``."""
     if info.enabled:
-        ids = [device.index] if device.type == "cuda" else None
-        wrapped = nn.parallel.DistributedDataParallel(raw, device_ids=ids)
-    if cfg.compile:
-        wrapped = torch.compile(wrapped)
-    ignore_index = int(getattr(train_ds, "ignore_index", 255))
-    pin = device.type == "cuda"
-    health = torch.stack([val_ds[i][0] for i in range(min(HEALTH_IMAGES, len(val_ds)))])
-    return Run(
-        cfg, info, device, amp_dtype, channels_last, wrapped, optimizer, scheduler,
-        make_scaler(amp_dtype, device),
-        SegmentationLoss(se_weight=cfg.se_weight, aux_weight=cfg.aux_weight,
-                         ignore_index=ignore_index),
-        sampler, train_loader(train_ds, sampler, cfg.workers, pin_memory=pin),
-        val_loader(val_ds, cfg.val_batch_size or sampler.local_batch, cfg.workers, info,
-                   pin_memory=pin),
-        list(getattr(train_ds, "classes", [])), num_classes, ignore_index, health, folder)
+        ids = [where.device.index] if where.device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if cfg.runtime.compile:
+        model = torch.compile(model)
+    return model
 
 
-def place_model(cfg: TrainConfig, info: DistInfo, device: torch.device, channels_last: bool,
-                num_classes: int, model: Optional[nn.Module],
-                saved: Optional[Dict[str, Any]]) -> nn.Module:
-    """``model`` (or a new one from ``cfg``) on ``device`` with the saved weights, if any."""
-    _seed_everything(cfg.seed)
+def place_model(cfg: TrainConfig, info: DistInfo, where: Placement, num_classes: int,
+                model: Optional[nn.Module], saved: Optional[Dict[str, Any]]) -> nn.Module:
+    """``model`` (or a new one from ``cfg``) on the device with the saved weights, if any."""
+    _seed_everything(cfg.optim.seed)
     if model is None:
         model = _new_model(cfg, num_classes, fresh=saved is None)
-    model = model.to(device)
-    if channels_last:
+    model = model.to(where.device)
+    if where.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if saved is not None:
         try:
@@ -295,27 +367,28 @@ def place_model(cfg: TrainConfig, info: DistInfo, device: torch.device, channels
         except RuntimeError as exc:  # a model built differently (missing keys, shapes)
             raise ckpt_io.IncompatibleCheckpointError(
                 f"the checkpoint does not fit the model: {exc}") from exc
-    if info.enabled and cfg.sync_bn:
-        model = dist_utils.convert_sync_batchnorm(model, device.type)
+    if info.enabled and cfg.runtime.sync_bn:
+        model = dist_utils.convert_sync_batchnorm(model, where.device.type)
     return model
 
 
 def _new_model(cfg: TrainConfig, num_classes: int, fresh: bool) -> nn.Module:
     """A model built from ``cfg``; ImageNet weights only for a ``fresh`` run (resuming
-    overwrites them). A ``--backbone-weights`` file of another network is one line."""
-    from .models.backbones import WeightsError
+    overwrites them). A ``--weights-backbone`` file of another network is one line."""
+    from .errors import WeightsError
 
     if not fresh:
-        cfg = cfg.replace(pretrained_backbone=False, backbone_weights="")
+        cfg = cfg.replace(weights_backbone="")
+    weights, backbone = cfg.runtime.weights_backbone, cfg.model.backbone
     try:
         return build_model(cfg, num_classes)
     except RuntimeError as exc:
-        if not (cfg.backbone_weights and "loading state_dict" in str(exc)):
+        if weights in ("", "imagenet") or "loading state_dict" not in str(exc):
             raise
         why = " ".join(str(exc).split())[:200]
-        raise WeightsError(f"--backbone-weights {cfg.backbone_weights} does not fit the "
-                           f"{cfg.backbone} backbone ({why} ...); give ImageNet weights "
-                           f"made for {cfg.backbone}") from exc
+        raise WeightsError(f"--weights-backbone {weights} does not fit the {backbone} "
+                           f"backbone ({why} ...); give ImageNet weights made for "
+                           f"{backbone}") from exc
 
 
 def _seed_everything(seed: int) -> None:
@@ -333,7 +406,7 @@ def start_state(run: Run, saved: Optional[Dict[str, Any]]) -> TrainState:
     and RNGs restored and a missing ``best.pt`` repaired; then the logs are (re)written."""
     if saved is None:
         state = TrainState()
-        _seed_everything(run.cfg.seed + 1 + run.info.rank)  # dropout masks differ per process
+        _seed_everything(run.cfg.optim.seed + 1 + run.info.rank)  # dropout masks differ per process
     else:
         state = ckpt_io.restore(saved, run.parts)
         rngs, info = saved["rng"], run.info
@@ -351,7 +424,7 @@ def repair_best(run: Run, state: TrainState) -> None:
         run.folder.save("best.pt", ckpt_io.best_checkpoint(
             run.header, unwrap(run.model).state_dict(), state))
     elif action == "reset":
-        state.best_miou, state.best_epoch = float("-inf"), 0
+        state.best_mIoU, state.best_epoch = float("-inf"), 0
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -367,8 +440,8 @@ def train_one_epoch(run: Run, state: TrainState, epoch: int) -> None:
     done = state.iteration - epoch * per_epoch
     run.sampler.set_epoch(epoch, skip_batches=done)
     run.model.train()
-    bar = tqdm(total=per_epoch, initial=done, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-               disable=not (cfg.progress and run.info.is_main), dynamic_ncols=True)
+    bar = tqdm(total=per_epoch, initial=done, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
+               disable=not (cfg.runtime.progress and run.info.is_main), dynamic_ncols=True)
     tick = time.perf_counter()
     for images, masks in run.loader:
         lr = run.optimizer.param_groups[0]["lr"]
@@ -381,9 +454,9 @@ def train_one_epoch(run: Run, state: TrainState, epoch: int) -> None:
         state.epoch_seconds += now - tick
         tick = now
         bar.update(1)
-        speed = (bar.n - done) * cfg.batch_size / max(bar.format_dict["elapsed"], 1e-9)
+        speed = (bar.n - done) * cfg.optim.batch_size / max(bar.format_dict["elapsed"], 1e-9)
         bar.set_postfix(loss=f"{terms[0]:.3f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
-        if (cfg.checkpoint_every and state.iteration % cfg.checkpoint_every == 0
+        if (cfg.runtime.checkpoint_every and state.iteration % cfg.runtime.checkpoint_every == 0
                 and state.iteration % per_epoch):
             save_checkpoints(run, state, best=False)
             tick = time.perf_counter()  # checkpoint time is not training time
@@ -418,22 +491,25 @@ def finish_epoch(run: Run, state: TrainState, epoch: int) -> Optional[ConfusionM
     record["lr"] = run.optimizer.param_groups[0]["lr"]
     # Rank 0's clock for everyone, so that every process returns the same history.
     seconds = float(dist_utils.broadcast_object(state.epoch_seconds, run.info))
-    record.update(seconds=seconds, images_per_s=per_epoch * cfg.batch_size / max(seconds, 1e-9))
+    record.update(seconds=seconds,
+                  images_per_s=per_epoch * cfg.optim.batch_size / max(seconds, 1e-9))
     cm = None
-    if (cfg.val_every and (epoch + 1) % cfg.val_every == 0) or epoch + 1 == cfg.epochs:
+    every = cfg.runtime.val_every
+    if (every and (epoch + 1) % every == 0) or epoch + 1 == cfg.optim.epochs:
         cm = validate(run.model, run.vloader, run.num_classes, run.device, run.info,
-                      run.amp_dtype, run.channels_last, run.ignore_index, progress=cfg.progress)
-        record.update(scores(cm))
+                      run.amp_dtype, run.channels_last, run.ignore_index,
+                      progress=cfg.runtime.progress)
+        record.update(cm.compute())
         record.update(health(run))
     state.history.append(record)
     state.epoch, state.epoch_sums, state.epoch_seconds = epoch + 1, torch.zeros_like(
         state.epoch_sums), 0.0
     improved = "mIoU" in record and state.improves(record["mIoU"])
     if improved:
-        state.best_miou, state.best_epoch = record["mIoU"], epoch + 1
+        state.best_mIoU, state.best_epoch = record["mIoU"], epoch + 1
     save_checkpoints(run, state, best=improved)
     run.folder.write_history(state.history)
-    if cfg.progress and run.info.is_main:
+    if cfg.runtime.progress and run.info.is_main:
         from tqdm.auto import tqdm
 
         tqdm.write(_epoch_line(record))
@@ -499,12 +575,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time N training iterations (default 5) and a few evaluated images, "
                    "print speed, memory and time per epoch / schedule / evaluation, and exit "
                    "without writing anything")
-    defaults = TrainConfig()
-    for f in fields(TrainConfig):
-        default = getattr(defaults, f.name)
-        kind = "true/false" if isinstance(default, bool) else type(default).__name__
-        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
-                       metavar=kind.upper(), help=f"({kind})")
+    for name, (group, f) in LEAVES.items():  # one flag per leaf field, flat names
+        kind = "true/false" if isinstance(f.default, bool) else type(f.default).__name__
+        where = "" if group == name else f"; {group}"
+        p.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
+                       metavar=kind.upper(), help=f"({kind}{where})")
     return p
 
 
@@ -520,34 +595,29 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     elif resume_path:
         found = ckpt_io.find_resume(resume_path)
         if found is None:
-            raise FileNotFoundError(_no_resume_message(Path(resume_path)))
+            raise runfolder.RunFolderError(_no_resume_message(Path(resume_path)))
         saved = ckpt_io.load(found)
         ckpt_io.check_header(saved, found)
-        try:
-            cfg = TrainConfig.from_dict(saved["config"])
-        except (TypeError, ValueError) as exc:  # a model name this version lacks, ...
-            raise ckpt_io.IncompatibleCheckpointError(
-                f"{found}: its config does not fit this version ({exc}); resume a run of "
-                "this version, or start a new one with --preset") from None
+        cfg = ckpt_io.saved_config(saved, found)
     else:
         raise UsageError("give --preset NAME (or --resume PATH); --help lists the presets")
     if resume_path:
         path = Path(resume_path)  # a run folder, or a checkpoint file in one
         cfg = cfg.replace(out=str(path.parent if path.is_file() or path.suffix == ".pt"
                                   else path))
-    overrides = {}
-    for f in fields(TrainConfig):
-        text = getattr(args, f.name)
+    overrides, current = {}, cfg.flat()
+    for name in LEAVES:
+        text = getattr(args, name)
         if text is not None:
             try:
-                overrides[f.name] = parse_value(text, getattr(cfg, f.name))
+                overrides[name] = parse_value(text, current[name])
             except ValueError as exc:
-                raise UsageError(f"--{f.name.replace('_', '-')} {text}: {exc}") from None
+                raise UsageError(f"--{name.replace('_', '-')} {text}: {exc}") from None
     try:
         return cfg.replace(**overrides)
     except ConfigRangeError as exc:  # --lr nan, --poly-power -1: named as typed
         raise UsageError(exc.for_flag(getattr(args, exc.key, None))) from None
-    except ValueError as exc:  # TrainConfig's own checks (a bad model name)
+    except ValueError as exc:  # TrainConfig's own checks (a bad --arch name)
         raise UsageError(str(exc)) from None
 
 
@@ -570,11 +640,11 @@ def check_cli_config(cfg: TrainConfig, writes: bool = True, resumes: bool = Fals
     written (``writes``)."""
     from . import cli
 
-    cli.check_threads(cfg.threads)
-    if cfg.dataset == "scenes" and cfg.num_val_images < 1:
-        raise cli.UsageError(f"--num-val-images {cfg.num_val_images}: validation needs at "
-                             "least one image, e.g. --num-val-images 8")
-    cli.check_device(cfg.device)
+    cli.check_threads(cfg.runtime.threads)
+    if cfg.data.dataset == "scenes" and cfg.scenes.num_val_images < 1:
+        raise cli.UsageError(f"--num-val-images {cfg.scenes.num_val_images}: validation "
+                             "needs at least one image, e.g. --num-val-images 8")
+    resolve_device(cfg.runtime.device, flag="--device")
     if not resumes:
         check_backbone_weights(cfg)
     if writes:
@@ -582,23 +652,27 @@ def check_cli_config(cfg: TrainConfig, writes: bool = True, resumes: bool = Fals
 
 
 def check_backbone_weights(cfg: TrainConfig) -> None:
-    """``cfg.backbone_weights`` (if given) is a file for a ResNet backbone, and not an
-    encnet_lite checkpoint (loading one as ImageNet weights would list every key of the
-    backbone as missing). Other faults are named by the loader when the model is built."""
-    from .models.backbones import WeightsError
+    """``cfg.runtime.weights_backbone`` (if given) is meant for a ResNet backbone and, if
+    it is a file, is not an encnet_lite checkpoint (loading one as ImageNet weights would
+    list every key of the backbone as missing). Other faults are named by the loader when
+    the model is built."""
+    from .errors import WeightsError
 
-    if not cfg.backbone_weights:
+    weights, flag = cfg.runtime.weights_backbone, "--weights-backbone"
+    if not weights:
         return
-    path, flag = Path(cfg.backbone_weights).expanduser(), "--backbone-weights"
-    if cfg.backbone == "tiny":
-        raise ValueError(f"{flag} {path}: the tiny backbone has no ImageNet weights (it "
-                         "trains from scratch); drop the flag, or pick --backbone resnet50")
+    if cfg.model.backbone == "tiny":
+        raise WeightsError(f"{flag} {weights}: the tiny backbone has no ImageNet weights (it "
+                           "trains from scratch); drop the flag, or pick --backbone resnet50")
+    if weights == "imagenet":  # torchvision's cache (downloaded when the model is built)
+        return
+    path = Path(weights).expanduser()
     if path.is_dir():
-        raise IsADirectoryError(f"{flag} {path} is a folder: give the weights file itself "
-                                "(a torchvision ResNet .pth)")
+        raise WeightsError(f"{flag} {path} is a folder: give the weights file itself (a "
+                           "torchvision ResNet .pth)")
     if not path.is_file():
-        raise FileNotFoundError(f"{flag} {path}: no such file; give a torchvision ResNet "
-                                "ImageNet .pth file, or drop the flag")
+        raise WeightsError(f"{flag} {path}: no such file; give a torchvision ResNet ImageNet "
+                           ".pth file, or drop the flag")
     try:  # mmap: only the small dict structure is read, not the tensors
         peek = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # not a zip checkpoint: the backbone's loader says what it is
@@ -639,7 +713,7 @@ def run_cli(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0 and result.history and "mIoU" in result.history[-1]:
         last = result.history[-1]
         print(f"done: val pixAcc {100 * last['pixAcc']:.2f} mIoU {100 * last['mIoU']:.2f} "
-              f"(best mIoU {100 * result.best_miou:.2f}); checkpoints in {result.out}")
+              f"(best mIoU {100 * result.best_mIoU:.2f}); checkpoints in {result.out}")
     return 0
 
 

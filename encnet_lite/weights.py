@@ -7,7 +7,7 @@ an entry of :data:`CATALOGUE` (a :class:`WeightsEntry`: URL, checksum, file form
 classes and their names, input normalisation, ``align_corners``, lateral connections,
 base and crop size, published scores with their protocol and source)::
 
-    from encnet_lite.weights import load_weights
+    from encnet_lite.models import load_weights
     model = load_weights("EncNet_ResNet50s_PContext")       # eval mode, verified
     model.weights_meta.classes[:3]                           # ('aeroplane', 'bag', 'bed')
 
@@ -30,7 +30,7 @@ How a file becomes a model, and why it is lossless:
 - the renamed dict must fill every key of our model with the right shape (strict); a file
   that fits no entry is refused with the missing, unexpected and misshapen keys named.
 
-Errors are :class:`~encnet_lite.models.backbones.WeightsError`. The ``encnet-weights`` CLI
+Errors are :class:`~encnet_lite.errors.WeightsError`. The ``encnet-weights`` CLI
 lists the catalogue and fetches a file ahead of time (``encnet-weights download NAME``).
 """
 
@@ -51,13 +51,15 @@ from torch import Tensor, nn
 
 from .data.ade20k import CLASSES as ADE20K_CLASSES
 from .data.pcontext import CLASSES_59
-from .models.backbones import WeightsError
+from .errors import WeightsError
 
 __all__ = [
-    "CATALOGUE", "IMAGENET_BACKBONES", "RULES", "BackboneWeights", "Score", "WeightsEntry",
-    "WeightsError", "build_model", "check_builder_args", "config_for", "convert_state_dict",
-    "download_weights", "export_state_dict", "fit_state_dict", "get_entry",
-    "load_imagenet_backbone", "load_weights", "main", "read_state_dict", "save_published", "url_for", "weights_dir",
+    "CATALOGUE", "IMAGENET_BACKBONES", "RULES", "BackboneWeights", "Cost", "Score",
+    "WeightsEntry", "cost_table",
+    "check_builder_args", "config_for", "convert_state_dict", "download_weights",
+    "export_state_dict", "fetch_state_dict", "fit_state_dict", "get_entry",
+    "imagenet_state_dict", "main", "read_state_dict", "save_published", "url_for",
+    "weights_dir",
 ]
 
 PathLike = Union[str, Path]
@@ -84,12 +86,51 @@ DATASETS = {
 
 @dataclass(frozen=True)
 class Score:
-    """A published score: ``miou`` and ``pixacc`` in percent (None where not published)."""
+    """A published score: ``mIoU`` and ``pixAcc`` as fractions, like
+    :meth:`~encnet_lite.metrics.ConfusionMatrix.compute` (``pixAcc`` None where not
+    published)."""
 
-    miou: float
-    pixacc: Optional[float]
+    mIoU: float
+    pixAcc: Optional[float]
     protocol: str  # how it was measured
     where: str  # where it is published
+
+    @classmethod
+    def published(cls, mIoU: float, pixAcc: Optional[float], protocol: str,
+                  where: str) -> Score:
+        """A score from the numbers as published: percent."""
+        return cls(mIoU / 100, None if pixAcc is None else pixAcc / 100, protocol, where)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What training and running a published model cost, as published (None: not published).
+
+    ``train_mem_gb``: peak training memory per GPU in GB (mmsegmentation: the largest
+    ``torch.cuda.max_memory_allocated()`` of its 4 GPUs); ``infer_ms``: one image, batch 1,
+    FP32, forward and post-processing without data loading; ``iters`` (or ``epochs``)
+    steps of ``gpus`` x ``batch_per_gpu`` images, ``crop_size`` (H, W) each.
+    """
+
+    gpus: int
+    batch_per_gpu: int
+    crop_size: Tuple[int, int]
+    iters: Optional[int]
+    epochs: Optional[int]
+    hardware: Optional[str]  # the GPU type, e.g. "V100"
+    train_mem_gb: Optional[float]
+    infer_ms: Optional[float]
+    where: str
+
+    @property
+    def fps(self) -> Optional[float]:
+        """Images per second at inference (1000 / ``infer_ms``)."""
+        return None if self.infer_ms is None else 1000.0 / self.infer_ms
+
+    @property
+    def batch(self) -> int:
+        """Images per training step, over all GPUs."""
+        return self.gpus * self.batch_per_gpu
 
 
 @dataclass(frozen=True)
@@ -150,6 +191,11 @@ class WeightsEntry:
         """Key of :data:`RULES` that renames this file's keys to ours."""
         return f"{self.source}-{self.model}"
 
+    @property
+    def cost(self) -> Optional[Cost]:
+        """Published training and inference cost (:data:`COSTS`), None where none is."""
+        return COSTS.get(self.name.lower())
+
     def summary(self) -> str:
         stem = {"deep64": "deep stem", "deep32": "ResNetV1c stem"}[self.stem]
         lateral = ", lateral" if self.lateral else ""
@@ -197,18 +243,18 @@ _MMSEG_SS = {
 }
 
 
-def _official(name: str, sha1: str, model: str, depth: int, dataset: str, pixacc: float,
-              miou: float, base: int = 520, crop: int = 480) -> WeightsEntry:
+def _official(name: str, sha1: str, model: str, depth: int, dataset: str, pixAcc: float,
+              mIoU: float, base: int = 520, crop: int = 480) -> WeightsEntry:
     stem = f"{name.lower()}-{sha1[:8]}"
     return WeightsEntry(
         name=name, source="official", url=f"{OFFICIAL_HOST}{stem}.zip", algo="sha1",
         digest=sha1, model=model, depth=depth, stem="deep64", dataset=dataset,
         lateral=model == "encnet" and dataset == "pcontext", se_loss=model == "encnet",
         align_corners=True, base_size=base, crop_size=(crop, crop),
-        scores=(Score(miou, pixacc, _ZOO_PROTOCOL, _ZOO_DOCS),))
+        scores=(Score.published(mIoU, pixAcc, _ZOO_PROTOCOL, _ZOO_DOCS),))
 
 
-def _mmseg(name: str, folder: str, stamp: str, depth: int, miou: float, ms_miou: float,
+def _mmseg(name: str, folder: str, stamp: str, depth: int, mIoU: float, ms_mIoU: float,
            crop: Tuple[int, int]) -> WeightsEntry:
     dataset = "ade20k" if "ade20k" in name else "cityscapes"
     slide = crop == (769, 769)
@@ -219,8 +265,8 @@ def _mmseg(name: str, folder: str, stamp: str, depth: int, miou: float, ms_miou:
         stem="deep32", dataset=dataset, lateral=False, se_loss=True,
         align_corners=slide,  # the 769x769 Cityscapes configs set align_corners=True
         base_size=512 if dataset == "ade20k" else 1024, crop_size=crop, protocol="mmseg",
-        scores=(Score(miou, None, single, _MMSEG_DOCS), Score(ms_miou, None, _MMSEG_MS,
-                                                              _MMSEG_DOCS)))
+        scores=(Score.published(mIoU, None, single, _MMSEG_DOCS),
+                Score.published(ms_mIoU, None, _MMSEG_MS, _MMSEG_DOCS)))
 
 
 _ENTRIES = (
@@ -262,6 +308,70 @@ _ENTRIES = (
            "20200622_003555-470ef79d", 101, 76.10, 76.97, (769, 769)),
 )
 CATALOGUE: Dict[str, WeightsEntry] = {e.name.lower(): e for e in _ENTRIES}
+
+# Published cost. mmsegmentation: configs/encnet/README.md ("Mem (GB)", "Inf time (fps)";
+# commit 02e04cc2), metafile.yaml ("Batch Size", "Training Resources: V100"; commit 94ebf0a0),
+# metafile_fps.yml ("inference time (ms/im)", V100, PyTorch, batch 1, FP32, for every row;
+# commit 22ae924d) and docs/en/model_zoo.md (4 GPUs; memory and timing method). The README
+# leaves the memory of the 80k Cityscapes and 160k ADE20K rows blank ("-"): None here,
+# although their models equal the shorter runs'. The official zoo states only its training
+# command (4 GPUs, the script's default batch of 16; 80 epochs on PASCAL-Context).
+_MMSEG_COST_WHERE = ("mmsegmentation configs/encnet/README.md, metafile.yaml, metafile_fps.yml; "
+                     "docs/en/model_zoo.md")
+_MMSEG_MODEL_COST = {  # (dataset, crop, depth): (train memory GB per GPU, inference ms/image)
+    ("cityscapes", (512, 1024), 50): (8.6, 218.34),
+    ("cityscapes", (512, 1024), 101): (12.1, 375.94),
+    ("cityscapes", (769, 769), 50): (9.8, 549.45),
+    ("cityscapes", (769, 769), 101): (13.7, 793.65),
+    ("ade20k", (512, 512), 50): (10.1, 43.84),
+    ("ade20k", (512, 512), 101): (13.6, 67.25),
+}
+_MMSEG_MEM_PUBLISHED = {("cityscapes", 40_000), ("ade20k", 80_000)}  # README rows with Mem
+
+
+def _mmseg_cost(entry: WeightsEntry) -> Cost:
+    """Cost of an mmsegmentation entry; GPUs, batch and iterations read from its name."""
+    gpus, rest = entry.name.split("_")[2].split("xb")  # e.g. "4xb2-40k" -> "4", "2-40k"
+    batch, iters = rest.split("-")
+    iters_n = int(iters.rstrip("k")) * 1000
+    mem, ms = _MMSEG_MODEL_COST[(entry.dataset, entry.crop_size, entry.depth)]
+    return Cost(gpus=int(gpus), batch_per_gpu=int(batch), crop_size=entry.crop_size,
+                iters=iters_n, epochs=None, hardware="V100",
+                train_mem_gb=mem if (entry.dataset, iters_n) in _MMSEG_MEM_PUBLISHED else None,
+                infer_ms=ms, where=_MMSEG_COST_WHERE)
+
+
+def _official_cost(entry: WeightsEntry) -> Cost:
+    return Cost(gpus=4, batch_per_gpu=4, crop_size=entry.crop_size, iters=None,
+                epochs=80 if entry.dataset == "pcontext" else None, hardware=None,
+                train_mem_gb=None, infer_ms=None,
+                where="PyTorch-Encoding docs/source/model_zoo/segmentation.rst (training "
+                      "command), experiments/segmentation/option.py (defaults)")
+
+
+COSTS: Dict[str, Cost] = {
+    key: (_mmseg_cost if e.source == "mmseg" else _official_cost)(e)
+    for key, e in CATALOGUE.items()}
+
+
+def cost_table(names: Optional[Sequence[str]] = None) -> Tuple[List[str], List[List[str]]]:
+    """Header and rows of the published cost of ``names`` (default: every mmsegmentation
+    entry), for :func:`encnet_lite.viz.markdown_table`; "-" where nothing is published."""
+    entries = ([get_entry(n) for n in names] if names is not None
+               else [e for e in _ENTRIES if e.source == "mmseg"])
+    header = ["model", "crop", "training", "GPU", "train memory per GPU", "inference"]
+    rows = []
+    for e in entries:
+        c = COSTS[e.name.lower()]  # every catalogue entry has one
+        steps = f"{c.iters // 1000}k iterations" if c.iters else f"{c.epochs or '?'} epochs"
+        infer = "-" if c.infer_ms is None else f"{c.infer_ms:g} ms/image ({c.fps:.2f} fps)"
+        mem = "-" if c.train_mem_gb is None else f"{c.train_mem_gb:g} GB"
+        rows.append([e.name, "x".join(map(str, c.crop_size)),
+                     f"{steps} of {c.gpus} x {c.batch_per_gpu} images", c.hardware or "-",
+                     mem, infer])
+    return header, rows
+
+
 IMAGENET_BACKBONES: Dict[str, BackboneWeights] = {
     "resnet50s": BackboneWeights("resnet50s", f"{OFFICIAL_HOST}resnet50s-a75c83cf.zip", "sha1",
                                  "a75c83cfc89a56a4e8ba71b14f1ec67e923787b3", 50),
@@ -434,7 +544,7 @@ def _torch_load(data: bytes, label: str) -> Dict[str, Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}  # saved from DataParallel
 
 
-def read_state_dict(path: PathLike, entry: Optional[AnyEntry] = None,
+def read_state_dict(path: PathLike, entry: Optional[AnyEntry] = None, *,
                     verify: bool = True) -> Dict[str, Tensor]:
     """The tensors of a published file (zoo zip, ``.pth``, mmsegmentation dict), under their
     published names. With ``entry`` and ``verify``, the checksum is checked first."""
@@ -525,7 +635,7 @@ def save_published(state: Mapping[str, Tensor], entry: Union[str, WeightsEntry],
     """Write ``state`` (published names) as the published file would be: the official
     zoo's zip holding ``<name>-<sha1[:8]>.pth`` (``zipped``, the default for official
     entries) or that ``.pth``; mmsegmentation's ``{"state_dict", "meta"}`` dict."""
-    from .checkpoint import atomic_write
+    from .files import atomic_write
 
     entry = get_entry(entry)
     buffer = io.BytesIO()
@@ -544,23 +654,10 @@ def save_published(state: Mapping[str, Tensor], entry: Union[str, WeightsEntry],
     return atomic_write(path, write)
 
 
-# --------------------------------------------------------------------------- models
-
-
-def build_model(entry: Union[str, WeightsEntry], device: Union[str, torch.device] = "cpu"
-                ) -> nn.Module:
-    """The architecture of ``entry``, randomly initialised (``device="meta"``: no memory,
-    no initialisation cost; :func:`load_weights` fills it)."""
-    from .models import segmentation as seg
-
-    entry = get_entry(entry)
-    with torch.device(device):
-        backbone = seg.ResNetBackbone(entry.depth, stem=entry.stem)
-        if entry.model == "fcn":
-            return seg.FCN(backbone, entry.num_classes, aux=entry.aux,
-                           align_corners=entry.align_corners)
-        return seg.EncNet(backbone, entry.num_classes, aux=entry.aux, se_loss=entry.se_loss,
-                          lateral=entry.lateral, align_corners=entry.align_corners)
+# --------------------------------------------------------------------------- for the models
+#
+# The catalogue makes no model: it hands the models (:mod:`encnet_lite.models`, which import
+# this module, never the other way round) state dicts that they load themselves.
 
 
 def config_for(entry: Union[str, WeightsEntry]):
@@ -568,13 +665,13 @@ def config_for(entry: Union[str, WeightsEntry]):
     (dataset, data root, base and crop size, ``align_corners``, lateral), so that
     evaluation and prediction treat a published model like a checkpoint of a run. Its
     backbone names the nearest of ours (``resnet50s``/``resnet101s``): the model itself
-    comes from :func:`load_weights`, never from this config."""
+    comes from :func:`encnet_lite.models.load_weights`, never from this config."""
     from .presets import DATASETS, TrainConfig
 
     entry = get_entry(entry)
     dataset = entry.dataset if entry.dataset in DATASETS else "scenes"
-    return TrainConfig(
-        name=entry.name, model=entry.model, backbone=f"resnet{entry.depth}s",
+    return TrainConfig().replace(
+        name=entry.name, arch=entry.model, backbone=f"resnet{entry.depth}s",
         se_loss=entry.se_loss, aux=entry.aux, lateral=entry.lateral,
         align_corners=entry.align_corners, dataset=dataset,
         data_root="" if dataset == "scenes" else f"data/{dataset}",
@@ -588,30 +685,25 @@ def _set_aside(path: Path) -> Path:
     return bad
 
 
-def load_weights(name: Union[str, WeightsEntry], file: Optional[PathLike] = None, *,
-                 verify: bool = True, progress: bool = True,
-                 cache_dir: Optional[PathLike] = None) -> nn.Module:
-    """The published model ``name`` (see :data:`CATALOGUE`; case-insensitive), in eval mode
-    on the CPU, with its :class:`WeightsEntry` as ``model.weights_meta``.
+def fetch_state_dict(entry: AnyEntry, file: Optional[PathLike] = None, *, verify: bool = True,
+                     progress: bool = True, cache_dir: Optional[PathLike] = None
+                     ) -> Tuple[Dict[str, Tensor], Path]:
+    """``(tensors under their published names, the file they came from)`` of ``entry``.
 
     ``file``: a local copy (the zoo's zip or the ``.pth`` in it; mmsegmentation's ``.pth``)
-    instead of the cache. ``verify=False`` skips the checksum (for a file you trust, e.g.
-    re-saved). ``progress``: download progress bar. ``cache_dir``: see :func:`weights_dir`.
+    instead of the cache, else the cached copy, else a download into the cache.
+    ``verify=False`` skips the checksum (for a file you trust, e.g. re-saved). ``progress``:
+    download progress bar. ``cache_dir``: see :func:`weights_dir`. The tensors still have to
+    be renamed and fitted to a model: :func:`fit_state_dict`.
     """
-    entry = get_entry(name)
     if file is not None:
         path, fresh = Path(file).expanduser(), False
     else:
         path, fresh = _fetch(entry, cache_dir, progress)
-    state = _torch_load(*_checked_payload(path, entry, fresh, verify))
-    model = build_model(entry, device="meta")
-    model.load_state_dict(fit_state_dict(state, entry, model.state_dict(), str(path)),
-                          strict=True, assign=True)
-    model.weights_meta = entry
-    return model.eval()
+    return _torch_load(*_checked_payload(path, entry, fresh=fresh, verify=verify)), path
 
 
-def _checked_payload(path: Path, entry: AnyEntry, fresh: bool, verify: bool
+def _checked_payload(path: Path, entry: AnyEntry, *, fresh: bool, verify: bool
                      ) -> Tuple[bytes, str]:
     """:func:`_payload` of ``path``, its checksum checked when ``verify`` (a fresh download
     that fails is moved aside, so that the next attempt downloads it again)."""
@@ -631,13 +723,14 @@ def download_weights(name: Union[str, WeightsEntry], *, file: Optional[PathLike]
                      progress: bool = True) -> Path:
     """Put a verified copy of ``name``'s file into the cache and return its path: download
     it (or find it there), or, with ``file``, copy that local file in (e.g. one fetched by
-    hand where the host refuses scripts). :func:`load_weights` then needs no network."""
-    from .checkpoint import atomic_write
+    hand where the host refuses scripts). :func:`encnet_lite.models.load_weights` then
+    needs no network."""
+    from .files import atomic_write
 
     entry = get_entry(name)
     if file is None:
         path, fresh = _fetch(entry, cache_dir, progress)
-        _checked_payload(path, entry, fresh, verify)
+        _checked_payload(path, entry, fresh=fresh, verify=verify)
         return path
     source = Path(file).expanduser()
     data, label = _payload(source)
@@ -655,30 +748,29 @@ def download_weights(name: Union[str, WeightsEntry], *, file: Optional[PathLike]
     return atomic_write(target, copy)
 
 
-def load_imagenet_backbone(backbone: nn.Module, weights_path: Optional[PathLike] = None, *,
-                           progress: bool = True, cache_dir: Optional[PathLike] = None) -> None:
-    """Load ImageNet weights into a deep-stem :class:`~encnet_lite.models.ResNetBackbone`.
+def imagenet_state_dict(depth: int, stem: str, expected: Mapping[str, Tensor],
+                        weights_path: Optional[PathLike] = None, *, progress: bool = True,
+                        cache_dir: Optional[PathLike] = None) -> Dict[str, Tensor]:
+    """ImageNet weights of a deep-stem ResNet-``depth``, renamed to fill exactly the keys of
+    ``expected`` (the state dict of a :class:`~encnet_lite.models.ResNetBackbone`, which
+    loads the result itself).
 
     ``stem="deep64"``: the official ``resnet50s``/``resnet101s`` (:data:`IMAGENET_BACKBONES`,
     downloaded, cached and verified like the models), or ``weights_path``, a local copy
     (zip or ``.pth``; not checksummed: it may be your own). ``stem="deep32"``: only
-    ``weights_path`` (mmsegmentation's ResNetV1c key names). Strict after renaming; the
-    ImageNet classifier ``fc.*`` is dropped.
+    ``weights_path`` (mmsegmentation's ResNetV1c key names). The ImageNet classifier
+    ``fc.*`` is dropped; any other key that does not fit is a :class:`WeightsError`.
     """
-    depth, stem = backbone.depth, backbone.stem_type
     entry: AnyEntry = IMAGENET_BACKBONES.get(f"resnet{depth}s") if stem == "deep64" else None
     if entry is None:
         entry = BackboneWeights(f"ResNetV1c-{depth}", "", "sha256", "", depth, stem, "mmseg")
         if weights_path is None:
             raise WeightsError(f"no ImageNet weights are catalogued for stem={stem!r}; pass "
-                               "weights_path= a local ResNetV1c state dict, or "
-                               "pretrained=False")
-    if weights_path is not None:
-        path, state = Path(weights_path), read_state_dict(weights_path)
-    else:
-        path, fresh = _fetch(entry, cache_dir, progress)
-        state = _torch_load(*_checked_payload(path, entry, fresh, verify=True))
-    backbone.load_state_dict(fit_state_dict(state, entry, backbone.state_dict(), str(path)))
+                               "weights_backbone= a local ResNetV1c state-dict file, or "
+                               "weights_backbone=None")
+    state, path = fetch_state_dict(entry, weights_path, verify=weights_path is None,
+                                   progress=progress, cache_dir=cache_dir)
+    return fit_state_dict(state, entry, expected, str(path))
 
 
 def check_builder_args(weights: str, model: str, depth: int, stem: Optional[str],
@@ -694,9 +786,9 @@ def check_builder_args(weights: str, model: str, depth: int, stem: Optional[str]
     wanted = {"num_classes": entry.num_classes, "stem": entry.stem, "aux": entry.aux,
               "se_loss": entry.se_loss, "lateral": entry.lateral, "num_codes": 32,
               "head_channels": 512, "encoder": "official", "output_stride": 8,
-              "pretrained_backbone": False, "weights_path": None}
-    defaults = {"num_classes": None, "stem": None, "pretrained_backbone": False,
-                "weights_path": None, "output_stride": 8}
+              "weights_backbone": None}
+    defaults = {"num_classes": None, "stem": None, "weights_backbone": None,
+                "output_stride": 8}
     for key, value in given.items():
         if key == "align_corners" or value == defaults.get(key, object()):
             continue
@@ -714,8 +806,8 @@ def _table(folder: Path) -> List[str]:
     lines = [f"{'name':<44} {'dataset':<10} {'classes':>7} {'cached':<6} "
              "published mIoU [/ pixAcc] (%)"]
     for e in _ENTRIES:
-        scores = "; ".join(f"{s.miou:.2f}" + (f" / {s.pixacc:.1f}" if s.pixacc else "")
-                           for s in e.scores)
+        scores = "; ".join(f"{100 * s.mIoU:.2f}" +
+                           (f" / {100 * s.pixAcc:.1f}" if s.pixAcc else "") for s in e.scores)
         cached = "yes" if any((folder / n).is_file() for n in _cache_names(e)) else "no"
         lines.append(f"{e.name:<44} {e.dataset:<10} {e.num_classes:>7} {cached:<6} {scores}")
     lines += ["", "official: multi-scale + flip (PyTorch-Encoding docs); mmseg: single scale; "
@@ -739,9 +831,9 @@ def build_parser():
     fetch.add_argument("--file", default=None,
                        help="a copy fetched by hand: verify it and put it into the cache")
     fetch.add_argument("--cache", default=None, help="cache folder")
-    fetch.add_argument("--no-verify", action="store_true",
+    fetch.add_argument("--no-verify", dest="verify", action="store_false",
                        help="skip the checksum (only for a file you trust)")
-    fetch.add_argument("--quiet", action="store_true", help="no progress bar")
+    fetch.add_argument("--quiet", dest="progress", action="store_false", help="no progress bar")
     return parser
 
 
@@ -756,7 +848,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print("\n".join(_table(weights_dir(args.cache))))
             return 0
         path = download_weights(args.name, file=args.file, cache_dir=args.cache,
-                                verify=not args.no_verify, progress=not args.quiet)
+                                verify=args.verify, progress=args.progress)
         print(f"{get_entry(args.name).name}: {path}")
         return 0
 

@@ -15,7 +15,7 @@ from encnet_lite import inference, viz
 from encnet_lite import weights as W
 from encnet_lite.data import voc_palette
 from encnet_lite.metrics import ConfusionMatrix
-from encnet_lite.models import encnet_tiny, fcn_tiny
+from encnet_lite.models import build_published, encnet_tiny, fcn_tiny, load_weights
 from encnet_lite.pretrained import (
     catalogue_rows,
     conversion_report,
@@ -36,7 +36,7 @@ def fabricate_official(path, name=PC50, counters=True, seed=0):
     as files saved before 2018. Returns ``(path, published state)``."""
     entry = W.get_entry(name)
     torch.manual_seed(seed)
-    state = W.export_state_dict(W.build_model(entry), entry)
+    state = W.export_state_dict(build_published(entry), entry)
     if not counters:
         state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
     state["pretrained.fc.weight"] = torch.randn(1000, 2048)
@@ -59,11 +59,11 @@ def test_catalogue_rows_give_each_entry_its_published_scores():
     name, dataset, classes, scores, how = rows[[r[0] for r in rows].index(PC50)]
     (score,) = entry.scores
     assert (dataset, classes) == ("pcontext", 59)
-    assert scores == f"{score.miou:.1f} / {score.pixacc:.1f}"
+    assert scores == "51.0 / 79.2"  # the published percent (the Score holds fractions)
     assert how == "official ms + flip" and "flip" in score.protocol
     mmseg = [e for e in W.CATALOGUE.values() if e.source == "mmseg"][0]
     (row,) = catalogue_rows([mmseg])
-    assert row[3] == "; ".join(f"{s.miou:.2f}" for s in mmseg.scores)  # no pixAcc published
+    assert row[3] == "; ".join(f"{100 * s.mIoU:.2f}" for s in mmseg.scores)  # no pixAcc
     assert row[4] == "mmseg ss; ms + flip"
 
 
@@ -73,7 +73,7 @@ def test_catalogue_rows_give_each_entry_its_published_scores():
 def test_conversion_report_counts_renamed_dropped_filled_and_identical(pc50_file):
     path, state = pc50_file
     entry = W.get_entry(PC50)
-    model = W.load_weights(PC50, file=path, verify=False)
+    model = load_weights(PC50, file=path, verify=False)
     published = W.read_state_dict(path)
     report = conversion_report(published, model, entry)
     loaded = len(state) - 2  # all but the ImageNet classifier
@@ -149,28 +149,29 @@ def confusion_with(classes, present, seed=0):
 
 
 def result_of(cm, images=3):
-    return {"pixAcc": cm.pixel_accuracy(), "mIoU": cm.mean_iou(absent_as_zero=True),
-            "confusion": cm.matrix.tolist(), "num_images": images}
+    return {**cm.compute(absent_as_zero=True), "confusion": cm.counts().tolist(),
+            "num_images": images}
 
 
 def test_score_rows_set_ours_beside_the_published_and_show_the_subset_effect():
     entry = W.get_entry(PC50)
     cm = confusion_with(59, [3, 17, 40])
     rows = score_rows(result_of(cm), entry)
-    assert rows[0] == ("this library, 3 images", f"{100 * cm.pixel_accuracy():.1f}",
-                       f"{100 * cm.mean_iou(absent_as_zero=True):.1f}",
+    official, default = cm.compute(absent_as_zero=True), cm.compute()
+    assert rows[0] == ("this library, 3 images", f"{100 * official['pixAcc']:.1f}",
+                       f"{100 * official['mIoU']:.1f}",
                        "all 59 classes, an absent one counting 0")
-    assert rows[1][2] == f"{100 * cm.mean_iou():.1f}" and "the 3 classes" in rows[1][3]
+    assert rows[1][2] == f"{100 * default['mIoU']:.1f}" and "the 3 classes" in rows[1][3]
     assert float(rows[1][2]) > float(rows[0][2])  # the official mean counts 56 zeros
     (score,) = entry.scores
-    assert rows[2][1:3] == (f"{score.pixacc:.1f}", f"{score.miou:.1f}")
+    assert rows[2][1:3] == ("79.2", "51.0")  # as published
     # Every class occurs: the two means agree, and only the official one is shown.
     entry19 = dataclasses.replace(entry, dataset="cityscapes")
     everything = confusion_with(19, list(range(19)))
     rows = score_rows(result_of(everything), entry19)
     assert [r[0] for r in rows] == ["this library, 3 images", rows[1][0]]
     assert rows[1][0].startswith("published")
-    assert everything.mean_iou() == everything.mean_iou(absent_as_zero=True)
+    assert everything.compute() == everything.compute(absent_as_zero=True)
 
 
 # ---------------------------------------------------------------------------- inside
@@ -179,7 +180,7 @@ def test_score_rows_set_ours_beside_the_published_and_show_the_subset_effect():
 @pytest.mark.numerics
 def test_look_inside_keeps_what_the_model_computes_per_image():
     torch.manual_seed(0)
-    model = encnet_tiny(5, num_codes=8).eval()
+    model = encnet_tiny(num_classes=5, num_codes=8).eval()
     images = [torch.randn(3, 40, 56), torch.randn(3, 64, 32)]
     inside = look_inside(model, images)
     assert [tuple(a.shape) for a in inside.assignments] == [(5, 7, 8), (8, 4, 8)]
@@ -194,7 +195,7 @@ def test_look_inside_keeps_what_the_model_computes_per_image():
     module = model.head.encode
     assert not module._forward_pre_hooks  # the hook is removed
     with pytest.raises(ValueError, match="SE branch"):
-        look_inside(fcn_tiny(5).eval(), images)
+        look_inside(fcn_tiny(num_classes=5).eval(), images)
 
 
 def test_presence_rows_compare_the_se_top_classes_with_the_labels():
@@ -261,7 +262,7 @@ def test_rehearsal_chapter_08_full_mode_on_fabricated_data_and_weights(tmp_path,
         o.get("data", {}).get("text/markdown", "") for c in nb.cells for o in c.get("outputs", []))
 
     assert "FULL mode" in text and "RANDOM WEIGHTS" not in text and "verified: False" in text
-    counters = sum(k.endswith("num_batches_tracked") for k in W.build_model(PC50, "meta")
+    counters = sum(k.endswith("num_batches_tracked") for k in build_published(PC50, "meta")
                    .state_dict())
     assert f"{len(state)} tensors in the file: {len(state) - 2} loaded under a new name" in text
     assert "dropped, known to be unused: pretrained.fc.bias, pretrained.fc.weight" in text

@@ -52,7 +52,7 @@ def files(tmp_path_factory):
     _checkpoint(d / "no_classes.pt", drop=("num_classes",))
     bad_model = _checkpoint(d / "bad_model.pt")
     saved = ckpt_io.load(bad_model)
-    saved["config"]["model"] = "unet"
+    saved["config"]["model"]["arch"] = "unet"
     ckpt_io.save_atomic(saved, bad_model)
     _checkpoint(d / "three.pt", num_classes=3)  # fewer classes than the scenes' masks hold
     _checkpoint(d / "pc.pt", num_classes=59, dataset="pcontext")
@@ -82,7 +82,7 @@ CASES = [
     ("train", ["--preset", "scenes_encnet_tiny", "--num-val-images", "0"],
      "validation needs at least one image"),
     ("train", ["--preset", "scenes_encnet_tiny", "--epochs", "many"], "--epochs many"),
-    ("train", ["--preset", "scenes_encnet_tiny", "--model", "unet"], "model='unet'"),
+    ("train", ["--preset", "scenes_encnet_tiny", "--arch", "unet"], "arch='unet'"),
     ("train", ["--preset", "scenes_encnet_tiny", "--workers", "-2"], "--workers -2"),
     ("train", ["--preset", "nope"], "invalid choice"),
     ("train", ["--epochs", "2"], "give --preset"),
@@ -91,7 +91,7 @@ CASES = [
      "nothing to resume"),
     ("train", ["--resume", "{d}/run/best.pt", *SCENES], "holds only a model"),
     ("train", ["--resume", "{d}/no_config.pt"], "no 'config' dict"),
-    ("train", ["--preset", "scenes_encnet_tiny", "--backbone", "resnet50", "--backbone-weights",
+    ("train", ["--preset", "scenes_encnet_tiny", "--backbone", "resnet50", "--weights-backbone",
                "{d}/garbage.pt", "--out", "{d}/weights_run", *SCENES],
      "is not a plain state dict"),
     ("train", ["--resume", "{d}/bad_model.pt"], "bad_model.pt: its config does not fit"),
@@ -185,17 +185,24 @@ def test_no_traceback_reaches_the_terminal(files, module, args, phrase):
     assert (files / "run" / "best.pt").read_bytes() == before
 
 
-def test_encnet_traceback_shows_the_traceback_of_a_known_error(monkeypatch, capsys):
+def test_a_library_error_is_one_line_and_a_bug_keeps_its_traceback(monkeypatch, capsys):
     from encnet_lite import cli
+    from encnet_lite.data import DataError
 
-    def body():
+    def bad_input():
+        raise DataError("mask x.png is truncated; delete it and prepare again")
+
+    def bug():
         raise ValueError("bad value deep inside")
 
-    assert cli.run("prog", body) == 2
-    assert capsys.readouterr().err == "prog: error: bad value deep inside\n"
+    assert cli.run("prog", bad_input) == 2
+    assert capsys.readouterr().err == \
+        "prog: error: mask x.png is truncated; delete it and prepare again\n"
+    with pytest.raises(ValueError, match="deep inside"):  # not caught: a bug
+        cli.run("prog", bug)
     monkeypatch.setenv("ENCNET_TRACEBACK", "1")
-    with pytest.raises(ValueError, match="deep inside"):
-        cli.run("prog", body)
+    with pytest.raises(DataError, match="truncated"):
+        cli.run("prog", bad_input)
 
 
 # ---------------------------------------------------------------- training: numbers, checkpoints
@@ -214,8 +221,8 @@ def damaged(tmp_path_factory):
     torch.save({**saved, "optimizer": {}, "model": {**saved["model"],
                                                     first: saved["model"][first].to_sparse()}},
                d / "sparse.pt")
-    torch.save({**saved, "optimizer": {}, "config": {**saved["config"], "num_codes": 2**31}},
-               d / "huge.pt")
+    huge = {**saved["config"], "model": {**saved["config"]["model"], "num_codes": 2**31}}
+    torch.save({**saved, "optimizer": {}, "config": huge}, d / "huge.pt")
     torch.save({"classifier.weight": torch.ones(2, 2)}, d / "other_net.pth")
     return d
 
@@ -239,15 +246,15 @@ TRAIN_CASES = [
     ([*TRAIN, "--batch-size", "0"], "--batch-size 0: give a whole number at least 1"),
     ([*TRAIN, "--epochs", "0"], "--epochs 0: give a whole number at least 1"),
     ([*TRAIN, "--checkpoint-every", "-3"], "--checkpoint-every -3: give a whole number"),
-    ([*TRAIN, "--backbone", "resnet50", "--backbone-weights", "{d}/run/last.pt", "--out",
+    ([*TRAIN, "--backbone", "resnet50", "--weights-backbone", "{d}/run/last.pt", "--out",
       "{d}/bw"], "is an encnet_lite checkpoint (a whole trained model), not ImageNet ResNet "
      "weights: continue its run with --resume"),
-    ([*TRAIN, "--backbone", "resnet50", "--backbone-weights", "{d}/run", "--out", "{d}/bw"],
-     "--backbone-weights {d}/run is a folder"),
-    ([*TRAIN, "--backbone", "resnet50", "--backbone-weights", "{d}/nope.pth", "--out",
-      "{d}/bw"], "--backbone-weights {d}/nope.pth: no such file"),
-    ([*TRAIN, "--backbone", "resnet50", "--backbone-weights", "{d}/other_net.pth", "--out",
-      "{d}/bw"], "--backbone-weights {d}/other_net.pth does not fit the resnet50 backbone"),
+    ([*TRAIN, "--backbone", "resnet50", "--weights-backbone", "{d}/run", "--out", "{d}/bw"],
+     "--weights-backbone {d}/run is a folder"),
+    ([*TRAIN, "--backbone", "resnet50", "--weights-backbone", "{d}/nope.pth", "--out",
+      "{d}/bw"], "--weights-backbone {d}/nope.pth: no such file"),
+    ([*TRAIN, "--backbone", "resnet50", "--weights-backbone", "{d}/other_net.pth", "--out",
+      "{d}/bw"], "--weights-backbone {d}/other_net.pth does not fit the resnet50 backbone"),
     (["--resume", "{d}/zero.pt"], "the file is empty (0 bytes)"),
     (["--resume", "{d}/text.pt"], "it is not a file torch.save writes (it begins with "
      "b'hello wo')"),
@@ -453,3 +460,24 @@ def test_a_photo_that_does_not_fit_in_memory_ends_in_one_line(outputs, monkeypat
     assert code == 2 and "\n" not in err, err
     assert f"image {big} does not fit in the memory available when decoded" in err
     assert not (outputs / "big").exists()
+
+
+def test_resume_with_another_recipe_or_no_val_images_is_one_line(tmp_path, capsys):
+    """Errors raised deep in training setup are library errors: one line, nothing changed."""
+    run = tmp_path / "run"
+    small = [*TRAIN, "--epochs", "1", "--batch-size", "4"]
+    assert train.main([*small, "--out", str(run)]) == 0
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    cases = [(["--resume", str(run), "--lr", "0.5"], "the recipe changed (lr"),
+             (["--num-val-images", "0", "--out", str(tmp_path / "b")],
+              "validation needs at least one image")]
+    for extra, phrase in cases:
+        try:
+            code = train.main([*small, *extra])
+        except SystemExit as exc:
+            code = exc.code
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and "\n" not in err and "Traceback" not in err, err
+        assert err.startswith("encnet-train: error: ") and phrase in err, err
+    assert {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before

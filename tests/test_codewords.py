@@ -80,7 +80,7 @@ def _calibrate_batchnorm(model, images):
 
 def test_codeword_health_of_a_collapsed_and_a_spread_encoder():
     torch.manual_seed(0)
-    model = encnet_tiny(4, num_codes=8)
+    model = encnet_tiny(num_classes=4, num_codes=8)
     images = torch.randn(2, 3, 64, 64)
     _calibrate_batchnorm(model, images)
     enc = find_context_encoding(model).encoding
@@ -107,8 +107,8 @@ def test_codeword_health_of_a_collapsed_and_a_spread_encoder():
 
 
 def test_codeword_health_is_empty_without_an_encoding_module():
-    assert codeword_health(fcn_tiny(3), torch.randn(1, 3, 32, 32)) == {}
-    assert not math.isnan(codeword_health(encnet_tiny(3, num_codes=4),
+    assert codeword_health(fcn_tiny(num_classes=3), torch.randn(1, 3, 32, 32)) == {}
+    assert not math.isnan(codeword_health(encnet_tiny(num_classes=3, num_codes=4),
                                           torch.randn(1, 3, 32, 32))["assignment_perplexity"])
 
 
@@ -119,8 +119,10 @@ def test_encoder_choice_reaches_the_encoding_layer():
     cfg = presets.scenes_encnet_tiny(encoder="kmeans", num_codes=4)
     model = build_model(cfg, num_classes=7)
     assert find_context_encoding(model).encoding.variant == "kmeans"
-    assert "encoder" in presets.MODEL_FIELDS  # a checkpoint of another variant is refused
-    assert presets.pcontext_encnet_r50().encoder == "official"  # the reproduction stays
+    # a checkpoint of another variant is refused
+    assert presets.resume_changes(cfg, cfg.replace(encoder="official"))["weights"] == [
+        "encoder: 'kmeans' -> 'official'"]
+    assert presets.pcontext_encnet_r50().model.encoder == "official"  # the reproduction stays
     images = torch.randn(2, 3, 64, 64)
     model.train()(images)  # first training forward: k-means on the projected descriptors
     assert bool(find_context_encoding(model).encoding.initialised)
@@ -162,10 +164,10 @@ def _bench():
 
 def test_book_variant_is_the_best_with_enough_live_codewords():
     bench = _bench()
-    results = {"official": {"live_codewords": [1, 1], "miou": [95.0, 94.0]},
-               "a": {"live_codewords": [12, 9], "miou": [90.0, 92.0]},
-               "b": {"live_codewords": [20, 7], "miou": [99.0, 99.0]},  # one seed below 8
-               "c": {"live_codewords": [10, 10], "miou": [93.0, 93.0]}}
+    results = {"official": {"live_codewords": [1, 1], "mIoU": [0.95, 0.94]},
+               "a": {"live_codewords": [12, 9], "mIoU": [0.90, 0.92]},
+               "b": {"live_codewords": [20, 7], "mIoU": [0.99, 0.99]},  # one seed below 8
+               "c": {"live_codewords": [10, 10], "mIoU": [0.93, 0.93]}}
     assert bench.pick_book_variant(results) == "c"
     assert bench.pick_book_variant({"official": results["official"]}) == "official"
 
@@ -179,14 +181,15 @@ def test_codewords_script_quick_run_and_reuse_of_a_run_folder(tmp_path):
                            "--runs-dir", str(tmp_path / "runs")]) == 0
         result = json.loads(out.read_text())
         assert set(result["variants"]) == {"official", "kmeans"}
+        assert result["units"].startswith("mIoU a fraction")
         for rec in result["variants"].values():
-            assert rec["seeds"] == [0] and len(rec["miou"]) == 1
-            assert 1 <= rec["live_codewords"][0] <= 32 and 0 <= rec["miou"][0] <= 100
+            assert rec["seeds"] == [0] and len(rec["mIoU"]) == 1
+            assert 1 <= rec["live_codewords"][0] <= 32 and 0 <= rec["mIoU"][0] <= 1
         assert result["official_variant"] == "official" and result["book_preset"]
         # a finished run folder is measured, not retrained: the same numbers come back
         rec = bench.measure_run(tmp_path / "runs" / "kmeans_s0")
         assert rec["encoder"] == "kmeans"
-        assert rec["miou"] == pytest.approx(result["variants"]["kmeans"]["miou"][0])
+        assert rec["mIoU"] == pytest.approx(result["variants"]["kmeans"]["mIoU"][0])
         assert rec["live_codewords"] == result["variants"]["kmeans"]["live_codewords"][0]
     finally:
         torch.set_num_threads(threads)

@@ -176,9 +176,28 @@ def test_collect_context_stacks_outputs_and_kinds():
     from encnet_lite.models import encnet_tiny
 
     ds = ContextScenes(5, size=64)
-    model = encnet_tiny(ds.num_classes, num_codes=4).train()
+    model = encnet_tiny(num_classes=ds.num_classes, num_codes=4).train()
     got = collect_context(model, ds, batch_size=2)
     assert model.training  # mode restored
     assert got["gamma"].shape == got["e"].shape == (5, 64)
     assert got["se"].shape == (5, ds.num_classes)
     assert got["kind"].tolist() == [ds.scene_kind_index(i) for i in range(5)]
+
+
+def test_kind_separation_scores_each_vector_on_held_out_images():
+    from encnet_lite.context import kind_separation
+
+    kind = torch.tensor([0, 0, 1, 1])
+    # "g" separates the kinds (means 0 and 4 in the first entry); "c" is one constant vector
+    val = {"g": torch.tensor([[0.0, 0.0], [0.0, 2.0], [4.0, 0.0], [4.0, 2.0]]),
+           "c": torch.ones(4, 2), "kind": kind}
+    # centroids from other images: (0.5, 1) and (3.5, 1) for "g"
+    ref = {"g": torch.tensor([[1.0, 1.0], [0.0, 1.0], [3.0, 1.0], [4.0, 1.0]]),
+           "c": torch.ones(4, 2), "kind": kind}
+    got = kind_separation(val, ref, keys=("g", "c"))
+    assert got["g"]["ratio"] == pytest.approx(4.0)  # between 16 over within 4
+    assert got["g"]["accuracy"] == 1.0
+    # std over the 4 images: 4 / sqrt(3) and 2 / sqrt(3) (unbiased), averaged
+    assert got["g"]["spread"] == pytest.approx(3 / 3 ** 0.5)
+    assert got["c"]["ratio"] == 0.0 and got["c"]["spread"] == 0.0
+    assert got["c"]["accuracy"] == 0.5  # all at the same distance: every image gets kind 0

@@ -41,7 +41,8 @@ def test_precision_follows_the_gpus_compute_capability():
 @pytest.mark.parametrize("amp", ["auto", "fp16", "off"])
 def test_training_steps_with_amp_and_channels_last(amp):
     torch.manual_seed(0)
-    model = models.encnet_tiny(7).to(CUDA).to(memory_format=torch.channels_last).train()
+    model = models.encnet_tiny(num_classes=7).to(CUDA)
+    model = model.to(memory_format=torch.channels_last).train()
     amp_dtype = engine.resolve_amp(amp, CUDA)
     scaler = engine.make_scaler(amp_dtype, CUDA)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
@@ -55,6 +56,27 @@ def test_training_steps_with_amp_and_channels_last(amp):
     assert all(math.isfinite(x) for x in losses)
     assert losses[-1] < losses[0]  # the same batch eight times: the loss falls
     assert scaler.is_enabled() == (amp_dtype == torch.float16)
+
+
+def test_label_check_waits_for_the_gpu_at_the_first_call_only():
+    from encnet_lite.losses import check_labels
+
+    torch.manual_seed(0)
+    loss_fn = SegmentationLoss()
+    outputs = {"main": torch.randn(2, 5, 8, 8, device=CUDA)}
+    good = torch.randint(0, 5, (2, 8, 8), device=CUDA)
+    with pytest.raises(ValueError, match=r"\[7\]"):  # the first call: the clear error
+        loss_fn(outputs, good.masked_fill(good == 0, 7))
+    loss_fn(outputs, good)
+    torch.cuda.synchronize()
+    try:
+        torch.cuda.set_sync_debug_mode("error")  # a host sync now raises
+        with pytest.raises(RuntimeError, match="synchroniz"):
+            check_labels(good, 5)  # the waiting check does sync: the mode sees it
+        terms = [loss_fn(outputs, good) for _ in range(3)]  # later steps: no sync
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(math.isfinite(float(t.total)) for t in terms)
 
 
 def _tiny_run(out, **kw):
@@ -117,7 +139,8 @@ def test_resnet50_step_figures():
     figures = {}
     for name, builder in (("EncNet", models.encnet_resnet50), ("FCN", models.fcn_resnet50)):
         for amp in ("off", "auto"):
-            model = builder(59).to(CUDA).to(memory_format=torch.channels_last).train()
+            model = builder(num_classes=59).to(CUDA)
+            model = model.to(memory_format=torch.channels_last).train()
             amp_dtype = engine.resolve_amp(amp, CUDA)
             scaler = engine.make_scaler(amp_dtype, CUDA)
             opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)

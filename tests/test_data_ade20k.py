@@ -137,7 +137,7 @@ def test_a_folder_unzipped_into_the_root_is_used_in_place(prepared, tmp_path, ca
 
 def test_an_interrupted_extraction_resumes(prepared, tmp_path, monkeypatch, capsys):
     _, release, info, _ = prepared
-    real, calls = prep.atomic_write_bytes, []
+    real, calls = prep.write_bytes_atomic, []
 
     def stop_at_the_fifth(path, data):
         calls.append(path)
@@ -145,7 +145,7 @@ def test_an_interrupted_extraction_resumes(prepared, tmp_path, monkeypatch, caps
             raise KeyboardInterrupt  # Ctrl-C in the middle of the extraction
         real(path, data)
 
-    monkeypatch.setattr(prep, "atomic_write_bytes", stop_at_the_fifth)
+    monkeypatch.setattr(prep, "write_bytes_atomic", stop_at_the_fifth)
     root = tmp_path / "r"
     with pytest.raises(KeyboardInterrupt):
         prepare_ade20k(root, from_zip=_zip_path(release), release=release, progress=False)
@@ -155,7 +155,7 @@ def test_an_interrupted_extraction_resumes(prepared, tmp_path, monkeypatch, caps
     assert len(kept) == 4 and not any(p.name.startswith(".") for p in kept)  # no half file
     with pytest.raises(DatasetNotFoundError, match="prepared.json is missing"):
         ADE20K(root, "train")
-    monkeypatch.setattr(prep, "atomic_write_bytes", real)
+    monkeypatch.setattr(prep, "write_bytes_atomic", real)
     capsys.readouterr()
     assert prepare_ade20k(root, from_zip=_zip_path(release), release=release,
                           progress=False) == info

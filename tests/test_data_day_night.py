@@ -87,14 +87,14 @@ def test_bird_neighbourhood_is_identical_across_times():
 
 def test_analytic_caps_with_birds():
     caps = blind_caps(3, 11, lookalike_fraction=0.12, num_times=2, bird_fraction=0.03)
-    assert caps["bird_iou"] == pytest.approx(1 / 3)
-    assert caps["miou"] == pytest.approx((6 + 3 / 5 + 2 / 3) / 11)  # 0.661
-    assert caps["miou_kind_only"] == pytest.approx((9 + 2 / 3) / 11)  # 0.879
-    assert caps["miou_constant_guess"] == pytest.approx((6 + 1 / 3 + 1 / 2) / 11)
-    assert caps["pixacc"] == pytest.approx(1 - 2 / 3 * 0.12 - 1 / 2 * 0.03)
-    assert "bird_iou" not in blind_caps(3, 7)
+    assert caps["bird_IoU"] == pytest.approx(1 / 3)
+    assert caps["mIoU"] == pytest.approx((6 + 3 / 5 + 2 / 3) / 11)  # 0.661
+    assert caps["mIoU_kind_only"] == pytest.approx((9 + 2 / 3) / 11)  # 0.879
+    assert caps["mIoU_constant_guess"] == pytest.approx((6 + 1 / 3 + 1 / 2) / 11)
+    assert caps["pixAcc"] == pytest.approx(1 - 2 / 3 * 0.12 - 1 / 2 * 0.03)
+    assert "bird_IoU" not in blind_caps(3, 7)
     ds = ContextScenes(num_images=1, day_night=True)
-    assert ds.caps()["miou"] == pytest.approx(caps["miou"])
+    assert ds.caps()["mIoU"] == pytest.approx(caps["mIoU"])
 
 
 def test_blind_and_kind_only_oracles_score_their_caps_on_generated_data():
@@ -108,22 +108,24 @@ def test_blind_and_kind_only_oracles_score_their_caps_on_generated_data():
     look = np.isin(masks, ds.context_classes).mean()
     birds = np.isin(masks, ds.bird_classes).mean()
     caps = ds.caps(look, birds)
-    assert _iou(blind, masks, n).mean() == pytest.approx(caps["miou"], abs=0.006)
-    assert _iou(kind_only, masks, n).mean() == pytest.approx(caps["miou_kind_only"], abs=0.006)
-    assert (blind == masks).mean() == pytest.approx(caps["pixacc"], abs=0.005)
+    assert _iou(blind, masks, n).mean() == pytest.approx(caps["mIoU"], abs=0.006)
+    assert _iou(kind_only, masks, n).mean() == pytest.approx(caps["mIoU_kind_only"], abs=0.006)
+    assert (blind == masks).mean() == pytest.approx(caps["pixAcc"], abs=0.005)
     assert 0.02 < birds < 0.05  # small objects: a few percent of the pixels
 
 
 def test_the_config_field_reaches_both_splits_and_the_evaluation():
     from encnet_lite.engine import build_datasets
     from encnet_lite.evaluate import eval_dataset
-    from encnet_lite.presets import MODEL_FIELDS, TrainConfig
+    from encnet_lite.presets import TrainConfig, resume_changes
 
-    cfg = TrainConfig(num_train_images=4, num_val_images=2, day_night=True)
+    cfg = TrainConfig().replace(num_train_images=4, num_val_images=2, day_night=True)
     train, val = build_datasets(cfg)
     assert train.day_night and val.day_night and eval_dataset(cfg).num_classes == 11
     assert not build_datasets(cfg.replace(day_night=False))[0].day_night
-    assert "day_night" in MODEL_FIELDS  # other classes: a checkpoint of the other data is refused
+    # other classes: a resume on the other data is refused
+    assert resume_changes(cfg, cfg.replace(day_night=False))["recipe"] == [
+        "day_night: True -> False"]
 
 
 def test_prediction_colours_cover_every_day_night_class():
@@ -131,7 +133,7 @@ def test_prediction_colours_cover_every_day_night_class():
     from encnet_lite.predict import palette_for
     from encnet_lite.presets import TrainConfig
 
-    palette = palette_for(TrainConfig(day_night=True), 11)
+    palette = palette_for(TrainConfig().replace(day_night=True), 11)
     assert palette.shape == (11, 3)
     np.testing.assert_array_equal(palette, ContextScenes(1, day_night=True).palette)
     assert palette_for(TrainConfig(), 7).shape == (7, 3)

@@ -108,13 +108,13 @@ def test_lookalike_neighbourhood_is_identical_across_kinds():
 
 def test_analytic_caps():
     caps = blind_caps(3, 7, lookalike_fraction=0.066)
-    assert caps["lookalike_iou"] == pytest.approx(1 / 5)
-    assert caps["miou"] == pytest.approx((4 + 3 / 5) / 7)  # 0.657
-    assert caps["miou_constant_guess"] == pytest.approx((4 + 1 / 3) / 7)
-    assert caps["pixacc"] == pytest.approx(1 - 2 / 3 * 0.066)
+    assert caps["lookalike_IoU"] == pytest.approx(1 / 5)
+    assert caps["mIoU"] == pytest.approx((4 + 3 / 5) / 7)  # 0.657
+    assert caps["mIoU_constant_guess"] == pytest.approx((4 + 1 / 3) / 7)
+    assert caps["pixAcc"] == pytest.approx(1 - 2 / 3 * 0.066)
     two = blind_caps(2, 5)
-    assert two["miou"] == pytest.approx((3 + 2 / 3) / 5)  # 0.733
-    assert ContextScenes(num_images=1).caps()["miou"] == pytest.approx(caps["miou"])
+    assert two["mIoU"] == pytest.approx((3 + 2 / 3) / 5)  # 0.733
+    assert ContextScenes(num_images=1).caps()["mIoU"] == pytest.approx(caps["mIoU"])
 
 
 def test_blind_oracle_scores_the_cap_on_generated_data():
@@ -135,12 +135,12 @@ def test_blind_oracle_scores_the_cap_on_generated_data():
         conf_const += _confusion(const, mask, n)
     caps = ds.caps(lookalike_fraction=look_pixels / conf_blind.sum())
     iou = _iou(conf_blind)
-    assert iou[ds.context_classes] == pytest.approx([caps["lookalike_iou"]] * 3, abs=0.01)
-    assert iou.mean() == pytest.approx(caps["miou"], abs=0.005)
-    assert _iou(conf_const).mean() == pytest.approx(caps["miou_constant_guess"], abs=0.015)
-    pixacc = np.diag(conf_blind).sum() / conf_blind.sum()
-    assert pixacc == pytest.approx(caps["pixacc"], abs=0.005)
-    assert caps["miou"] < 0.66 and 0.08 < look_pixels / conf_blind.sum() < 0.18
+    assert iou[ds.context_classes] == pytest.approx([caps["lookalike_IoU"]] * 3, abs=0.01)
+    assert iou.mean() == pytest.approx(caps["mIoU"], abs=0.005)
+    assert _iou(conf_const).mean() == pytest.approx(caps["mIoU_constant_guess"], abs=0.015)
+    blind_acc = np.diag(conf_blind).sum() / conf_blind.sum()
+    assert blind_acc == pytest.approx(caps["pixAcc"], abs=0.005)
+    assert caps["mIoU"] < 0.66 and 0.08 < look_pixels / conf_blind.sum() < 0.18
 
 
 def test_transform_is_applied_jointly():
@@ -177,10 +177,11 @@ def test_default_lookalikes_and_the_config_fields_agree():
     from encnet_lite.presets import TrainConfig
 
     assert ContextScenes(num_images=1).lookalikes == (4, 8)
-    cfg = TrainConfig(num_train_images=4, num_val_images=2, min_lookalikes=2, max_lookalikes=3)
+    cfg = TrainConfig().replace(num_train_images=4, num_val_images=2, min_lookalikes=2,
+                                max_lookalikes=3)
     train, val = build_datasets(cfg)
     assert train.lookalikes == val.lookalikes == (2, 3)
     with pytest.raises(ValueError, match="lookalikes"):
         ContextScenes(num_images=1, lookalikes=(3, 2))
     with pytest.raises(ValueError, match="max_lookalikes"):
-        TrainConfig(min_lookalikes=5, max_lookalikes=4)
+        TrainConfig().replace(min_lookalikes=5, max_lookalikes=4)

@@ -46,7 +46,7 @@ def test_resnet50_geometry_is_the_papers(resnet_geo):
 
 def test_scaled_shapes_match_a_real_forward_pass():
     torch.manual_seed(0)
-    model = models.encnet_tiny(5).eval()
+    model = models.encnet_tiny(num_classes=5).eval()
     geo = diagrams.encnet_geometry(model, size=96, probe=32)
     seen = {}
     hooks = [model.head.conv.register_forward_hook(lambda m, i, o: seen.update(conv=o.shape)),
@@ -62,7 +62,7 @@ def test_scaled_shapes_match_a_real_forward_pass():
 
 def test_geometry_leaves_the_callers_model_untouched():
     torch.manual_seed(0)
-    model = models.encnet_tiny(5).eval()
+    model = models.encnet_tiny(num_classes=5).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     diagrams.encnet_geometry(model, size=64, probe=32)
     assert not model.training
@@ -72,7 +72,7 @@ def test_geometry_leaves_the_callers_model_untouched():
 
 def test_probe_must_be_a_multiple_of_32():
     with pytest.raises(ValueError, match="probe"):
-        diagrams.encnet_geometry(models.encnet_tiny(3), probe=40)
+        diagrams.encnet_geometry(models.encnet_tiny(num_classes=3), probe=40)
 
 
 def test_architecture_diagram_has_every_block_and_its_shape(resnet_geo):
@@ -80,8 +80,8 @@ def test_architecture_diagram_has_every_block_and_its_shape(resnet_geo):
     assert _gids(fig) == {"input", "stem", "stage1", "stage2", "stage3", "stage4", "head_conv",
                           "cem", "classifier", "main", "se", "aux"}
     text = _texts(fig)
-    for want in ["3 × 480 × 480", "2048 × 60 × 60", "Stage 4\nstride 8\ndilation 4",
-                 "Stage 3\nstride 8\ndilation 2", "K = 32 codewords", "59 presence logits",
+    for want in ["3 × 480 × 480", "2048 × 60 × 60", "Stage 4\nstride 8, dilation 4",
+                 "Stage 3\nstride 8, dilation 2", "K = 32 codewords", "59 presence logits",
                  "59 × 480 × 480", "output stride 8", "Aux FCN head"]:
         assert want in text, want
     plt.close(fig)
@@ -89,7 +89,7 @@ def test_architecture_diagram_has_every_block_and_its_shape(resnet_geo):
 
 def test_architecture_without_aux_or_se_draws_neither():
     torch.manual_seed(0)
-    model = models.encnet_tiny(4, aux=False, se_loss=False)
+    model = models.encnet_tiny(num_classes=4, aux=False, se_loss=False)
     geo = diagrams.encnet_geometry(model, size=64, probe=32)
     assert "aux" not in geo and "se" not in geo
     fig = diagrams.plot_encnet_architecture(geo)
@@ -102,7 +102,43 @@ def test_pipeline_diagram_blocks_and_shapes(resnet_geo):
     assert _gids(fig) == {"features", "descriptors", "codewords", "residuals", "assign",
                           "aggregate", "e", "gamma", "attention", "se"}
     text = _texts(fig)
-    for want in ["N = H·W = 3600", "K × C = 32 × 512", "512 × 60 × 60", "C = 512",
-                 "59 class-presence logits", r"$r_{ik} = x_i - c_k$"]:
+    for want in ["N = h·w = 3600", "K × D = 32 × 512", "512 × 60 × 60", "D = 512",
+                 "59 presence logits", r"$r_{ik} = x_i - c_k$"]:
         assert want in text, want
     plt.close(fig)
+
+
+def _fits(fig):
+    """The figure is the column's width, every text at least the style's minimum, each
+    box's text inside its box, no two boxes overlapping, nothing outside the figure."""
+    from encnet_lite.viz import style
+
+    assert fig.get_size_inches()[0] <= style.COLUMN_INCHES
+    assert style.smallest_text_pt(fig) >= style.SMALL_PT
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    boxes = {p.get_gid(): p.get_window_extent(renderer) for p in ax.patches if p.get_gid()}
+    names = sorted(boxes)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert not boxes[a].overlaps(boxes[b]), (a, b)
+    inside_some_box = 0
+    for text in ax.texts:
+        bb = text.get_window_extent(renderer)
+        assert fig.bbox.x0 <= bb.x0 and bb.x1 <= fig.bbox.x1, text.get_text()
+        assert fig.bbox.y0 <= bb.y0 and bb.y1 <= fig.bbox.y1, text.get_text()
+        centre = ((bb.x0 + bb.x1) / 2, (bb.y0 + bb.y1) / 2)
+        for name, box in boxes.items():
+            if box.contains(*centre):
+                inside_some_box += 1
+                assert box.x0 <= bb.x0 and bb.x1 <= box.x1, (name, text.get_text())
+                assert box.y0 <= bb.y0 and bb.y1 <= box.y1, (name, text.get_text())
+    assert inside_some_box >= 2 * len(boxes)  # the boxes' lines were all checked
+
+
+def test_diagrams_fit_the_column_with_readable_text(resnet_geo):
+    for plot in (diagrams.plot_encnet_architecture, diagrams.plot_context_encoding_pipeline):
+        fig = plot(resnet_geo)
+        _fits(fig)
+        plt.close(fig)

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from encnet_lite import evaluate, inference, predict, presets, train, weights
+from encnet_lite import evaluate, images, inference, models, predict, presets, train, weights
 from encnet_lite.data import miniature
 from encnet_lite.data.prepare_ade20k import prepare_ade20k
 from encnet_lite.data.prepare_pcontext import prepare_pcontext
@@ -29,7 +29,7 @@ def fabricate(name: str, path: Path) -> Path:
     """A file in ``name``'s published format holding a random model's weights."""
     torch.manual_seed(0)
     entry = weights.get_entry(name)
-    weights.save_published(weights.export_state_dict(weights.build_model(entry), entry),
+    weights.save_published(weights.export_state_dict(models.build_published(entry), entry),
                            entry, path)
     return path
 
@@ -65,7 +65,7 @@ def test_eval_weights_official_protocol_on_the_pcontext_miniature(files, tmp_pat
     assert "official protocol" in text and "pixAcc 79.2  mIoU 51.00" in text  # published
     report = json.loads(out_json.read_text())
     assert report["protocol"] == "official" and report["weights"] == PCONTEXT
-    assert report["num_classes"] == 59 and len(report["iou"]) == 59
+    assert report["num_classes"] == 59 and len(report["IoU"]) == 59
     assert report["classes"][:2] == ["aeroplane", "bag"]
     assert 0.0 <= report["pixAcc"] <= 1.0 and report["num_images"] == 1
 
@@ -148,7 +148,7 @@ def test_predict_with_weights_writes_mask_and_an_overlay_with_a_legend(files, tm
 def test_legend_lists_each_class_with_its_colour():
     palette = np.array([[255, 0, 0], [0, 0, 255]], np.uint8)
     image = np.zeros((20, 200, 3), np.uint8)
-    out = predict.with_legend(image, [("sky", 0.75), ("sea", 0.25)], ["sea", "sky"], palette)
+    out = images.with_legend(image, [("sky", 0.75), ("sea", 0.25)], ["sea", "sky"], palette)
     band = out[20:]
     assert out.shape[1] == 200 and band.shape[0] >= 16
     # the first swatch is sky's colour (blue, index 1), the second sea's (red)
@@ -204,17 +204,19 @@ def test_evaluate_mmseg_protocol_refuses_base_size():
 
 def test_ade20k_presets_follow_the_official_recipe():
     r50 = presets.ade20k_encnet_r50s()
-    assert (r50.dataset, r50.backbone, r50.lateral, r50.epochs) == ("ade20k", "resnet50s",
-                                                                   False, 180)
-    assert (r50.lr, r50.base_size, r50.crop_size, r50.align_corners) == (4e-3, 520, 480, True)
+    assert (r50.data.dataset, r50.model.backbone, r50.model.lateral, r50.optim.epochs) == (
+        "ade20k", "resnet50s", False, 180)
+    assert (r50.optim.lr, r50.data.base_size, r50.data.crop_size, r50.model.align_corners) == (
+        4e-3, 520, 480, True)
     r101 = presets.ade20k_encnet_r101s()
-    assert (r101.backbone, r101.base_size, r101.crop_size) == ("resnet101s", 640, 576)
+    assert (r101.model.backbone, r101.data.base_size, r101.data.crop_size) == (
+        "resnet101s", 640, 576)
 
 
 @pytest.mark.slow
 def test_ade20k_preset_budget_runs_on_the_miniature(files, capsys):
     code = train.main(["--preset", "ade20k_encnet_r50s", "--budget", "1", "--data-root",
-                       str(files["ade20k"]), "--pretrained-backbone", "false",
+                       str(files["ade20k"]), "--weights-backbone", "",
                        "--crop-size", "64", "--base-size", "64", "--batch-size", "2",
                        "--workers", "0"])
     out = capsys.readouterr().out

@@ -36,13 +36,13 @@ def test_a_poisoned_hub_cache_file_runs_no_code(tmp_path, monkeypatch):
     # The planted file must be what the hub would read: never a download instead.
     monkeypatch.setattr(torch.hub, "download_url_to_file", None)
     with pytest.raises(RuntimeError) as info:
-        encnet_resnet50(59, pretrained_backbone=True)
+        encnet_resnet50(num_classes=59, weights_backbone="imagenet")
     assert not marker.exists()
     message = str(info.value)
     assert str(cached) in message and "Delete it" in message
-    # The same pickle given as weights_path runs nothing either.
+    # The same pickle given as a local weights_backbone file runs nothing either.
     with pytest.raises(RuntimeError, match="not a plain state dict"):
-        encnet_resnet50(59, weights_path=cached)
+        encnet_resnet50(num_classes=59, weights_backbone=cached)
     assert not marker.exists()
     assert os.path.getsize(cached) > 0  # the file is left for the user to inspect
 
@@ -280,7 +280,7 @@ def test_a_uint8_image_reaching_the_model_is_named():
     from encnet_lite.inference import predict
     from encnet_lite.models import encnet_tiny
 
-    model = encnet_tiny(5).eval()
+    model = encnet_tiny(num_classes=5).eval()
     photo = torch.randint(0, 255, (1, 3, 32, 32), dtype=torch.uint8)
     with pytest.raises(ValueError, match=r"float \(B, 3, H, W\), normalised with "
                                          r"encnet_lite.data.normalize; got torch.uint8"):

@@ -99,7 +99,7 @@ def test_a_model_with_another_class_count_is_refused():
 
 
 def test_any_size_with_a_real_model():
-    model = encnet_tiny(CLASSES, num_codes=4).eval()
+    model = encnet_tiny(num_classes=CLASSES, num_codes=4).eval()
     image = torch.randn(3, 45, 71)  # (3, H, W) is accepted
     scores = predict(model, image, CLASSES, scales=(0.5, 1.0, 1.75), flip=True, crop_size=64)
     assert scores.shape == (1, CLASSES, 45, 71) and scores.dtype == torch.float32

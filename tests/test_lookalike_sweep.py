@@ -11,29 +11,32 @@ from encnet_lite import ablation, viz  # noqa: E402
 
 
 def rows(fcn, enc, encnet):
-    return {"fcn": {"miou": fcn}, "fcn_enc": {"miou": enc}, "encnet": {"miou": encnet}}
+    """The three rows from mIoU in points (written so for reading), as fractions."""
+    return {k: {"mIoU": [v / 100 for v in values]}
+            for k, values in (("fcn", fcn), ("fcn_enc", enc), ("encnet", encnet))}
 
 
 def test_a_step_holds_only_when_it_clears_3_points_and_the_spread():
     steps = ablation.ordering_steps(rows([64, 64, 64], [70, 71, 72], [95, 95, 95]))
     assert [(s["lo"], s["hi"]) for s in steps] == [("fcn", "fcn_enc"), ("fcn_enc", "encnet")]
-    assert steps[0]["gain"] == pytest.approx(7.0) and steps[0]["spread"] == pytest.approx(1.0)
+    assert steps[0]["gain"] == pytest.approx(0.07) and steps[0]["spread"] == pytest.approx(0.01)
     assert steps[0]["holds"] and steps[1]["holds"]
     # +10 on average, but one seed of the middle row sits at the FCN's level: inside the spread
     wide = ablation.ordering_steps(rows([64, 64, 64], [64, 65, 93], [95, 95, 95]))
-    assert wide[0]["gain"] == pytest.approx(10.0) and not wide[0]["holds"]
+    assert wide[0]["gain"] == pytest.approx(0.10) and not wide[0]["holds"]
     # clear of the spread but under 3 points
     small = ablation.ordering_steps(rows([64, 64, 64], [66, 66, 66], [95, 95, 95]))
-    assert small[0]["spread"] == 0 and not small[0]["holds"]
-    assert ablation.ordering_steps({"fcn": {"miou": [1]}}) == []  # rows missing: no step
+    assert small[0]["spread"] == pytest.approx(0, abs=1e-15) and not small[0]["holds"]
+    assert ablation.ordering_steps({"fcn": {"mIoU": [0.01]}}) == []  # rows missing: no step
 
 
 def test_lookalike_sweep_draws_each_rows_means_and_seeds():
     ranges = ["2-4", "3-6", "4-8"]
-    per_seed = {"fcn": [[64, 65], [], [63, 64]], "encnet": [[90, 94], [80, 82], [95, 96]]}
+    points = {"fcn": [[64, 65], [], [63, 64]], "encnet": [[90, 94], [80, 82], [95, 96]]}
+    per_seed = {k: [[v / 100 for v in vs] for vs in r] for k, r in points.items()}  # fractions
     stats = {k: [ablation.mean_std(v) if v else None for v in r] for k, r in per_seed.items()}
     fig = viz.plot_lookalike_sweep(ranges, per_seed, stats, {"fcn": "FCN", "encnet": "EncNet"},
-                                   cap=65.7)
+                                   cap=0.657)
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ranges
     assert ax.get_ylim()[1] == 100.0
@@ -46,7 +49,7 @@ def test_lookalike_sweep_draws_each_rows_means_and_seeds():
     np.testing.assert_allclose(enc_line.get_ydata(), [92, 81, 95.5])
     assert fcn_line.get_xdata()[0] < enc_line.get_xdata()[0]  # offset side by side
     dots = [ln for ln in ax.lines if ln.get_linestyle() == "None" and ln.get_marker() == "."]
-    assert sorted(float(v) for line in dots for v in line.get_ydata()) == sorted(
-        float(v) for r in per_seed.values() for vs in r for v in vs)
+    assert sorted(float(v) for line in dots for v in line.get_ydata()) == pytest.approx(sorted(
+        float(v) for r in points.values() for vs in r for v in vs))  # drawn in percent
     cap = [ln for ln in ax.lines if ln.get_linestyle() == "--"]
     assert cap and cap[0].get_ydata()[0] == pytest.approx(65.7)

@@ -122,3 +122,18 @@ def test_gradients_reach_every_output():
     SegmentationLoss()(out, _mask()).total.backward()
     for name, tensor in out.items():
         assert tensor.grad is not None and tensor.grad.abs().sum() > 0, name
+
+
+def test_label_check_runs_at_every_call_on_the_cpu():
+    from encnet_lite.losses import check_labels
+
+    loss_fn = SegmentationLoss()
+    outputs = {"main": torch.zeros(1, 5, 2, 2)}
+    assert float(loss_fn(outputs, torch.tensor([[[0, 1], [2, IGN]]])).main) == pytest.approx(
+        math.log(5))
+    for _ in range(2):  # after a good batch too: a CPU mask is checked every time
+        with pytest.raises(ValueError, match=r"\[7\]"):
+            loss_fn(outputs, torch.tensor([[[0, 7], [2, IGN]]]))
+    # wait=False only matters on CUDA; on the CPU the answer costs no sync
+    with pytest.raises(ValueError, match=r"\[7\]"):
+        check_labels(torch.tensor([[[0, 7]]]), 5, wait=False)

@@ -1,5 +1,7 @@
 """Models: output names and shapes, parameter counts, receptive field, weights loading."""
 
+import dataclasses
+import inspect
 import math
 import urllib.error
 
@@ -10,6 +12,7 @@ from torch import nn
 
 from encnet_lite import models
 from encnet_lite.context import ContextEncoding
+from encnet_lite.errors import WeightsError
 from encnet_lite.models import (
     FCN,
     EncNet,
@@ -29,10 +32,10 @@ ODD = (97, 131)
 
 
 TINY_BUILDERS = {
-    "fcn_tiny": lambda: fcn_tiny(CLASSES),
-    "encnet_tiny": lambda: encnet_tiny(CLASSES),
-    "encnet_tiny_lateral": lambda: encnet_tiny(CLASSES, lateral=True, num_codes=4),
-    "encnet_tiny_plain": lambda: encnet_tiny(CLASSES, aux=False, se_loss=False),
+    "fcn_tiny": lambda: fcn_tiny(num_classes=CLASSES),
+    "encnet_tiny": lambda: encnet_tiny(num_classes=CLASSES),
+    "encnet_tiny_lateral": lambda: encnet_tiny(num_classes=CLASSES, lateral=True, num_codes=4),
+    "encnet_tiny_plain": lambda: encnet_tiny(num_classes=CLASSES, aux=False, se_loss=False),
 }
 
 
@@ -72,7 +75,8 @@ def test_tiny_output_names_and_shapes_for_odd_sizes(name, training):
                                      encnet_resnet101])
 def test_resnet_output_shapes_for_odd_sizes(builder):
     torch.manual_seed(0)
-    model = builder(CLASSES, lateral=True) if builder is encnet_resnet50 else builder(CLASSES)
+    lateral = {"lateral": True} if builder is encnet_resnet50 else {}
+    model = builder(num_classes=CLASSES, **lateral)
     with torch.no_grad():
         check_outputs(model, model.train()(torch.randn(2, 3, *ODD)), 2, ODD, True)
         check_outputs(model, model.eval()(torch.randn(1, 3, *ODD)), 1, ODD, False)
@@ -112,8 +116,8 @@ def test_tiny_backbone_interface():
 
 def test_parameter_counts():
     with torch.device("meta"):  # no memory, no initialisation cost
-        fcn, enc = fcn_resnet50(59), encnet_resnet50(59)
-        enc_lat, enc101 = encnet_resnet50(59, lateral=True), encnet_resnet101(59)
+        fcn, enc = fcn_resnet50(num_classes=59), encnet_resnet50(num_classes=59)
+        enc_lat, enc101 = encnet_resnet50(num_classes=59, lateral=True), encnet_resnet101(num_classes=59)
     assert count_parameters(fcn.backbone) == 23_508_032  # torchvision ResNet-50 minus fc
     assert 35e6 < count_parameters(fcn) < 36e6
     # The Context Encoding Module: 1x1 conv 512^2, 32 codewords, two small FC layers.
@@ -123,11 +127,11 @@ def test_parameter_counts():
     # Lateral connections add 1x1 convs from c2/c3 and a 3x3 fusion conv: ~8M more.
     assert 7e6 < count_parameters(enc_lat) - count_parameters(enc) < 9e6
     assert 54e6 < count_parameters(enc101) < 56e6
-    assert count_parameters(encnet_tiny(59)) < 1e6 and count_parameters(fcn_tiny(59)) < 1e6
+    assert count_parameters(encnet_tiny(num_classes=59)) < 1e6 and count_parameters(fcn_tiny(num_classes=59)) < 1e6
 
 
 def test_head_layout_follows_the_paper():
-    model = encnet_resnet50(CLASSES, num_codes=16)
+    model = encnet_resnet50(num_classes=CLASSES, num_codes=16)
     assert isinstance(model.head.encode, ContextEncoding)
     assert model.head.encode.encoding.codewords.shape == (16, 512)
     assert model.head.conv[0].in_channels == 2048 and model.head.conv[0].kernel_size == (3, 3)
@@ -137,7 +141,7 @@ def test_head_layout_follows_the_paper():
 
 def test_eval_outputs_are_deterministic():
     torch.manual_seed(0)
-    model = encnet_tiny(CLASSES, lateral=True).eval()
+    model = encnet_tiny(num_classes=CLASSES, lateral=True).eval()
     x = torch.randn(2, 3, *ODD)
     a, b = model(x), model(x)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -145,7 +149,7 @@ def test_eval_outputs_are_deterministic():
 
 def test_training_step_reaches_every_parameter():
     torch.manual_seed(0)
-    model = encnet_tiny(CLASSES, lateral=True).train()
+    model = encnet_tiny(num_classes=CLASSES, lateral=True).train()
     out = model(torch.randn(2, 3, 64, 64))
     loss = out["main"].mean() + out["aux"].mean() + out["se"].mean()
     loss.backward()
@@ -154,25 +158,44 @@ def test_training_step_reaches_every_parameter():
 
 
 def test_param_groups_split_backbone_and_heads():
-    model = encnet_tiny(CLASSES)
-    groups = model.param_groups(lr=0.01)
+    model = encnet_tiny(num_classes=CLASSES)
+    groups = models.param_groups(model, lr=0.01)
     assert [g["name"] for g in groups] == ["backbone", "head"]
     assert groups[0]["lr"] == 0.01 and groups[1]["lr"] == pytest.approx(0.1)
+    assert [g["lr_mult"] for g in groups] == [1.0, 10.0]
     ids = [id(p) for g in groups for p in g["params"]]
     assert len(ids) == len(set(ids)) == len(list(model.parameters()))
     assert {id(p) for p in model.backbone.parameters()} == {id(p) for p in groups[0]["params"]}
     torch.optim.SGD(groups, lr=0.01)  # usable as is
+    # Frozen parameters are left out, and a group left empty is dropped.
+    model.backbone.requires_grad_(False)
+    groups = models.param_groups(model, lr=0.01, head_lr_mult=4.0)
+    assert [(g["name"], g["lr"], g["lr_mult"]) for g in groups] == [("head", 0.04, 4.0)]
+    assert sum(len(g["params"]) for g in groups) == sum(
+        1 for p in model.parameters() if p.requires_grad)
+
+
+def test_engine_optimizer_uses_the_models_param_groups():
+    from encnet_lite import engine, presets
+
+    model = encnet_tiny(num_classes=CLASSES)
+    cfg = presets.scenes_encnet_tiny()
+    optimizer = engine.build_optimizer(model, cfg)
+    expected = models.param_groups(model, cfg.optim.lr, cfg.optim.head_lr_mult)
+    assert [[id(p) for p in g["params"]] for g in optimizer.param_groups] == [
+        [id(p) for p in g["params"]] for g in expected]
+    assert [g["lr"] for g in optimizer.param_groups] == [g["lr"] for g in expected]
 
 
 def test_assignments_shape_and_normalisation():
-    model = encnet_tiny(CLASSES, num_codes=4).eval()
+    model = encnet_tiny(num_classes=CLASSES, num_codes=4).eval()
     a = model.assignments(torch.randn(2, 3, 64, 96))
     assert a.shape == (2, 8, 12, 4)
     torch.testing.assert_close(a.sum(-1), torch.ones(2, 8, 12))
 
 
 def test_trace_shapes():
-    model = encnet_tiny(CLASSES).eval()
+    model = encnet_tiny(num_classes=CLASSES).eval()
     rows = dict(models.trace_shapes(model, torch.randn(1, 3, 128, 128),
                                     ["backbone.layer4", "head.encode.encoding", "head.encode"]))
     assert rows["backbone.layer4"] == (1, 256, 16, 16)
@@ -196,16 +219,16 @@ class StrideEightLogits(nn.Module):
 
 
 def test_receptive_field_theory():
-    assert receptive_field(fcn_tiny(CLASSES), upsampled=False) == 44  # stride-8 logits
-    assert receptive_field(fcn_tiny(CLASSES)) == 44 + 8 == 52  # + one stride: bilinear
+    assert receptive_field(fcn_tiny(num_classes=CLASSES), upsampled=False) == 44  # stride-8 logits
+    assert receptive_field(fcn_tiny(num_classes=CLASSES)) == 44 + 8 == 52  # + one stride: bilinear
     assert receptive_field(models.TinyBackbone()) == 28
     assert receptive_field(models.ResNetBackbone(50)) == 427  # same as the strided ResNet-50
-    assert receptive_field(encnet_tiny(CLASSES)) == math.inf
+    assert receptive_field(encnet_tiny(num_classes=CLASSES)) == math.inf
 
 
 def test_receptive_field_measured_by_input_gradients():
     torch.manual_seed(0)
-    fcn = fcn_tiny(CLASSES)
+    fcn = fcn_tiny(num_classes=CLASSES)
     # Stride-8 logits: an interior cell sees exactly the theoretical window.
     support = input_support(StrideEightLogits(fcn), size=(80, 80), pixel=(4, 4))
     rows, cols = support.any(1).nonzero().flatten(), support.any(0).nonzero().flatten()
@@ -232,9 +255,9 @@ def test_pretrained_download_failure_says_what_to_do(monkeypatch):
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     with pytest.raises(RuntimeError) as info:
-        fcn_resnet50(CLASSES, pretrained_backbone=True)
+        fcn_resnet50(num_classes=CLASSES, weights_backbone="imagenet")
     message = str(info.value)
-    assert "pretrained_backbone=False" in message and "weights_path=" in message
+    assert "weights_backbone=None" in message and "weights_backbone='/path/to/" in message
     assert "resnet50-" in message  # names the file to fetch
 
 
@@ -247,7 +270,7 @@ def test_pretrained_weights_through_the_hub_api(monkeypatch):
         return reference
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fake_download)
-    model = fcn_resnet50(CLASSES, pretrained_backbone=True)
+    model = fcn_resnet50(num_classes=CLASSES, weights_backbone="imagenet")
     assert calls == [torchvision.models.ResNet50_Weights.IMAGENET1K_V1.url]
     assert torch.equal(model.backbone.layer4[2].conv3.weight, reference["layer4.2.conv3.weight"])
 
@@ -257,11 +280,12 @@ def test_local_weights_file(tmp_path, monkeypatch):
     reference = torchvision.models.resnet50().state_dict()
     path = tmp_path / "resnet50.pth"
     torch.save({"state_dict": reference}, path)
-    model = encnet_resnet50(CLASSES, weights_path=path)
-    assert torch.equal(model.backbone.conv1.weight, reference["conv1.weight"])
-    assert torch.equal(model.backbone.bn1.running_var, reference["bn1.running_var"])
-    with pytest.raises(FileNotFoundError):
-        encnet_resnet50(CLASSES, weights_path=tmp_path / "missing.pth")
+    for given in (path, str(path)):
+        model = encnet_resnet50(num_classes=CLASSES, weights_backbone=given)
+        assert torch.equal(model.backbone.conv1.weight, reference["conv1.weight"])
+        assert torch.equal(model.backbone.bn1.running_var, reference["bn1.running_var"])
+    with pytest.raises(FileNotFoundError, match="weights_backbone=.*missing.pth.*'imagenet'"):
+        encnet_resnet50(num_classes=CLASSES, weights_backbone=tmp_path / "missing.pth")
 
 
 # ---------------------------------------------------------------------------- deep stems
@@ -308,14 +332,76 @@ def test_deep_stem_output_shapes_match_the_plain_stem():
 
 def test_deep_stem_builders():
     with torch.device("meta"):
-        built = {name: getattr(models, name)(CLASSES) for name in (
+        built = {name: getattr(models, name)(num_classes=CLASSES) for name in (
             "encnet_resnet50s", "encnet_resnet101s", "fcn_resnet50s", "fcn_resnet101s")}
-        deep32 = encnet_resnet50(CLASSES, stem="deep32")
+        deep32 = encnet_resnet50(num_classes=CLASSES, stem="deep32")
     for name, model in built.items():
         assert model.backbone.stem_type == "deep64" and model.num_classes == CLASSES, name
         assert model.backbone.depth == (101 if "101" in name else 50)
     assert deep32.backbone.bn1.num_features == 64
     # 3x3 convs 3->64->64->128 instead of one 7x7 3->64, and 128 inputs into stage 1
-    extra = count_parameters(built["fcn_resnet50s"]) - count_parameters(fcn_resnet50(CLASSES))
+    extra = count_parameters(built["fcn_resnet50s"]) - count_parameters(fcn_resnet50(num_classes=CLASSES))
     convs, norms = 27 * 64 + 9 * 64 * 64 + 9 * 64 * 128, 2 * (64 + 64 + 128)
     assert extra == convs + norms - (49 * 3 * 64 + 2 * 64) + 64 * 64 + 64 * 256
+
+
+# ---------------------------------------------------------------------------- builders
+
+
+BUILDERS = ["encnet_resnet50", "encnet_resnet101", "encnet_resnet50s", "encnet_resnet101s",
+            "encnet_tiny", "fcn_resnet50", "fcn_resnet101", "fcn_resnet50s", "fcn_resnet101s",
+            "fcn_tiny"]
+
+
+def test_every_builder_has_one_keyword_only_signature():
+    signatures = {name: inspect.signature(getattr(models, name)) for name in BUILDERS}
+    first = signatures["encnet_resnet50"]
+    assert list(first.parameters) == ["weights", "weights_backbone", "num_classes", "aux",
+                                      "kwargs"]
+    assert all(p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD) for p in first.parameters.values())
+    for name, sig in signatures.items():
+        assert sig.parameters == first.parameters, name
+    with pytest.raises(TypeError):
+        encnet_tiny(CLASSES)  # num_classes is a keyword, as in torchvision
+
+
+def test_builders_pass_options_to_the_backbone_and_the_model():
+    with torch.device("meta"):
+        fcn = fcn_resnet50(num_classes=CLASSES, aux=False, output_stride=16, align_corners=True)
+        enc = encnet_resnet50(num_classes=CLASSES, stem="deep32", se_loss=False)
+    assert (fcn.aux, fcn.backbone.output_stride, fcn.align_corners) == (None, 16, True)
+    assert enc.backbone.stem_type == "deep32" and enc.head.encode.fc_se is None
+    assert isinstance(enc.aux, nn.Module)  # aux=None means the default, True
+    with pytest.raises(TypeError, match="deep64 stem"):
+        models.encnet_resnet50s(num_classes=CLASSES, stem="deep32")
+    with pytest.raises(TypeError, match="se_loss"):
+        fcn_tiny(num_classes=CLASSES, se_loss=True)  # an EncNet option: FCN has no SE branch
+    with pytest.raises(WeightsError, match="trains from scratch"):
+        encnet_tiny(num_classes=CLASSES, weights_backbone="imagenet")
+    with pytest.raises(TypeError, match="weights_backbone=True: give None, 'imagenet'"):
+        fcn_resnet50(num_classes=CLASSES, weights_backbone=True)
+
+
+def test_build_model_has_no_case_per_model_beyond_the_builder_lookup():
+    from encnet_lite import engine, presets
+
+    source = inspect.getsource(engine.build_model)
+    assert "encnet" not in source.replace("encnet_resnet50", "").replace("encnet_lite", "")
+    assert "fcn" not in source and "tiny" not in source
+    for preset in (presets.scenes_encnet_tiny, presets.scenes_fcn_tiny):
+        cfg = preset()
+        model = engine.build_model(cfg, 5)
+        assert type(model) is models.ARCHITECTURES[cfg.model.arch]
+        for option in type(model).options:  # every option of the class comes from cfg.model
+            assert option in {f.name for f in dataclasses.fields(cfg.model)}, option
+
+
+def test_shared_base_holds_init_and_forward():
+    for cls in (FCN, EncNet):
+        assert issubclass(cls, models.SegmentationModel)
+        assert "forward" not in vars(cls)  # the base's forward: upsampling, aux head
+    torch.manual_seed(0)
+    model = fcn_tiny(num_classes=CLASSES).train()
+    out = model(torch.randn(1, 3, 40, 56))
+    assert list(out) == ["main", "aux"] and out["aux"].shape == (1, CLASSES, 40, 56)
+    assert [n for n, _ in model.named_children()] == ["backbone", "head", "aux"]

@@ -53,7 +53,7 @@ def test_cpu_choices():
 
 def _step_inputs():
     torch.manual_seed(0)
-    model = models.encnet_tiny(5).train()
+    model = models.encnet_tiny(num_classes=5).train()
     images = torch.randn(2, 3, 32, 32)
     masks = torch.randint(0, 5, (2, 32, 32))
     opt = torch.optim.SGD(model.parameters(), lr=0.01)

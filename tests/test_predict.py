@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from encnet_lite import checkpoint as ckpt_io
-from encnet_lite import predict, presets
+from encnet_lite import images, predict, presets
 from encnet_lite.data import ContextScenes, colorize, denormalize
 from encnet_lite.evaluate import load_model
 from encnet_lite.train import train
@@ -88,7 +88,7 @@ def test_a_checkpoint_with_nan_weights_is_refused(tiny_checkpoint, tmp_path, cap
 
 def test_overlay_rejects_an_opacity_outside_0_1():
     with pytest.raises(ValueError, match=r"alpha=1\.5"):
-        predict.overlay(np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2, 3), np.uint8), 1.5)
+        images.overlay(np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2, 3), np.uint8), 1.5)
 
 
 def _predicted(checkpoint, rgb, **options):
@@ -116,7 +116,7 @@ def test_output_names_are_unique_per_input(tiny_checkpoint, tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == sorted(
         f"{n}.{kind}.png" for n in names.values() for kind in ("mask", "overlay"))
     for photo, name in names.items():  # each output holds its own image's prediction
-        rgb = predict.read_photo(tmp_path / photo)  # the JPEG as decoded, not as generated
+        rgb = images.read_photo(tmp_path / photo)  # the JPEG as decoded, not as generated
         assert photo.endswith(".jpg") or np.array_equal(rgb, rgbs[photo])
         np.testing.assert_array_equal(_mask(out / f"{name}.mask.png"),
                                       _predicted(tiny_checkpoint, rgb))
@@ -127,7 +127,7 @@ def test_16_bit_png_is_scaled_by_its_range(tiny_checkpoint, tmp_path):
     ramp = (np.arange(64 * 64, dtype=np.int64).reshape(64, 64) * 16).astype(np.uint16)
     Image.fromarray(ramp).save(tmp_path / "deep.png")
     assert Image.open(tmp_path / "deep.png").mode.startswith("I;16")
-    rgb = predict.read_photo(tmp_path / "deep.png")
+    rgb = images.read_photo(tmp_path / "deep.png")
     expected = np.round(ramp / 257).astype(np.uint8)  # 65535 -> 255, 257 -> 1
     np.testing.assert_array_equal(rgb, np.repeat(expected[..., None], 3, axis=2))
     assert (rgb == 255).mean() < 0.01  # PIL's convert("RGB") made 99.6 % of it white
@@ -141,7 +141,7 @@ def test_16_bit_png_is_scaled_by_its_range(tiny_checkpoint, tmp_path):
 def test_float_tiff_in_0_1_is_scaled_by_255(tmp_path):
     values = np.linspace(0, 1, 32 * 32, dtype=np.float32).reshape(32, 32)
     Image.fromarray(values).save(tmp_path / "float.tif")
-    rgb = predict.read_photo(tmp_path / "float.tif")
+    rgb = images.read_photo(tmp_path / "float.tif")
     assert rgb.dtype == np.uint8 and rgb[0, 0, 0] == 0 and rgb[-1, -1, 0] == 255
     np.testing.assert_array_equal(rgb[..., 1], (values * 255 + 0.5).astype(np.uint8))
 
@@ -154,8 +154,8 @@ def test_exif_orientation_is_applied_to_the_mask_and_the_overlay(tiny_checkpoint
     Image.fromarray(wide).save(tmp_path / "phone.jpg", exif=exif, quality=95)
     stored = np.asarray(Image.open(tmp_path / "phone.jpg").convert("RGB"))  # as stored, 40x64
     upright = np.rot90(stored, k=-1)  # what a viewer shows: 64 high, 40 wide
-    assert predict.photo_size(tmp_path / "phone.jpg") == (64, 40)
-    np.testing.assert_array_equal(predict.read_photo(tmp_path / "phone.jpg"), upright)
+    assert images.photo_size(tmp_path / "phone.jpg") == (64, 40)
+    np.testing.assert_array_equal(images.read_photo(tmp_path / "phone.jpg"), upright)
     rc = predict.main(["--checkpoint", str(tiny_checkpoint), str(tmp_path / "phone.jpg"),
                        "--out", str(tmp_path / "pred")])
     assert rc == 0
@@ -208,4 +208,4 @@ def test_overlay_in_bands_equals_the_whole_image_formula():
     rgb, colours = (rng.integers(0, 256, (3000, 700, 3), dtype=np.uint8) for _ in range(2))
     mixed = (1 - 0.7) * rgb.astype(np.float32) + 0.7 * colours.astype(np.float32)
     expected = np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
-    np.testing.assert_array_equal(predict.overlay(rgb, colours, 0.7), expected)
+    np.testing.assert_array_equal(images.overlay(rgb, colours, 0.7), expected)

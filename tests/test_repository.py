@@ -244,3 +244,18 @@ def test_the_repository_names_no_machine_path_and_no_file_outside_it():
                        "paper or the official code instead): " + "; ".join(found))
     assert MACHINE_PATH.search('out = "/home/alice/runs"')
     assert not MACHINE_PATH.search('Path("/content/drive/MyDrive")')
+
+
+def test_readme_maps_every_library_module():
+    """README's module map has a row for each module of encnet_lite (the packages data/,
+    models/ and viz/ as one row each) and none for a module that is gone."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### The library, module by module", 1)[1].split("\n## ", 1)[0]
+    mapped = set()
+    for row in re.findall(r"^\| ([^|]+) \|", section, flags=re.M):
+        mapped.update(re.findall(r"`([\w/]+)`", row))
+    package = ROOT / "encnet_lite"
+    modules = {p.stem for p in package.glob("*.py") if p.stem != "__init__"}
+    modules |= {f"{p.name}/" for p in package.iterdir() if (p / "__init__.py").is_file()}
+    assert modules - mapped == set(), "add a line for each to README's module map"
+    assert mapped - modules == set(), "these rows name no module of encnet_lite"

@@ -15,6 +15,7 @@ from encnet_lite import checkpoint as ckpt_io
 from encnet_lite import runfolder
 from encnet_lite import train as train_mod
 from encnet_lite.checkpoint import TrainState
+from encnet_lite.files import TMP_MARK, atomic_write
 from encnet_lite.runfolder import RunFolderError
 from encnet_lite.train import load_history, train
 
@@ -151,9 +152,9 @@ def test_a_second_trainer_is_refused_and_a_stale_lock_taken_over(tmp_path):
 
 def test_stale_temporaries_are_removed_on_start(finished):
     out, _ = finished
-    stale = out / f".last.pt{ckpt_io.TMP_MARK}{dead_pid()}"
+    stale = out / f".last.pt{TMP_MARK}{dead_pid()}"
     stale.write_bytes(b"\0" * 2**20)  # what a kill mid-write leaves
-    live = out / f".best.eval.json{ckpt_io.TMP_MARK}{os.getpid()}"  # a writer still at work
+    live = out / f".best.eval.json{TMP_MARK}{os.getpid()}"  # a writer still at work
     live.write_text("{")
     train(tiny(out), resume=True)
     assert not stale.exists() and live.exists()
@@ -177,7 +178,7 @@ def test_a_kill_between_best_and_last_loses_no_best_model(tmp_path, monkeypatch)
     train(tiny(out, checkpoint_every=2), resume=True)
     last, best = ckpt_io.load(out / "last.pt"), ckpt_io.load(out / "best.pt")
     assert (last["best_epoch"], best["epoch"]) == (1, 1)
-    assert best["metrics"]["mIoU"] == last["history"][0]["mIoU"] == last["best_miou"]
+    assert best["metrics"]["mIoU"] == last["history"][0]["mIoU"] == last["best_mIoU"]
     for name, value in last["model"].items():
         assert torch.equal(best["model"][name], value), name
 
@@ -197,9 +198,9 @@ def test_resume_rebuilds_a_missing_best_pt_from_last_pt(finished):
 def test_best_action_decides_from_the_saved_state(tmp_path):
     history = [{"epoch": 1, "iteration": 4, "mIoU": 0.3}, {"epoch": 2, "iteration": 8,
                                                            "mIoU": 0.2}]
-    at_best = TrainState(epoch=1, iteration=4, history=history[:1], best_miou=0.3,
+    at_best = TrainState(epoch=1, iteration=4, history=history[:1], best_mIoU=0.3,
                          best_epoch=1)
-    later = TrainState(epoch=2, iteration=8, history=history, best_miou=0.3, best_epoch=1)
+    later = TrainState(epoch=2, iteration=8, history=history, best_mIoU=0.3, best_epoch=1)
     assert runfolder.best_action(tmp_path, TrainState()) == "keep"
     assert runfolder.best_action(tmp_path, at_best) == "rebuild"
     assert runfolder.best_action(tmp_path, later) == "reset"  # epoch 1's weights are gone
@@ -282,11 +283,11 @@ BAD_OVERWRITES = [
     (["--head-lr-mult", "-1"], "--head-lr-mult -1"),
     (["--poly-power", "-1"], "--poly-power -1"),
     (["--num-train-images", "2"], "2 training images are fewer than one batch (4)"),
-    (["--backbone", "resnet50", "--backbone-weights", "{out}/missing.pt"],
-     "--backbone-weights {out}/missing.pt: no such file"),
-    (["--backbone", "resnet50", "--backbone-weights", "{out}/best.pt"],
+    (["--backbone", "resnet50", "--weights-backbone", "{out}/missing.pt"],
+     "--weights-backbone {out}/missing.pt: no such file"),
+    (["--backbone", "resnet50", "--weights-backbone", "{out}/best.pt"],
      "is an encnet_lite checkpoint (a whole trained model), not ImageNet ResNet weights"),
-    (["--backbone-weights", "{out}/best.pt"], "the tiny backbone has no ImageNet weights"),
+    (["--weights-backbone", "{out}/best.pt"], "the tiny backbone has no ImageNet weights"),
 ]
 
 
@@ -343,7 +344,7 @@ def _full_disk_on(monkeypatch, name: str, at: int):
                 def write(f):
                     raise OSError(errno.ENOSPC, "No space left on device")
 
-                return ckpt_io.atomic_write(path, write)
+                return atomic_write(path, write)
         return real(obj, path)
 
     monkeypatch.setattr(ckpt_io, "save_atomic", save)

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from encnet_lite import runtime
+from encnet_lite import engine, runtime
+from encnet_lite.errors import EncnetError
 
 
 def test_env_var_forces_mode(monkeypatch):
@@ -33,6 +34,32 @@ def test_default_full_needs_cuda_and_the_dataset(monkeypatch, tmp_path):
     assert runtime.book_mode() == "full"
     assert runtime.book_mode(tmp_path) == "full"
     assert runtime.book_mode(tmp_path / "missing") == "quick"
+
+
+def _no_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+
+
+def test_auto_device_without_cuda_is_the_cpu(monkeypatch):
+    _no_cuda(monkeypatch)
+    assert runtime.get_device() == engine.resolve_device("auto") == torch.device("cpu")
+    assert engine.resolve_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.parametrize("name, flag, words", [
+    ("cuda", None, "device='cuda': no such CUDA GPU is visible (0 found); use auto, cpu"),
+    ("cuda:1", "--device", "--device cuda:1: no such CUDA GPU is visible (0 found)"),
+    ("tpu", "--device", "--device tpu: not a device torch knows; use auto, cpu or cuda"),
+    ("cuda:x", None, "device='cuda:x': not a device torch knows"),
+    ("meta", None, "device='meta': this library runs models on cpu, cuda or mps, not meta"),
+])
+def test_a_device_that_is_not_here_is_one_library_error(monkeypatch, name, flag, words):
+    _no_cuda(monkeypatch)
+    with pytest.raises(engine.DeviceError) as info:
+        engine.resolve_device(name, flag=flag)
+    assert str(info.value).startswith(words)
+    assert isinstance(info.value, EncnetError)  # the CLIs print it as one line
 
 
 def test_describe_mode_says_the_mode():

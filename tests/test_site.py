@@ -13,7 +13,24 @@ Runs when Chromium, Playwright and a built site are present; skipped with the re
 otherwise. `make test` checks the un-executed build (`make book-check`), `make book`
 the executed one. ``ENCNET_SCREENSHOTS=<folder>`` saves a full-page screenshot of
 every page there.
+
+Reading checks (issue 24), at a 1280 px and a 400 px (phone) window:
+
+- nothing sticks out sideways: at 1280 px no code cell, output, table or display equation
+  scrolls or is wider than its column; at 400 px the page itself never scrolls sideways
+  and tables and outputs fit, while a code cell or a display equation may scroll inside
+  its own box (``_static/outputs.css``), which hides nothing;
+- figure text is never displayed below ``viz.style.MIN_TEXT_PX`` at 1280 px. Each figure
+  PNG carries, as a tEXt chunk written by ``viz.style.figure_png``, the size in PNG pixels
+  of its smallest text (font points x dpi / 72, taken from the drawn figure, so it holds
+  whatever the figure size, dpi or cropping); the page shows the PNG at displayed width /
+  natural width of that, which is what the reader sees. A figure without the stamp was
+  not drawn through ``encnet_lite.viz`` and fails. At 400 px figures scale with the column
+  (a phone reader zooms), so the size is checked at 1280 px only;
+- every figure a chapter's cells draw carries a number and a caption (a
+  ``span.caption-number`` "Figure N" in its ``<figure>``).
 """
+
 
 from __future__ import annotations
 
@@ -22,11 +39,13 @@ import re
 import shutil
 import warnings
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import pytest
 import yaml
 
 from encnet_lite import runtime
+from encnet_lite.viz import style
 
 pytestmark = pytest.mark.site
 
@@ -84,6 +103,42 @@ WIDE_OUTPUTS_JS = """() => {
 }"""
 
 
+# Horizontal overflow at the current window (``strict``: the 1280 px rules; otherwise the
+# phone rules, where code and display equations may scroll inside their own box).
+OVERFLOW_JS = """(strict) => {
+  const out = [];
+  const doc = document.documentElement;
+  if (doc.scrollWidth > doc.clientWidth + 1)
+    out.push(`page ${doc.scrollWidth - doc.clientWidth} px wider than the window`);
+  const column = document.querySelector('main article') || document.querySelector('main');
+  const right = column.getBoundingClientRect().right;
+  const label = el => (el.innerText || el.textContent || '').trim().split('\\n')[0].slice(0, 50);
+  const check = (selector, kind, scrolls) => document.querySelectorAll(selector).forEach(el => {
+    const box = el.getBoundingClientRect();
+    if (box.width === 0) return;  // hidden (collapsed)
+    const over = Math.max(scrolls ? el.scrollWidth - el.clientWidth : 0, box.right - right);
+    if (over > 2) out.push(`${kind} ${Math.round(over)} px: ${label(el)}`);
+  });
+  check('main .cell_output, main .cell_output pre, main table', 'output/table', true);
+  check('main .cell_output img, main figure img', 'figure', false);
+  if (strict) {
+    check('main .cell_input pre', 'code', true);
+    check('main mjx-container[display="true"]', 'equation', true);
+    check('main div.math', 'equation', true);
+  }
+  return out;
+}"""
+
+# The figures a page shows: (file URL, natural width, displayed width, numbered caption?).
+FIGURES_JS = """() => Array.from(document.querySelectorAll('main .cell_output img, main figure img'))
+  .filter(i => i.getBoundingClientRect().width > 0 && i.src.includes('/_images/'))
+  .map(i => {
+    const fig = i.closest('figure');
+    const number = fig ? fig.querySelector('.caption-number') : null;
+    return [i.src, i.naturalWidth, i.getBoundingClientRect().width,
+            number ? number.textContent.trim() : ''];
+  })"""
+
 def _site_dir() -> Path | None:
     if os.environ.get("ENCNET_SITE"):
         return Path(os.environ["ENCNET_SITE"])
@@ -125,9 +180,10 @@ def browser():
         b.close()
 
 
-def _inspect(browser, site: Path, stem: str) -> dict:
-    """Open one page offline and collect everything the tests check."""
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
+def _inspect(browser, site: Path, stem: str, width: int = 1280) -> dict:
+    """Open one page offline in a ``width`` px window and collect what the tests check
+    (at 400 px only the overflow)."""
+    page = browser.new_page(viewport={"width": width, "height": 900})
     refused: list[str] = []
 
     def handle(route):
@@ -149,6 +205,10 @@ def _inspect(browser, site: Path, stem: str) -> dict:
         except Exception:  # reported by the test, with the page named
             report["typeset"] = False
     page.wait_for_timeout(300)  # fonts and late requests
+    report["overflow"] = page.evaluate(OVERFLOW_JS, width >= 1280)
+    if width < 1280:
+        page.close()
+        return report
     text = page.evaluate(VISIBLE_TEXT_JS)
     report.update(
         refused=refused,
@@ -165,6 +225,7 @@ def _inspect(browser, site: Path, stem: str) -> dict:
             "main a[href*='references.html#']", "els => els.map(e => e.innerText)"),
         colab=page.eval_on_selector_all(
             "a[href*='colab.research.google.com']", "els => els.map(e => e.href)"),
+        figures=page.evaluate(FIGURES_JS),
     )
     shots = os.environ.get("ENCNET_SCREENSHOTS")
     if shots:
@@ -178,10 +239,10 @@ def _inspect(browser, site: Path, stem: str) -> dict:
 def reports(site, browser):
     cache: dict = {}
 
-    def get(stem: str) -> dict:
-        if stem not in cache:
-            cache[stem] = _inspect(browser, site, stem)
-        return cache[stem]
+    def get(stem: str, width: int = 1280) -> dict:
+        if (stem, width) not in cache:
+            cache[stem, width] = _inspect(browser, site, stem, width)
+        return cache[stem, width]
 
     return get
 
@@ -223,6 +284,42 @@ def test_outputs_fit_the_column(reports, stem):
                       f"76 characters fit): {r['wrapped']}", stacklevel=1)
 
 
+@pytest.mark.parametrize("width", [1280, 400])
+@pytest.mark.parametrize("stem", _page_stems())
+def test_nothing_overflows_sideways(reports, stem, width):
+    overflow = reports(stem, width)["overflow"]
+    assert overflow == [], f"{stem}.html at {width} px: wider than its column: {overflow}"
+
+
+def _stamp(src: str) -> float | None:
+    """The smallest-text stamp of a figure PNG on disk (``src``: its file URL)."""
+    return style.stamped_text_px(Path(unquote(urlparse(src).path)).read_bytes())
+
+
+@pytest.mark.parametrize("stem", _page_stems())
+def test_figure_text_is_readable(reports, stem):
+    small = []
+    for src, natural, shown, _ in reports(stem)["figures"]:
+        px = _stamp(src)
+        name = src.rsplit("/", 1)[-1][:12]
+        if px is None:
+            small.append(f"{name}: no text-size stamp (draw it with encnet_lite.viz)")
+        elif px * shown / natural < style.MIN_TEXT_PX:
+            small.append(f"{name}: {px * shown / natural:.1f} px ({natural} px PNG shown at "
+                         f"{shown:.0f} px)")
+    assert small == [], (f"{stem}.html: figure text below {style.MIN_TEXT_PX:g} px at 1280 px: "
+                         f"{small}")
+
+
+@pytest.mark.parametrize("stem", [s for s in _page_stems() if (ROOT / f"{s}.ipynb").exists()])
+def test_figures_are_numbered(reports, stem):
+    figures = reports(stem)["figures"]
+    unnumbered = [src.rsplit("/", 1)[-1][:12] for src, _, _, number in figures
+                  if not number.startswith("Figure")]
+    assert unnumbered == [], (f"{stem}.html: {len(unnumbered)} of {len(figures)} figures have "
+                              f"no number and caption: {unnumbered}")
+
+
 @pytest.mark.parametrize("stem", [s for s in _page_stems() if (ROOT / f"{s}.ipynb").exists()])
 def test_colab_link(reports, stem):
     want = ("https://colab.research.google.com/github/"
@@ -234,8 +331,10 @@ def test_colab_link(reports, stem):
 @pytest.mark.parametrize("stem", _chapter_stems())
 def test_chapter_has_summary_exercises_and_citations(reports, stem):
     r = reports(stem)
+    # Section numbers come first on a numbered chapter: "4.5. Summary".
+    titles = [re.sub(r"^(\d+\.)+\s*", "", h) for h in r["headings"]]
     for heading in ("Summary", "Exercises"):
-        assert heading in r["headings"], f"{stem}.html has no '## {heading}' ({r['headings']})"
+        assert heading in titles, f"{stem}.html has no '## {heading}' ({r['headings']})"
     assert r["citations"], f"{stem}.html cites nothing from the References page"
 
 

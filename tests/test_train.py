@@ -15,6 +15,9 @@ from helpers import crash_during, tiny
 from encnet_lite import checkpoint as ckpt_io
 from encnet_lite import evaluate
 from encnet_lite import train as train_mod
+from encnet_lite.errors import FileWriteError
+from encnet_lite.files import TMP_MARK
+from encnet_lite.runfolder import RunFolderError
 from encnet_lite.train import load_history, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,14 +35,14 @@ def test_train_writes_logs_and_checkpoints(tmp_path):
                 "live_codewords", "assignment_perplexity"):
         assert key in result.history[-1]
     # the preset's shared_kmeans layer has one smoothing factor: no "largest scale" to report
-    assert cfg.encoder == "shared_kmeans" and "largest_scale_share" not in result.history[-1]
-    assert 1 <= result.history[-1]["live_codewords"] <= cfg.num_codes
+    assert cfg.model.encoder == "shared_kmeans" and "largest_scale_share" not in result.history[-1]
+    assert 1 <= result.history[-1]["live_codewords"] <= cfg.model.num_codes
     # The returned confusion matrix is the last validation's: the same scores.
-    assert result.confusion.mean_iou() == pytest.approx(result.history[-1]["mIoU"])
+    assert result.confusion.compute()["mIoU"] == pytest.approx(result.history[-1]["mIoU"])
     assert int(result.confusion.matrix.sum()) == 8 * 64 * 64
     steps = load_history(out, "iterations.jsonl")
     assert [s["iteration"] for s in steps] == list(range(1, 13))
-    assert steps[0]["lr"] == pytest.approx(cfg.lr) and result.history[-1]["lr"] == 0.0
+    assert steps[0]["lr"] == pytest.approx(cfg.optim.lr) and result.history[-1]["lr"] == 0.0
     last = ckpt_io.load(out / "last.pt")
     assert (last["epoch"], last["iteration"], last["num_classes"]) == (2, 12, 7)
     best = ckpt_io.load(out / "best.pt")
@@ -56,7 +59,7 @@ def test_train_writes_logs_and_checkpoints(tmp_path):
 def test_mixed_precision_and_fcn_train_on_cpu(tmp_path):
     result = train(tiny(tmp_path / "amp", epochs=1, amp="bf16", channels_last=True))
     assert torch.isfinite(torch.tensor(result.history[0]["loss"]))
-    fcn = train(tiny(tmp_path / "fcn", epochs=1, model="fcn", se_loss=False, aux=False))
+    fcn = train(tiny(tmp_path / "fcn", epochs=1, arch="fcn", se_loss=False, aux=False))
     assert fcn.history[0]["se"] == 0.0 and fcn.history[0]["aux"] == 0.0
     assert "live_codewords" not in fcn.history[0]  # no Context Encoding Module: no health
 
@@ -89,7 +92,7 @@ def test_resume_refuses_another_model_or_recipe(tmp_path):
         train(tiny(tmp_path / "run", epochs=1, num_codes=8), resume=True)
     with pytest.raises(ValueError, match="lr"):
         train(tiny(tmp_path / "run", epochs=1, lr=0.5), resume=True)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(RunFolderError, match="nothing to resume"):
         train(tiny(tmp_path / "run"), resume=tmp_path / "nowhere")
 
 
@@ -106,11 +109,11 @@ def test_full_disk_mid_training_keeps_the_last_good_checkpoint(tmp_path, monkeyp
         return real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", save)
-    with pytest.raises(ckpt_io.CheckpointError, match="disk full"):
+    with pytest.raises(FileWriteError, match="disk full"):
         train(tiny(tmp_path / "run"))
     monkeypatch.setattr(torch, "save", real_save)
     assert ckpt_io.load(tmp_path / "run" / "last.pt")["iteration"] == 6
-    assert not [p for p in (tmp_path / "run").iterdir() if ckpt_io.TMP_MARK in p.name]
+    assert not [p for p in (tmp_path / "run").iterdir() if TMP_MARK in p.name]
 
 
 def test_seed_makes_a_cpu_run_bit_reproducible(tmp_path):
@@ -141,7 +144,7 @@ def test_eval_cli_scores_a_checkpoint_and_writes_json(tmp_path, capsys):
     assert (tmp_path / "run" / "best.eval-ms.json").is_file()
     # A checkpoint of another model is refused with a clear message, not a traceback.
     saved = ckpt_io.load(ckpt)
-    saved["config"]["model"] = "fcn"
+    saved["config"]["model"]["arch"] = "fcn"
     ckpt_io.save_atomic(saved, tmp_path / "other.pt")
     assert evaluate.main(["--checkpoint", str(tmp_path / "other.pt"), "--no-progress"]) == 2
     assert "does not fit" in capsys.readouterr().err

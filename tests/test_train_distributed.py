@@ -46,7 +46,7 @@ out, tag = sys.argv[1], sys.argv[2]
 cfg = presets.scenes_encnet_tiny(num_train_images=32, num_val_images=8, image_size=64,
                                  batch_size=8, epochs=2, workers=0, progress=False,
                                  encoder="official", out=os.path.join(out, tag))
-torch.manual_seed(cfg.seed)
+torch.manual_seed(cfg.optim.seed)
 model = build_model(cfg, 7)
 for m in model.modules():
     if isinstance(m, nn.modules.dropout._DropoutNd):

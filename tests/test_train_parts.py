@@ -10,6 +10,7 @@ from torch import nn
 from encnet_lite import checkpoint as ckpt_io
 from encnet_lite import engine, presets
 from encnet_lite.distributed import CPUSyncBatchNorm, DistInfo, convert_sync_batchnorm
+from encnet_lite.errors import FileWriteError
 from encnet_lite.train import build_parser, config_from_args
 
 
@@ -17,20 +18,25 @@ def test_every_preset_builds_and_takes_overrides():
     for name, fn in presets.PRESETS.items():
         cfg = fn()
         assert cfg.name == name
-        assert fn(epochs=3).epochs == 3
+        assert fn(epochs=3).optim.epochs == 3
     cfg = presets.pcontext_encnet_r50()
-    assert (cfg.crop_size, cfg.base_size, cfg.batch_size, cfg.lr, cfg.epochs) == (
+    o = cfg.optim
+    assert (cfg.data.crop_size, cfg.data.base_size, o.batch_size, o.lr, o.epochs) == (
         480, 520, 16, 1e-3, 80)
-    assert (cfg.aux_weight, cfg.se_weight, cfg.momentum, cfg.weight_decay) == (
+    assert (cfg.model.aux_weight, cfg.model.se_weight, o.momentum, o.weight_decay) == (
         0.2, 0.2, 0.9, 1e-4)
-    assert presets.pcontext_fcn_r50().model == "fcn"
+    assert presets.pcontext_fcn_r50().model.arch == "fcn"
 
 
 def test_config_validates_and_accepts_booleans_for_switches():
-    assert presets.scenes_encnet_tiny(amp=False).amp == "off"
-    assert presets.scenes_encnet_tiny(channels_last=True).channels_last == "on"
-    with pytest.raises(ValueError, match="model"):
-        presets.TrainConfig(model="unet")
+    assert presets.scenes_encnet_tiny(amp=False).optim.amp == "off"
+    assert presets.scenes_encnet_tiny(channels_last=True).runtime.channels_last == "on"
+    with pytest.raises(ValueError, match="arch"):
+        presets.TrainConfig().replace(arch="unet")
+    with pytest.raises(TypeError, match="the architecture is arch"):
+        presets.TrainConfig().replace(model="unet")  # "model" names the group now
+    with pytest.raises(TypeError, match="no field 'lrate'"):
+        presets.TrainConfig().replace(lrate=0.1)
     cfg = presets.scenes_fcn_tiny(seed=3)
     assert presets.TrainConfig.from_dict(cfg.to_dict()) == cfg
 
@@ -40,8 +46,9 @@ def test_cli_overrides_every_field_of_the_preset():
         ["--preset", "scenes_encnet_tiny", "--epochs", "3", "--aux", "false", "--lr", "0.1",
          "--num-codes", "16", "--out", "/tmp/x"])
     cfg = config_from_args(args)
-    assert (cfg.epochs, cfg.aux, cfg.lr, cfg.num_codes, cfg.out) == (3, False, 0.1, 16, "/tmp/x")
-    assert cfg.model == "encnet" and cfg.name == "scenes_encnet_tiny"
+    assert (cfg.optim.epochs, cfg.model.aux, cfg.optim.lr, cfg.model.num_codes, cfg.out) == (
+        3, False, 0.1, 16, "/tmp/x")
+    assert cfg.model.arch == "encnet" and cfg.name == "scenes_encnet_tiny"
     from encnet_lite.cli import UsageError
 
     with pytest.raises(UsageError, match="--aux maybe: expected a boolean"):
@@ -97,7 +104,7 @@ def test_poly_schedule_and_head_multiplier():
     model = nn.Module()
     model.backbone = nn.Linear(2, 2)
     model.head = nn.Linear(2, 2)
-    cfg = presets.TrainConfig(lr=0.1)
+    cfg = presets.TrainConfig().replace(lr=0.1)
     opt = engine.build_optimizer(model, cfg)
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.1, 1.0])
     assert opt.defaults["momentum"] == 0.9 and opt.defaults["weight_decay"] == 1e-4
@@ -120,7 +127,7 @@ def test_atomic_save_survives_a_full_disk(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(ckpt_io.CheckpointError, match="disk full"):
+    with pytest.raises(FileWriteError, match="disk full"):
         ckpt_io.save_atomic({"format": ckpt_io.FORMAT, "step": 2}, path)
     monkeypatch.setattr(torch, "save", real_save)
     assert ckpt_io.load(path)["step"] == 1  # the last good checkpoint is intact
@@ -149,14 +156,14 @@ def test_load_rejects_foreign_files_and_other_models(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ckpt_io.CheckpointError):
         ckpt_io.load(bad)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ckpt_io.CheckpointError, match="missing.pt"):
         ckpt_io.load(tmp_path / "missing.pt")
-    saved = {"num_classes": 7, "config": {"model": "encnet", "num_codes": 32}}
-    ckpt_io.check_compatible(saved, {"model": "encnet", "num_codes": 32}, 7, ("model",))
-    with pytest.raises(ckpt_io.IncompatibleCheckpointError, match="num_classes"):
-        ckpt_io.check_compatible(saved, {"model": "encnet"}, 59)
-    with pytest.raises(ckpt_io.IncompatibleCheckpointError, match="model"):
-        ckpt_io.check_compatible(saved, {"model": "fcn"}, 7, ("model",))
+    saved = {"num_classes": 7, "config": presets.scenes_encnet_tiny().to_dict()}
+    ckpt_io.check_compatible(saved, 7, [])
+    with pytest.raises(ckpt_io.IncompatibleCheckpointError, match="num_classes 7 != 59"):
+        ckpt_io.check_compatible(saved, 59)
+    with pytest.raises(ckpt_io.IncompatibleCheckpointError, match="arch: 'encnet' -> 'fcn'"):
+        ckpt_io.check_compatible(saved, 7, ["arch: 'encnet' -> 'fcn'"])
 
 
 @pytest.mark.numerics
@@ -197,21 +204,20 @@ def test_validate_returns_the_split_confusion_matrix_and_keeps_the_mode():
     assert model.training
     # rows = truth, cols = prediction; the 4 pixels labelled 255 are not counted
     assert cm.matrix.tolist() == [[4, 0, 0], [8, 4, 0], [4, 0, 8]]
-    s = engine.scores(cm)
+    s = cm.compute()
     assert s["pixAcc"] == pytest.approx(16 / 28)
-    assert s["iou"] == pytest.approx([4 / 16, 4 / 12, 8 / 12])
+    assert s["IoU"] == pytest.approx([4 / 16, 4 / 12, 8 / 12])
 
 
 def test_every_numeric_field_has_a_range_and_it_is_enforced():
     import math
-    from dataclasses import fields
 
-    numeric = {f.name for f in fields(presets.TrainConfig) if f.type in ("int", "float")}
+    numeric = {k for k, (_, f) in presets.LEAVES.items() if f.type in ("int", "float")}
     assert numeric == set(presets.RANGES)  # a new numeric field needs a range too
     base = presets.scenes_encnet_tiny(min_lookalikes=1, max_lookalikes=64)  # max >= min
     for key, interval in presets.RANGES.items():
         low, high = (float(t) for t in interval[1:-1].split(","))
-        whole = isinstance(getattr(base, key), int)
+        whole = isinstance(base.flat()[key], int)
         step = 1 if whole else 1e-9 * max(1.0, abs(low))
         bad = [low - step if interval[0] == "[" else low, float("nan"), True, "1"]
         good = [low if interval[0] == "[" else low + step]
@@ -228,6 +234,19 @@ def test_every_numeric_field_has_a_range_and_it_is_enforced():
                 base.replace(**{key: value})
             assert info.value.key == key and str(info.value).startswith(f"{key}={value!r}: ")
         for value in good:
-            assert getattr(base.replace(**{key: value}), key) == value, (key, value)
+            assert base.replace(**{key: value}).flat()[key] == value, (key, value)
     for fn in presets.PRESETS.values():  # every preset is in range
-        presets.check_ranges(fn().to_dict())
+        presets.check_ranges(fn().flat())
+
+
+def test_load_history_reads_a_metrics_file_from_before_the_one_score_format(tmp_path):
+    from encnet_lite.train import load_history
+
+    # as metrics.jsonl was written then: per-class IoU under "iou", NaN for an absent class
+    (tmp_path / "metrics.jsonl").write_text(
+        '{"epoch": 1, "loss": 0.5}\n'
+        '{"epoch": 2, "loss": 0.25, "pixAcc": 0.875, "mIoU": 0.5, "iou": [0.25, 0.75, NaN]}\n')
+    history = load_history(tmp_path)
+    assert history == [{"epoch": 1, "loss": 0.5},
+                       {"epoch": 2, "loss": 0.25, "pixAcc": 0.875, "mIoU": 0.5,
+                        "IoU": [0.25, 0.75, None]}]

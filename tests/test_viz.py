@@ -6,6 +6,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 import torch  # noqa: E402
 from helpers import bars as _bars  # noqa: E402
 from matplotlib.colors import to_rgba  # noqa: E402
@@ -24,21 +25,24 @@ def _errorbar_halfwidths(ax):
     return out
 
 
-def test_plot_ablation_draws_the_given_means_stds_seeds_and_cap():
-    seeds = {"fcn": {"miou": [60.0, 62.0, 64.0]}, "encnet": {"miou": [90.0, 94.0]}}
-    stats = {"fcn": {"miou": (62.0, 2.0)}, "encnet": {"miou": (92.0, 2.8)}}
-    fig = viz.plot_ablation(seeds, stats, {"fcn": "FCN"}, metrics=("miou",),
-                            caps={"miou": 70.0})
+def test_plot_ablation_draws_the_given_means_stds_seeds_and_cap_in_percent():
+    # scores are fractions (ConfusionMatrix.compute); the panel shows percent
+    seeds = {"fcn": {"mIoU": [0.60, 0.62, 0.64]}, "encnet": {"mIoU": [0.90, 0.94]}}
+    stats = {"fcn": {"mIoU": (0.62, 0.02)}, "encnet": {"mIoU": (0.92, 0.028)}}
+    fig = viz.plot_ablation(seeds, stats, {"fcn": "FCN"}, metrics=("mIoU",),
+                            caps={"mIoU": 0.70})
     ax = fig.axes[0]
     bars = _bars(ax)
-    assert [b.get_height() for b in bars] == [62.0, 92.0]
+    np.testing.assert_allclose([b.get_height() for b in bars], [62.0, 92.0])
     np.testing.assert_allclose(_errorbar_halfwidths(ax), [2.0, 2.8])
     dots = [line for line in ax.lines if line.get_marker() == "."]
-    assert [list(d.get_ydata()) for d in dots] == [[60.0, 62.0, 64.0], [90.0, 94.0]]
+    np.testing.assert_allclose(dots[0].get_ydata(), [60.0, 62.0, 64.0])
+    np.testing.assert_allclose(dots[1].get_ydata(), [90.0, 94.0])
     cap = [line for line in ax.lines if line.get_linestyle() == "--"]
-    assert list(cap[0].get_ydata()) == [70.0, 70.0]
+    np.testing.assert_allclose(cap[0].get_ydata(), [70.0, 70.0])
     # the lowest seed sets the bottom (10 below it); a percentage axis ends at 100
-    assert ax.get_ylim() == (50.0, 100.0)
+    assert ax.get_ylim() == pytest.approx((50.0, 100.0))
+    assert ax.get_title() == "mIoU (%)"
     assert [t.get_text() for t in ax.get_xticklabels()] == ["FCN", "encnet"]
     assert [t.get_text() for t in ax.texts] == ["62.0", "92.0"]
     # one colour per run
@@ -47,17 +51,18 @@ def test_plot_ablation_draws_the_given_means_stds_seeds_and_cap():
 
 def test_plot_per_class_iou_bars_are_the_given_means_and_highlight_is_shaded():
     classes = ["sky", "boat", "car"]
-    stats = {"a": [(10.0, 1.0), (20.0, 2.0), (30.0, 0.0)],
-             "b": [(50.0, 5.0), (60.0, 0.5), (70.0, 1.5)]}
+    stats = {"a": [(0.10, 0.01), (0.20, 0.02), (0.30, 0.0)],  # fractions, drawn in percent
+             "b": [(0.50, 0.05), (0.60, 0.005), (0.70, 0.015)]}
     fig = viz.plot_per_class_iou(classes, stats, {"a": "model A"}, highlight=[1])
     ax = fig.axes[0]
     bars = _bars(ax)
-    assert [b.get_height() for b in bars] == [10.0, 20.0, 30.0, 50.0, 60.0, 70.0]
+    np.testing.assert_allclose([b.get_height() for b in bars],
+                               [10.0, 20.0, 30.0, 50.0, 60.0, 70.0])
     # two bars per class, side by side around the class's tick
     centres = [b.get_x() + b.get_width() / 2 for b in bars]
     np.testing.assert_allclose(centres, [-0.2, 0.8, 1.8, 0.2, 1.2, 2.2])
     np.testing.assert_allclose(sorted(_errorbar_halfwidths(ax)),
-                               sorted([1.0, 2.0, 0.0, 5.0, 0.5, 1.5]))
+                               sorted([1.0, 2.0, 0.0, 5.0, 0.5, 1.5]), atol=1e-12)
     shaded = [p for p in ax.patches if p not in bars]
     assert len(shaded) == 1 and shaded[0].get_facecolor()[:3] == to_rgba("gold")[:3]
     np.testing.assert_allclose(shaded[0].get_extents().x0, ax.transData.transform((0.55, 0))[0])
@@ -69,18 +74,20 @@ def test_plot_per_class_iou_bars_are_the_given_means_and_highlight_is_shaded():
 
 
 def test_plot_k_sweep_draws_means_errors_and_each_seed():
-    stats = [(64.0, 0.5), (80.0, 10.0), (94.0, 1.0)]
-    seeds = [[63.5, 64.5], [70.0, 90.0], [93.0, 95.0]]
-    fig = viz.plot_k_sweep([0, 16, 32], stats, seeds, cap=66.0)
+    stats = [(0.64, 0.005), (0.80, 0.10), (0.94, 0.01)]  # fractions, drawn in percent
+    seeds = [[0.635, 0.645], [0.70, 0.90], [0.93, 0.95]]
+    fig = viz.plot_k_sweep([0, 16, 32], stats, seeds, cap=0.66)
     ax = fig.axes[0]
     mean_line = ax.lines[0]
-    assert list(mean_line.get_ydata()) == [64.0, 80.0, 94.0]
+    np.testing.assert_allclose(mean_line.get_ydata(), [64.0, 80.0, 94.0])
     np.testing.assert_allclose(_errorbar_halfwidths(ax), [0.5, 10.0, 1.0])
     dots = [line for line in ax.lines if line.get_marker() == "."]
-    assert [list(d.get_ydata()) for d in dots] == seeds
+    for dot, per_seed in zip(dots, seeds):
+        np.testing.assert_allclose(dot.get_ydata(), 100 * np.asarray(per_seed))
     assert [list(d.get_xdata()) for d in dots] == [[0, 0], [1, 1], [2, 2]]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["K = 0 (FCN)", "K = 16", "K = 32"]
-    assert any(list(line.get_ydata()) == [66.0, 66.0] for line in ax.lines)
+    cap = [line for line in ax.lines if line.get_linestyle() == "--"]
+    assert len(cap) == 1 and list(cap[0].get_ydata()) == pytest.approx([66.0, 66.0])
 
 
 def test_plot_history_plots_given_records_and_skips_missing_values():
@@ -244,8 +251,8 @@ def test_confusion_text_colour_follows_the_cell_colour_not_the_largest_value():
     assert {t.get_color() for t in ax.texts} == {"black"}
 
 
-def test_figures_fit_the_page_width():
-    from encnet_lite.viz.data import PAGE_WIDTH
+def test_figures_fit_the_column_and_keep_their_text_readable():
+    from encnet_lite.viz import style
 
     ds = ContextScenes(num_images=6, size=64, seed=0)
     image = ds[0][0]
@@ -260,5 +267,25 @@ def test_figures_fit_the_page_width():
                viz.plot_output_strides(image),
                viz.plot_encnet_outputs(image, outputs, ds.classes, ds.palette)]
     for fig in figures:
-        assert fig.get_figwidth() <= PAGE_WIDTH + 1e-6
+        assert fig.get_figwidth() <= style.COLUMN_INCHES + 1e-6
+        png = style.figure_png(fig)  # draws it: tick labels exist from then on
+        assert style.smallest_text_pt(fig) >= style.SMALL_PT
+        # the stamp the site check reads: points at the figure's dpi, in PNG pixels
+        assert style.stamped_text_px(png) == pytest.approx(
+            style.smallest_text_pt(fig) * fig.dpi / 72, abs=0.01)
         plt.close(fig)
+
+
+def test_smallest_text_counts_only_drawn_text():
+    from encnet_lite.viz import style
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    ax.set_title("title", fontsize=12)
+    ax.tick_params(labelsize=7)
+    style.figure_png(fig)
+    assert style.smallest_text_pt(fig) == 7  # the tick labels
+    ax.set_axis_off()  # hidden ticks do not count, the title still does
+    assert style.stamped_text_px(style.figure_png(fig)) == pytest.approx(12 * fig.dpi / 72,
+                                                                          abs=0.01)
+    assert style.stamped_text_px(b"\x89PNG\r\n\x1a\n") is None

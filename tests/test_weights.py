@@ -19,15 +19,17 @@ from helpers import local_server
 from encnet_lite import engine, presets
 from encnet_lite import weights as W
 from encnet_lite.data.pcontext import CLASSES_59
+from encnet_lite.errors import WeightsError
 from encnet_lite.models import (
     ResNetBackbone,
+    build_published,
     count_parameters,
     encnet_resnet50,
     encnet_resnet50s,
     encnet_resnet101,
     fcn_resnet50,
+    load_weights,
 )
-from encnet_lite.models.backbones import WeightsError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "weights"
 MANIFESTS = {
@@ -124,7 +126,7 @@ def assert_carries_every_tensor(model, name, state):
 
 @pytest.mark.parametrize("fmt", ["zip", "pth"])
 def test_official_pcontext_file_loads_bit_identical(pc50, fmt):
-    model = W.load_weights(PC50.lower(), file=pc50[fmt], verify=False)
+    model = load_weights(PC50.lower(), file=pc50[fmt], verify=False)
     assert not model.training and model.weights_meta is W.get_entry(PC50)
     assert_carries_every_tensor(model, PC50, pc50["state"])
     assert model.weights_meta.classes == CLASSES_59 and model.align_corners is True
@@ -149,7 +151,7 @@ def test_other_manifests_load_bit_identical(tmp_path, mmseg_file, name, fmt):
     else:
         state = fabricate(name, seed=1)
         path, _ = write_file(tmp_path / f"f.{fmt}", name, state, fmt)
-    model = W.load_weights(name.upper(), file=path, verify=False)
+    model = load_weights(name.upper(), file=path, verify=False)
     assert not model.training and model.weights_meta.num_classes == 150
     assert_carries_every_tensor(model, name, state)
     assert model.weights_meta.classes[:3] == ("wall", "building", "sky")
@@ -160,7 +162,7 @@ def test_resnet101_pcontext_loads_bit_identical(tmp_path):
     name = "EncNet_ResNet101s_PContext"
     state = fabricate(name, seed=2, fc=False, counters=False)  # also: no fc, no counters
     path, _ = write_file(tmp_path / "r101.pth", name, state, "pth")
-    model = W.load_weights(name, file=path, verify=False)
+    model = load_weights(name, file=path, verify=False)
     assert_carries_every_tensor(model, name, state)
     assert len(model.backbone.layer3) == 23
     counters = [v for k, v in model.state_dict().items() if k.endswith("num_batches_tracked")]
@@ -170,7 +172,7 @@ def test_resnet101_pcontext_loads_bit_identical(tmp_path):
 def test_every_manifest_fits_its_entry_and_export_inverts_the_renaming():
     for name in MANIFESTS:
         entry = W.get_entry(name)
-        model = W.build_model(entry, device="meta")
+        model = build_published(entry, device="meta")
         exported = W.export_state_dict(model, entry)
         facts = manifest(name)
         assert {k: list(v.shape) for k, v in exported.items()} == facts["state_dict"]
@@ -186,7 +188,7 @@ def test_every_manifest_fits_its_entry_and_export_inverts_the_renaming():
 
 
 def test_what_matters_lands_where_it_belongs(pc50):
-    model = W.load_weights(PC50, file=pc50["zip"], verify=False)
+    model = load_weights(PC50, file=pc50["zip"], verify=False)
     s = pc50["state"]
     enc = model.head.encode
     assert torch.equal(enc.encoding.codewords, s["head.encmodule.encoding.3.codewords"])
@@ -220,7 +222,7 @@ def test_classifier_rows_keep_the_class_order(tmp_path):
     state["head.conv6.1.bias"].zero_()
     state["head.conv6.1.bias"][person] = 50.0
     path, _ = write_file(tmp_path / "p.pth", PC50, state, "pth")
-    model = W.load_weights(PC50, file=path, verify=False)
+    model = load_weights(PC50, file=path, verify=False)
     with torch.no_grad():
         logits = model(torch.randn(1, 3, 40, 36))["main"]
     assert bool(torch.isfinite(logits).all()) and bool((logits.argmax(1) == person).all())
@@ -229,7 +231,7 @@ def test_classifier_rows_keep_the_class_order(tmp_path):
 
 def test_mmseg_stem_and_heads_map_one_to_one(mmseg_file):
     name, path, state = mmseg_file
-    model = W.load_weights(name, file=path, verify=False)
+    model = load_weights(name, file=path, verify=False)
     stem = model.backbone.conv1
     assert [stem[i].out_channels for i in (0, 3, 6)] == [32, 32, 64]
     assert torch.equal(stem[6].weight, state["backbone.stem.6.weight"])
@@ -246,7 +248,7 @@ def test_mmseg_stem_and_heads_map_one_to_one(mmseg_file):
 def fit(name, state):
     """Conversion + fit check against the entry's model, built without memory."""
     entry = W.get_entry(name)
-    model = W.build_model(entry, device="meta")
+    model = build_published(entry, device="meta")
     return W.fit_state_dict(state, entry, model.state_dict(), "F.pth")
 
 
@@ -280,7 +282,7 @@ def test_only_the_known_unused_keys_are_dropped():
 
 def test_a_file_of_another_model_names_the_entry_it_was_checked_against(pc50):
     with pytest.raises(WeightsError) as info:
-        W.load_weights("EncNet_ResNet50s_ADE", file=pc50["pth"], verify=False)
+        load_weights("EncNet_ResNet50s_ADE", file=pc50["pth"], verify=False)
     message = str(info.value)
     assert "does not fit EncNet_ResNet50s_ADE (official encnet, ResNet-50" in message
     assert "unexpected keys (head.connect.0.0.weight" in message
@@ -289,10 +291,10 @@ def test_a_file_of_another_model_names_the_entry_it_was_checked_against(pc50):
 
 def test_checksum_is_verified_and_a_mismatch_names_both(pc50):
     good = with_digest(PC50, pc50["data"])  # SHA-1 of the .pth inside the zip
-    assert W.load_weights(good, file=pc50["zip"]).weights_meta is good
+    assert load_weights(good, file=pc50["zip"]).weights_meta is good
     assert len(W.read_state_dict(pc50["pth"], good, verify=True)) == 383  # with fc.*
     with pytest.raises(WeightsError) as info:
-        W.load_weights(PC50, file=pc50["zip"])  # the published SHA-1: a fabrication fails
+        load_weights(PC50, file=pc50["zip"])  # the published SHA-1: a fabrication fails
     message = str(info.value)
     assert hashlib.sha1(pc50["data"]).hexdigest() in message
     assert W.get_entry(PC50).digest in message
@@ -307,7 +309,7 @@ def test_mmseg_checksum_is_a_sha256_prefix(tmp_path):
     state = W.read_state_dict(path, with_digest(name, data), verify=True)
     assert torch.equal(state["decode_head.conv_seg.bias"], small["decode_head.conv_seg.bias"])
     with pytest.raises(WeightsError, match=r"SHA256 [0-9a-f]{64}, but .* 44b46b04\.\.\."):
-        W.load_weights(name, file=path)
+        load_weights(name, file=path)
 
 
 def test_truncated_files_are_refused(tmp_path, pc50):
@@ -315,9 +317,9 @@ def test_truncated_files_are_refused(tmp_path, pc50):
         cut = tmp_path / f"cut.{fmt}"
         cut.write_bytes(pc50[fmt].read_bytes()[: 5_000_000])
         with pytest.raises(WeightsError, match="could not be read as a plain state dict"):
-            W.load_weights(PC50, file=cut, verify=False)
+            load_weights(PC50, file=cut, verify=False)
         with pytest.raises(WeightsError, match="incomplete"):
-            W.load_weights(with_digest(PC50, pc50["data"]), file=cut)
+            load_weights(with_digest(PC50, pc50["data"]), file=cut)
 
 
 class _Planted:
@@ -342,7 +344,7 @@ def test_a_pickle_with_code_is_refused_and_nothing_runs(tmp_path):
         else:
             path.write_bytes(data)
         with pytest.raises(WeightsError, match="nothing in it was run"):
-            W.load_weights(PC50, file=path, verify=False)
+            load_weights(PC50, file=path, verify=False)
         assert not marker.exists()
 
 
@@ -351,7 +353,7 @@ def test_names_are_case_insensitive_and_unknown_names_listed():
     with pytest.raises(WeightsError, match="EncNet_ResNet101s_ADE.*encnet-weights list"):
         W.get_entry("EncNet_ResNet50_PContext")
     with pytest.raises(FileNotFoundError, match="missing.zip"):
-        W.load_weights(PC50, file="missing.zip")
+        load_weights(PC50, file="missing.zip")
 
 
 # ---------------------------------------------------------------------------- catalogue
@@ -367,7 +369,7 @@ def test_catalogue_facts():
         assert e.stem == "deep64" and e.align_corners and e.crop_size == (
             (576, 576) if e.name == "EncNet_ResNet101s_ADE" else (480, 480))
     pc = W.get_entry(PC50).scores[0]
-    assert (pc.pixacc, pc.miou) == (79.2, 51.0) and "flip" in pc.protocol
+    assert (pc.pixAcc, pc.mIoU) == pytest.approx((0.792, 0.51)) and "flip" in pc.protocol
     mmseg = [e for e in W.CATALOGUE.values() if e.source == "mmseg"]
     assert len(mmseg) == 12 and {e.dataset for e in mmseg} == {"ade20k", "cityscapes"}
     for e in mmseg:  # the 8 hex digits that end the file name start its SHA-256
@@ -398,10 +400,10 @@ def test_builders_take_published_weights(pc50, tmp_path, monkeypatch):
 @pytest.mark.parametrize("call,fix", [
     (lambda: encnet_resnet101(weights=PC50), "encnet_resnet50"),
     (lambda: fcn_resnet50(weights=PC50), "encnet_resnet50"),
-    (lambda: encnet_resnet50(21, weights=PC50), "num_classes=21"),
+    (lambda: encnet_resnet50(num_classes=21, weights=PC50), "num_classes=21"),
     (lambda: encnet_resnet50(weights=PC50, lateral=False), "lateral=False"),
     (lambda: encnet_resnet50(weights=PC50, stem="plain"), "stem='plain'"),
-    (lambda: encnet_resnet50(weights=PC50, pretrained_backbone=True), "pretrained_backbone"),
+    (lambda: encnet_resnet50(weights=PC50, weights_backbone="imagenet"), "weights_backbone"),
     (lambda: encnet_resnet50s(weights="encnet_r50-d8_4xb4-80k_ade20k-512x512"),
      "stem='deep64'"),  # mmsegmentation's is the ResNetV1c stem
 ])
@@ -493,7 +495,7 @@ def test_a_refused_download_says_how_to_fetch_by_hand(tmp_path, monkeypatch):
     with serve({}, status=403) as (url, _):
         monkeypatch.setenv(W.ENV_URL, url)
         with pytest.raises(WeightsError) as info:
-            W.load_weights(PC50, cache_dir=tmp_path, progress=False)
+            load_weights(PC50, cache_dir=tmp_path, progress=False)
     message = str(info.value)
     assert "HTTP 403" in message and "file=PATH" in message and W.ENV_URL in message
     assert W.get_entry(PC50).url in message  # the published address, to fetch by hand
@@ -503,7 +505,7 @@ def test_load_weights_downloads_once_then_uses_the_cache(pc50, tmp_path, monkeyp
     good = with_digest(PC50, pc50["data"])
     with serve({good.filename: pc50["zip"].read_bytes()}) as (url, handler):
         monkeypatch.setenv(W.ENV_URL, url)
-        model = W.load_weights(good, cache_dir=tmp_path, progress=False)
+        model = load_weights(good, cache_dir=tmp_path, progress=False)
         assert W.download_weights(good, cache_dir=tmp_path) == tmp_path / good.filename
     assert len(handler.requests) == 1  # the second call found the verified cached copy
     assert torch.equal(model.head.classifier[1].weight, pc50["state"]["head.conv6.1.weight"])
@@ -537,13 +539,14 @@ def test_official_imagenet_backbone_loads_into_the_deep_stem(tmp_path, monkeypat
 
 
 def test_deep_stem_preset_builds_the_official_backbone():
-    cfg = presets.pcontext_encnet_r50s(pretrained_backbone=False)
-    assert (cfg.backbone, cfg.lateral, cfg.align_corners, cfg.lr, cfg.epochs) == (
+    cfg = presets.pcontext_encnet_r50s(weights_backbone="")
+    m = cfg.model
+    assert (m.backbone, m.lateral, m.align_corners, cfg.optim.lr, cfg.optim.epochs) == (
         "resnet50s", True, True, 1e-3, 80)
     with torch.device("meta"):
         model = engine.build_model(cfg, 59)
     assert model.backbone.stem_type == "deep64" and model.backbone.bn1.num_features == 128
-    assert presets.pcontext_encnet_r101s().backbone == "resnet101s"
+    assert presets.pcontext_encnet_r101s().model.backbone == "resnet101s"
 
 
 # ---------------------------------------------------------------------------- numerics
@@ -600,3 +603,53 @@ def test_cli_list_and_download(pc50, tmp_path, capsys, monkeypatch):
     assert len([line for line in lines if " no " in line]) == len(W.CATALOGUE) - 1
     monkeypatch.setenv(W.ENV_URL, "http://127.0.0.1:9/nothing-listens-here/")
     assert W.download_weights(PC50, cache_dir=cache) == cached  # found, verified, offline
+
+
+# ------------------------------------------------------------------ published cost (issue 24)
+
+# mmsegmentation configs/encnet/README.md: "Mem (GB)" and "Inf time (fps)" of the rows that
+# publish them (the 80k Cityscapes and 160k ADE20K rows leave both blank).
+README_COST = {
+    "encnet_r50-d8_4xb2-40k_cityscapes-512x1024": (8.6, 4.58),
+    "encnet_r101-d8_4xb2-40k_cityscapes-512x1024": (12.1, 2.66),
+    "encnet_r50-d8_4xb2-40k_cityscapes-769x769": (9.8, 1.82),
+    "encnet_r101-d8_4xb2-40k_cityscapes-769x769": (13.7, 1.26),
+    "encnet_r50-d8_4xb4-80k_ade20k-512x512": (10.1, 22.81),
+    "encnet_r101-d8_4xb4-80k_ade20k-512x512": (13.6, 14.87),
+}
+
+
+def test_every_mmseg_entry_has_its_published_cost():
+    mmseg = [e for e in W.CATALOGUE.values() if e.source == "mmseg"]
+    assert len(mmseg) == 12
+    for e in mmseg:
+        c = e.cost
+        assert c is not None and c.hardware == "V100" and c.gpus == 4, e.name
+        assert c.crop_size == e.crop_size and c.infer_ms > 0, e.name
+        # the name says GPUs x batch and the schedule: "4xb2-40k", "4xb4-160k"
+        tag = f"{c.gpus}xb{c.batch_per_gpu}-{c.iters // 1000}k"
+        assert tag in e.name, (tag, e.name)
+        assert c.batch == (8 if e.dataset == "cityscapes" else 16)  # metafile "Batch Size"
+        if e.name in README_COST:
+            mem, fps = README_COST[e.name]
+            assert c.train_mem_gb == mem and round(c.fps, 2) == fps, e.name
+        else:
+            assert c.train_mem_gb is None, e.name
+    # the same model (depth, crop) has the same inference time whatever its schedule
+    by_model = {(e.depth, e.crop_size): e.cost.infer_ms for e in mmseg}
+    assert all(by_model[(e.depth, e.crop_size)] == e.cost.infer_ms for e in mmseg)
+
+
+def test_cost_table_rows_for_the_chapter():
+    header, rows = W.cost_table(["encnet_r50-d8_4xb2-40k_cityscapes-512x1024",
+                                 "EncNet_ResNet50s_PContext"])
+    assert len(header) == len(rows[0]) == len(rows[1]) == 6
+    assert rows[0] == ["encnet_r50-d8_4xb2-40k_cityscapes-512x1024", "512x1024",
+                       "40k iterations of 4 x 2 images", "V100", "8.6 GB",
+                       "218.34 ms/image (4.58 fps)"]
+    # the official zoo publishes its training command only: 4 GPUs, 80 epochs on PContext
+    assert rows[1][2:] == ["80 epochs of 4 x 4 images", "-", "-", "-"]
+    _, every = W.cost_table()
+    assert [r[0] for r in every] == [e.name for e in W.CATALOGUE.values() if e.source == "mmseg"]
+    with pytest.raises(WeightsError, match="no published weights"):
+        W.cost_table(["EncNet_Nope"])

@@ -1,4 +1,4 @@
-"""What every dataset here shares: normalisation, palettes, checked file loading, atomic writes.
+"""What every dataset here shares: normalisation, palettes, checked file loading, mask PNGs.
 
 Every dataset returns ``(image, mask)`` with ``image: (3, H, W)`` float32 normalised with the
 ImageNet statistics and ``mask: (H, W)`` int64 holding class ids ``0..num_classes-1`` or
@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ..checkpoint import atomic_write
+from ..errors import DataError, DatasetNotFoundError
+from ..files import write_bytes_atomic
 
 PathLike = Union[str, Path]
 
@@ -28,14 +29,6 @@ PathLike = Union[str, Path]
 MEAN: Tuple[float, float, float] = (0.485, 0.456, 0.406)
 STD: Tuple[float, float, float] = (0.229, 0.224, 0.225)
 IGNORE_INDEX = 255
-
-
-class DataError(ValueError):
-    """A dataset file is unusable (corrupt, wrong size, labels out of range)."""
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """A dataset root is missing or was only partly prepared."""
 
 
 def normalize(image: Union[np.ndarray, torch.Tensor, Image.Image]) -> torch.Tensor:
@@ -277,23 +270,11 @@ class SegmentationFiles(torch.utils.data.Dataset):
         return x, y
 
 
-# --------------------------------------------------------------------------- atomic writes
-
-def atomic_write_bytes(path: PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that ``path`` exists only once it is complete, with the
-    package's one atomic writer (:func:`encnet_lite.checkpoint.atomic_write`)."""
-    atomic_write(path, lambda f: f.write(data))
-
-
-def atomic_write_text(path: PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def save_mask_png(path: PathLike, mask: np.ndarray) -> None:
     """Save ``(H, W)`` uint8 class ids as a single-channel PNG, atomically."""
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8)).save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def check_id(image_id: str, source: object) -> str:

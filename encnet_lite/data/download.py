@@ -13,23 +13,23 @@ One name per idea, keyword-only everywhere: ``verify`` (an MD5 mismatch fails; F
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import http.client
 import json
 import re
 import shutil
-import sys
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 from tqdm.auto import tqdm
 
-from .common import PathLike, atomic_write_text
+from ..errors import EncnetError
+from ..files import write_text_atomic
+from .common import PathLike
 
 CHUNK = 1 << 20
 BY_HAND = "You can also fetch the file by hand and pass its folder as --download-dir."
@@ -46,7 +46,7 @@ class Remote:
     size_hint: str = ""  # human-readable, for messages ("1.3 GB")
 
 
-class DownloadError(RuntimeError):
+class DownloadError(EncnetError, RuntimeError):
     """A download failed or a file does not match its checksum."""
 
 
@@ -99,7 +99,7 @@ def check_md5(path: PathLike, remote: Remote, *, verify: bool = True,
             raise DownloadError(msg)
         print(f"WARNING: {msg} Continuing because verification is off.")
         return False
-    atomic_write_text(stamp, _stamp_value(path, remote.md5))
+    write_text_atomic(stamp, _stamp_value(path, remote.md5))
     return True
 
 
@@ -269,48 +269,3 @@ def locate(remote: Remote, download_dir: PathLike, extracted: str, *,
     return fetch(remote, download_dir, skip_download=skip_download, verify=verify,
                  progress=progress)
 
-
-# --- the command line of the prepare scripts -------------------------------------------------
-
-
-def prepare_parser(prog: str, description: str, root: str) -> argparse.ArgumentParser:
-    """The options every ``prepare_*`` script shares; each adds its own after these."""
-    from ..cli import ArgumentParser
-
-    parser = ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--root", default=root, help="output folder")
-    parser.add_argument("--download-dir", default=None,
-                        help="where the upstream archives are (or go); default ROOT/downloads. "
-                             "Files fetched by hand, or their extracted folders, work too.")
-    parser.add_argument("--skip-download", action="store_true",
-                        help="never download; fail with instructions if a file is missing")
-    parser.add_argument("--force", action="store_true", help="redo every step")
-    parser.add_argument("--no-verify", action="store_true",
-                        help="warn instead of failing on an MD5 mismatch")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    return parser
-
-
-def run_prepare(step: Callable[[], object], args: Optional[argparse.Namespace] = None,
-                prog: str = "prepare") -> int:
-    """Run a prepare step for a CLI: exit status 0; 2 with one line on stderr for a misuse
-    (an output folder that cannot be written, checked before any download); 1 with one
-    line for data that cannot be prepared (missing offline, corrupt, hostile)."""
-    from ..cli import UsageError, check_writable_dir, error, known_errors
-
-    try:
-        if args is not None:
-            check_writable_dir(args.root, "--root")
-            if args.download_dir and not args.skip_download:
-                check_writable_dir(args.download_dir, "--download-dir")
-    except UsageError as err:
-        return error(prog, err)
-    try:
-        step()
-    except (*known_errors(), RuntimeError, OSError) as err:
-        error(prog, err)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; a rerun continues where this one stopped", file=sys.stderr)
-        return 130
-    return 0

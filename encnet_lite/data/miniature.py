@@ -187,7 +187,7 @@ def write_zip(path: PathLike, members: Members) -> Path:
     atomically and reproducibly (fixed dates, so the checksums do not change)."""
     import zipfile
 
-    from .common import atomic_write_bytes
+    from ..files import write_bytes_atomic
 
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
@@ -196,7 +196,7 @@ def write_zip(path: PathLike, members: Members) -> Path:
                              compress_type=zipfile.ZIP_DEFLATED)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, buf.getvalue())
+    write_bytes_atomic(path, buf.getvalue())
     return path
 
 
@@ -227,8 +227,8 @@ def make_ade20k_miniature(directory: PathLike, n_train: int = 4, n_val: int = 2,
     ``n_val``. Returns the :class:`~encnet_lite.data.prepare_ade20k.Release` describing the
     zip (``file://`` URL, its real SHA-1 and SHA-256, these counts) for ``prepare_ade20k``.
     """
+    from ..files import write_text_atomic
     from .ade20k import BASE_DIR, SPLIT_DIRS
-    from .common import atomic_write_text
 
     directory, rng = Path(directory), np.random.default_rng(seed)
     members: Dict[str, bytes] = {f"{BASE_DIR}/": b""}
@@ -262,5 +262,5 @@ def make_ade20k_miniature(directory: PathLike, n_train: int = 4, n_val: int = 2,
     release = prepare_ade20k.Release(filename, path.resolve().as_uri(), digests["sha1"],
                                      digests["sha256"], path.stat().st_size,
                                      {"train": n_train, "val": n_val})
-    atomic_write_text(directory / ADE20K_MANIFEST, release.to_json())
+    write_text_atomic(directory / ADE20K_MANIFEST, release.to_json())
     return release

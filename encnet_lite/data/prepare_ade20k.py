@@ -34,21 +34,20 @@ from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 from tqdm.auto import tqdm
 
+from ..files import write_bytes_atomic, write_text_atomic
 from . import ade20k as ade
 from .archive import _read_member, describe, iter_files
 from .common import (
     DataError,
     DatasetNotFoundError,
     PathLike,
-    atomic_write_bytes,
-    atomic_write_text,
     check_id,
     load_mask,
     max_member_bytes,
     open_image,
     read_marker,
 )
-from .download import DownloadError, download, file_digests, prepare_parser, run_prepare
+from .download import DownloadError, download, file_digests
 
 
 @dataclass(frozen=True)
@@ -137,7 +136,7 @@ def check_zip(path: Path, release: Release, *, verify: bool = True, progress: bo
         print(f"WARNING: {msg}. Continuing because verification is off.")
         return False
     try:  # the stamp only saves time: a read-only folder (a zip given by hand) is fine
-        atomic_write_text(stamp, value)
+        write_text_atomic(stamp, value)
     except (OSError, RuntimeError):
         pass
     return True
@@ -255,7 +254,7 @@ def extract(source: Path, out: Path, force: bool, progress: bool) -> int:
 
     with tqdm(desc=f"extract {source.name}", unit="file", disable=not progress) as bar:
         for name, data in iter_members(source, want):
-            atomic_write_bytes(out / member_path(name, source), data)
+            write_bytes_atomic(out / member_path(name, source), data)
             written += 1
             bar.update()
     return written
@@ -394,7 +393,7 @@ def write_marker(root: Path, counts: Dict[str, int]) -> Dict:
     for split, n in ade.EXPECTED_SPLIT_SIZES.items():
         if counts[split] != n:
             print(f"note: {counts[split]} {split} images; the full release gives {n}.")
-    atomic_write_text(root / ade.MARKER, json.dumps(info, indent=2) + "\n")
+    write_text_atomic(root / ade.MARKER, json.dumps(info, indent=2) + "\n")
     return info
 
 
@@ -437,6 +436,8 @@ def prepare_ade20k(root: PathLike, download_dir: Optional[PathLike] = None, *,
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from ..cli import prepare_flags, prepare_parser, run_prepare
+
     parser = prepare_parser(
         "prepare_ade20k.py",
         "Download (resumable, checksummed) and extract ADE20K's SceneParsing release "
@@ -452,12 +453,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     def step() -> Dict:
         release = Release.from_json(args.manifest) if args.manifest else None
-        return prepare_ade20k(args.root, download_dir=args.download_dir,
-                              from_zip=args.from_zip, skip_download=args.skip_download,
-                              force=args.force, verify=not args.no_verify,
-                              progress=not args.quiet, release=release)
+        return prepare_ade20k(args.root, from_zip=args.from_zip, release=release,
+                              **prepare_flags(args))
 
-    return run_prepare(step, args, "prepare_ade20k.py")
+    return run_prepare("prepare_ade20k.py", step, args)
 
 
 if __name__ == "__main__":

@@ -37,21 +37,20 @@ from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..files import write_bytes_atomic, write_text_atomic
 from . import pcontext as pc
 from .archive import Skipped, describe, iter_files, read_files, skipped_error
 from .common import (
     DataError,
     DatasetNotFoundError,
     PathLike,
-    atomic_write_bytes,
-    atomic_write_text,
     check_id,
     check_pair_sizes,
     parse_id_list,
     read_marker,
     save_mask_png,
 )
-from .download import Remote, locate, prepare_parser, run_prepare
+from .download import Remote, locate
 from .matfile import load_mat
 
 VOC2010 = Remote(
@@ -187,7 +186,7 @@ def extract_images(voc: Path, images: Path, annotated: Set[str], *, force: bool,
     bar = tqdm(total=len(todo), desc="extract images", unit="img", disable=not progress)
     if todo:
         for name, data in iter_files(voc, wanted, skipped):
-            atomic_write_bytes(images / f"{_JPEG.search(name).group(1)}.jpg", data)
+            write_bytes_atomic(images / f"{_JPEG.search(name).group(1)}.jpg", data)
             bar.update()
     bar.close()
 
@@ -212,13 +211,13 @@ def check_complete(images: Path, splits: Mapping[str, List[str]], annotated: Set
 def write_manifest(root: Path, splits: Mapping[str, List[str]], variants: List[int]) -> Dict:
     """The split lists, then (last) ``prepared.json``, which says ``root`` is complete."""
     for split, split_ids in splits.items():
-        atomic_write_text(root / "ImageSets" / f"{split}.txt", "".join(f"{i}\n" for i in split_ids))
+        write_text_atomic(root / "ImageSets" / f"{split}.txt", "".join(f"{i}\n" for i in split_ids))
     info = {"dataset": "pascal-context", "format": 1, "variants": variants,
             "train": len(splits["train"]), "val": len(splits["val"])}
     for split, n in pc.EXPECTED_SPLIT_SIZES.items():
         if info[split] != n:
             print(f"note: {info[split]} {split} images; the full release gives {n}.")
-    atomic_write_text(root / pc.MARKER, json.dumps(info, indent=2) + "\n")
+    write_text_atomic(root / pc.MARKER, json.dumps(info, indent=2) + "\n")
     return info
 
 
@@ -276,6 +275,8 @@ def prepare_pcontext(root: PathLike, download_dir: Optional[PathLike] = None, *,
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from ..cli import prepare_flags, prepare_parser, run_prepare
+
     parser = prepare_parser(
         "prepare_pcontext.py",
         "Download (resumable, MD5-checked) and convert PASCAL-Context to 59-class label PNGs "
@@ -285,10 +286,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "is class 0")
     args = parser.parse_args(argv)
     variants = (59, 60) if args.classes == "both" else (int(args.classes),)
-    return run_prepare(lambda: prepare_pcontext(
-        args.root, args.download_dir, variants=variants, skip_download=args.skip_download,
-        force=args.force, verify=not args.no_verify, progress=not args.quiet),
-        args, "prepare_pcontext.py")
+    return run_prepare("prepare_pcontext.py", lambda: prepare_pcontext(
+        args.root, variants=variants, **prepare_flags(args)), args)
 
 
 if __name__ == "__main__":

@@ -26,14 +26,13 @@ from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tup
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..files import write_bytes_atomic, write_text_atomic
 from . import voc
 from .archive import Skipped, describe, iter_files, read_files, skipped_error
 from .common import (
     DataError,
     DatasetNotFoundError,
     PathLike,
-    atomic_write_bytes,
-    atomic_write_text,
     check_id,
     check_labels,
     check_pair_sizes,
@@ -42,7 +41,7 @@ from .common import (
     read_marker,
     save_mask_png,
 )
-from .download import Remote, locate, prepare_parser, run_prepare
+from .download import Remote, locate
 from .matfile import load_mat
 
 VOC2012 = Remote(
@@ -180,7 +179,7 @@ def extract_voc(vsrc: Path, out: _Layout, needed: Set[str], labelled: Set[str], 
     for name, data in iter_files(vsrc, wanted, skipped):
         m = jpeg.search(name)
         if m:
-            atomic_write_bytes(out.images / f"{m.group(1)}.jpg", data)
+            write_bytes_atomic(out.images / f"{m.group(1)}.jpg", data)
         else:
             where = describe(vsrc, name)
             mask = load_mask(io.BytesIO(data), where)
@@ -194,7 +193,7 @@ def copy_voc_labels_to_aug(out: _Layout, train: Sequence[str], *, force: bool) -
     """VOC's own labels take precedence inside train_aug."""
     for i in sorted(train):
         if force or not (out.aug / f"{i}.png").exists():
-            atomic_write_bytes(out.aug / f"{i}.png", (out.labels / f"{i}.png").read_bytes())
+            write_bytes_atomic(out.aug / f"{i}.png", (out.labels / f"{i}.png").read_bytes())
 
 
 def missing_images(out: _Layout, ids: Set[str]) -> List[str]:
@@ -209,7 +208,7 @@ def extract_sbd_images(ssrc: Path, out: _Layout, todo: Set[str], skipped: Skippe
         return bool(m) and m.group(1) in todo
 
     for name, data in iter_files(ssrc, wanted, skipped):
-        atomic_write_bytes(out.images / f"{_SBD_IMG.search(name).group(1)}.jpg", data)
+        write_bytes_atomic(out.images / f"{_SBD_IMG.search(name).group(1)}.jpg", data)
 
 
 def check_complete(out: _Layout, needed: Set[str], labelled: Set[str],
@@ -242,13 +241,13 @@ def check_sizes(out: _Layout, splits: Mapping[str, List[str]], *, progress: bool
 def write_manifest(root: Path, splits: Mapping[str, List[str]], sbd: bool) -> Dict:
     """The split lists, then (last) the marker that says ``root`` is complete."""
     for split, ids in splits.items():
-        atomic_write_text(root / "ImageSets" / f"{split}.txt", "".join(f"{i}\n" for i in ids))
+        write_text_atomic(root / "ImageSets" / f"{split}.txt", "".join(f"{i}\n" for i in ids))
     info = {"dataset": "pascal-voc-2012", "format": 1, "sbd": sbd,
             **{s: len(ids) for s, ids in splits.items()}}
     for split, n in voc.EXPECTED_SPLIT_SIZES.items():
         if split in info and info[split] != n:
             print(f"note: {info[split]} {split} images; the full release gives {n}.")
-    atomic_write_text(root / voc.MARKER, json.dumps(info, indent=2) + "\n")
+    write_text_atomic(root / voc.MARKER, json.dumps(info, indent=2) + "\n")
     return info
 
 
@@ -292,6 +291,8 @@ def prepare_voc(root: PathLike, download_dir: Optional[PathLike] = None, *, sbd:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from ..cli import prepare_flags, prepare_parser, run_prepare
+
     parser = prepare_parser(
         "prepare_voc.py",
         "Download (resumable, MD5-checked) and convert PASCAL VOC 2012 (+ SBD train_aug with "
@@ -299,10 +300,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--sbd", action="store_true",
                         help="also build the 10,582-image train_aug set from SBD")
     args = parser.parse_args(argv)
-    return run_prepare(lambda: prepare_voc(
-        args.root, args.download_dir, sbd=args.sbd, skip_download=args.skip_download,
-        force=args.force, verify=not args.no_verify, progress=not args.quiet),
-        args, "prepare_voc.py")
+    return run_prepare("prepare_voc.py",
+                       lambda: prepare_voc(args.root, sbd=args.sbd, **prepare_flags(args)), args)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ of sky along the band's outer edge, labelled ``day sky`` (plain light blue) or `
 tell the times apart. The time decides the class of 3-6 small dark *birds* (about 12x15 px,
 some 5 % of the pixels), drawn by the same code by day and by night beyond the same gap:
 ``pigeon`` by day, ``bat`` by night. The same argument caps a blind model's bird classes at
-IoU 1/3 each; a model that reads the kind but not the time is capped at ``miou_kind_only``
+IoU 1/3 each; a model that reads the kind but not the time is capped at ``mIoU_kind_only``
 (87.9 % with 11 classes). This is the case the SE-loss is for: the birds are too few pixels
 for the per-pixel loss alone to teach the context vector the time within the ablation's
 budget, while the SE-loss asks every image which birds (and skies) it holds, small or
@@ -109,28 +109,30 @@ def blind_caps(num_kinds: int = 3, num_classes: Optional[int] = None,
                bird_fraction: float = 0.0) -> Dict[str, float]:
     """Best scores a model blind to the scene cue can reach (see the module docstring).
 
-    Returns ``lookalike_iou`` (per look-alike class), ``miou`` (every other class perfect),
-    ``miou_constant_guess`` and, when ``lookalike_fraction`` is given, ``pixacc``. With
-    ``num_times=2`` (``day_night``) the birds are capped the same way (``bird_iou``), and
-    ``miou_kind_only`` is the cap of a model that reads the scene kind but not the time;
-    ``bird_fraction`` (the birds' share of the pixels) then enters the ``pixacc`` cap.
+    Returns fractions, named as :meth:`~encnet_lite.metrics.ConfusionMatrix.compute`'s
+    scores: ``lookalike_IoU`` (per look-alike class), ``mIoU`` (every other class perfect),
+    ``mIoU_constant_guess``, ``lookalike_pixAcc`` and, when ``lookalike_fraction`` is given,
+    ``pixAcc``. With ``num_times=2`` (``day_night``) the birds are capped the same way
+    (``bird_IoU``), and ``mIoU_kind_only`` is the cap of a model that reads the scene kind but
+    not the time; ``bird_fraction`` (the birds' share of the pixels) then enters the
+    ``pixAcc`` cap.
     """
     k, t = num_kinds, num_times
     birds = t if t > 1 else 0  # sky and bird classes exist only with several times of day
     c = num_classes if num_classes is not None else 1 + 2 * k + 2 * birds
     bird_share = birds / (2 * t - 1)  # summed bird IoU caps (0 without birds)
     caps = {
-        "lookalike_iou": 1.0 / (2 * k - 1),
-        "miou": (c - k - birds + k / (2 * k - 1) + bird_share) / c,
-        "miou_constant_guess": (c - k - birds + 1.0 / k + (1.0 / t if birds else 0.0)) / c,
-        "lookalike_pixacc": 1.0 / k,
+        "lookalike_IoU": 1.0 / (2 * k - 1),
+        "mIoU": (c - k - birds + k / (2 * k - 1) + bird_share) / c,
+        "mIoU_constant_guess": (c - k - birds + 1.0 / k + (1.0 / t if birds else 0.0)) / c,
+        "lookalike_pixAcc": 1.0 / k,
     }
     if birds:
-        caps["bird_iou"] = 1.0 / (2 * t - 1)
-        caps["miou_kind_only"] = (c - birds + bird_share) / c
+        caps["bird_IoU"] = 1.0 / (2 * t - 1)
+        caps["mIoU_kind_only"] = (c - birds + bird_share) / c
     if lookalike_fraction is not None:
         # (1 - 1/t) is 0 with a single time: no bird term then
-        caps["pixacc"] = 1.0 - (1.0 - 1.0 / k) * lookalike_fraction - \
+        caps["pixAcc"] = 1.0 - (1.0 - 1.0 / k) * lookalike_fraction - \
             (1.0 - 1.0 / t) * bird_fraction
     return caps
 

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .segmentation import FCN, EncNet
+from .segmentation import FCN, EncNet, fcn_resnet50
 
-__all__ = ["conv_macs", "count_parameters", "input_support", "receptive_field", "trace_shapes"]
+__all__ = ["conv_macs", "count_parameters", "dilations", "input_support", "output_stride_rows",
+           "receptive_field", "shape_rows", "trace_shapes"]
 
 
 def _pair(v: Union[int, Sequence[int]]) -> int:
@@ -130,6 +131,70 @@ def trace_shapes(model: nn.Module, images: Tensor,
         for h in hooks:
             h.remove()
     rows.append(("output", _shapes(out)))
+    return rows
+
+
+def _shape_text(shape: Any) -> Any:
+    """``(1, C, H, W)`` -> ``"C x H x W"``: the batch dimension dropped (other values as is)."""
+    if not isinstance(shape, tuple):
+        return shape
+    return " x ".join(map(str, shape[1:]))
+
+
+def shape_rows(trace: Sequence[Tuple[str, Any]], what: Mapping[str, str],
+               input_shape: Sequence[int]) -> List[Tuple[str, str, Any]]:
+    """Table rows ``(tensor, what, shape)`` of a :func:`trace_shapes` trace.
+
+    The first row is the input ``input_shape = (B, C, H, W)``; then one row per traced
+    module, described by ``what[name]``, with its shape as ``"C x H x W"`` (the batch
+    dimension dropped). A module with named outputs (a dict or NamedTuple, e.g. the
+    Context Encoding Module) gets one row per output, the description on the first
+    (``x`` or ``main``); the model's own outputs are called ``output `key` ``. A
+    zero-width space after each dot lets a long module name wrap in a narrow table.
+    """
+    rows: List[Tuple[str, str, Any]] = [("input", "image", _shape_text(tuple(input_shape)))]
+    for name, shape in trace:
+        if not isinstance(shape, dict):
+            rows.append((name, what[name], _shape_text(shape)))
+            continue
+        for key, value in shape.items():  # named outputs: one row each
+            label = what.get(name, "model output") if key in ("x", "main") else ""
+            tensor = f"output `{key}`" if name == "output" else f"{name}.{key}"
+            rows.append((tensor, label, _shape_text(value)))
+    return [(name.replace(".", ".\u200b"), *rest) for name, *rest in rows]
+
+
+def dilations(stage: nn.Module) -> str:
+    """The distinct dilation rates of the 3x3 convolutions in ``stage``, e.g. ``"1, 2"``."""
+    rates = {m.dilation[0] for m in stage.modules()
+             if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)}
+    return ", ".join(map(str, sorted(rates)))
+
+
+def output_stride_rows(strides: Sequence[int] = (32, 16, 8), size: int = 480,
+                       num_classes: int = 59) -> List[Dict[str, Any]]:
+    """What the output stride changes in a dilated ResNet-50 FCN, one dict per stride.
+
+    Each FCN (no auxiliary head) is built on the ``meta`` device and run on a
+    ``(1, 3, size, size)`` input: shapes only, no memory, no arithmetic. Keys:
+    ``stride``; ``c4``, the backbone's last map as ``"h x w"``; ``dilation3`` /
+    ``dilation4``, the rates of stages 3 and 4 (:func:`dilations`); ``rf_backbone`` and
+    ``rf``, the receptive fields (px) of ``c4`` and of the FCN's upsampled class scores
+    (:func:`receptive_field`); ``gmacs_backbone`` and ``gmacs``, the multiply-accumulates
+    of the backbone and of the whole FCN (:func:`conv_macs`), in billions, to 0.1.
+    """
+    images = torch.empty(1, 3, size, size, device="meta")
+    rows = []
+    for stride in strides:
+        with torch.device("meta"):
+            fcn = fcn_resnet50(num_classes=num_classes, output_stride=stride, aux=False).eval()
+        bb = fcn.backbone
+        rows.append({
+            "stride": stride, "c4": " x ".join(map(str, bb(images)["c4"].shape[-2:])),
+            "dilation3": dilations(bb.layer3), "dilation4": dilations(bb.layer4),
+            "rf_backbone": receptive_field(bb), "rf": receptive_field(fcn),
+            "gmacs_backbone": round(conv_macs(bb, images) / 1e9, 1),
+            "gmacs": round(conv_macs(fcn, images) / 1e9, 1)})
     return rows
 
 

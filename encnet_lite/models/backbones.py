@@ -23,7 +23,10 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-__all__ = ["STEMS", "ResNetBackbone", "TinyBackbone", "WeightsError", "check_images",
+from ..errors import WeightsError
+from ..weights import imagenet_state_dict
+
+__all__ = ["STEMS", "ResNetBackbone", "TinyBackbone", "check_images",
            "conv_bn_relu", "deep_stem", "load_resnet_state_dict"]
 
 _RESNETS = {
@@ -35,11 +38,6 @@ _RESNETS = {
 # Stem name -> width of its first two 3x3 convs (None: torchvision's single 7x7 conv). The
 # deep stems end with twice that width: 128 channels (official resnet50s) or 64 (ResNetV1c).
 STEMS = {"plain": None, "deep64": 64, "deep32": 32}
-
-
-class WeightsError(RuntimeError):
-    """Weights could not be had or do not fit: offline, a file that is not plain weights, a
-    checksum mismatch, or keys that fit no model (ImageNet backbones and published models)."""
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
@@ -85,13 +83,13 @@ def load_resnet_state_dict(depth: int, weights_path: Optional[Union[str, Path]] 
     if weights_path is not None:
         path = Path(weights_path).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"weights_path={str(path)!r} does not exist")
+            raise FileNotFoundError(f"ImageNet weights file {str(path)!r} does not exist")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # a pickle that needs code, a truncated or foreign file
-            raise WeightsError(f"weights_path={str(path)!r} is not a plain state dict of "
-                               f"tensors ({type(err).__name__}); nothing was run. Give a "
-                               "torchvision ResNet .pth file.") from err
+            raise WeightsError(f"ImageNet weights file {str(path)!r} is not a plain state "
+                               f"dict of tensors ({type(err).__name__}); nothing was run. "
+                               "Give a torchvision ResNet .pth file.") from err
         for key in ("state_dict", "model"):
             if isinstance(state, dict) and isinstance(state.get(key), dict):
                 state = state[key]
@@ -118,15 +116,15 @@ def _hub_state_dict(depth: int, url: str) -> Dict[str, Tensor]:
                 f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
                 "it was not loaded (only tensors are read from the torch.hub cache, no "
                 "code runs). Delete it and download it again, or pass "
-                f"weights_path='/path/to/{filename}'.") from err
+                f"weights_backbone='/path/to/{filename}'.") from err
         raise WeightsError(
             f"Could not fetch the ImageNet weights of ResNet-{depth} ({url}): "
             f"{type(err).__name__}: {err}\n"
             "No network? Either\n"
-            "  * pass pretrained_backbone=False (random initialisation: fine for tests "
+            "  * pass weights_backbone=None (random initialisation: fine for tests "
             "and the tiny experiments, poor for real training), or\n"
             f"  * download {filename} on another machine and pass "
-            f"weights_path='/path/to/{filename}', or copy it to {cache}/ where "
+            f"weights_backbone='/path/to/{filename}', or copy it to {cache}/ where "
             "torch.hub looks first."
         ) from err
 
@@ -169,7 +167,7 @@ class ResNetBackbone(nn.Module):
         depth: 50 or 101.
         pretrained: load ImageNet weights (plain stem: torchvision's, see
             :func:`load_resnet_state_dict`; ``deep64``: the official ``resnet50s`` /
-            ``resnet101s``, see :func:`encnet_lite.weights.load_imagenet_backbone`).
+            ``resnet101s``, see :func:`encnet_lite.weights.imagenet_state_dict`).
         weights_path: a local ImageNet state dict for this stem; implies ``pretrained``.
         stem: ``"plain"`` (torchvision's 7x7 conv, 64 channels), ``"deep64"`` (official
             PyTorch-Encoding ``resnet50s``: 3x3 convs 3 -> 64 -> 64 -> 128, ``bn1`` of 128,
@@ -211,9 +209,8 @@ class ResNetBackbone(nn.Module):
         if (pretrained or weights_path is not None) and width is None:
             self.load_state_dict(load_resnet_state_dict(depth, weights_path))
         elif pretrained or weights_path is not None:
-            from ..weights import load_imagenet_backbone  # the catalogue imports this module
-
-            load_imagenet_backbone(self, weights_path)
+            self.load_state_dict(imagenet_state_dict(depth, stem, self.state_dict(),
+                                                     weights_path))
 
     def forward(self, x: Tensor) -> Dict[str, Tensor]:
         check_images(x)

@@ -24,23 +24,26 @@ centres together. The weights are the same either way; the PASCAL presets use ``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import WeightsError
+from ..weights import WeightsEntry, check_builder_args, fetch_state_dict, fit_state_dict, get_entry
 from .backbones import ResNetBackbone, TinyBackbone
 from .heads import EncHead, FCNHead
 
 __all__ = [
-    "FCN", "EncNet", "SegmentationModel",
+    "ARCHITECTURES", "FCN", "EncNet", "SegmentationModel", "param_groups",
     "encnet_resnet50", "encnet_resnet101", "encnet_resnet50s", "encnet_resnet101s", "encnet_tiny",
     "fcn_resnet50", "fcn_resnet101", "fcn_resnet50s", "fcn_resnet101s", "fcn_tiny",
-    "align_corners_disagreement",
+    "align_corners_disagreement", "build_published", "load_weights",
 ]
 
-PathLike = Optional[Union[str, Path]]
+# None (random), "imagenet" (the ImageNet weights, cached) or a local state-dict file.
+WeightsBackbone = Optional[Union[str, Path]]
 
 
 def upsample(logits: Tensor, size, align_corners: bool = False) -> Tensor:
@@ -49,34 +52,58 @@ def upsample(logits: Tensor, size, align_corners: bool = False) -> Tensor:
 
 
 class SegmentationModel(nn.Module):
-    """What FCN and EncNet share: ``backbone``, ``head``, optional ``aux`` head on ``c3``."""
+    """What FCN and EncNet share: ``backbone``, ``head`` on ``c4``, the optional ``aux`` FCN
+    head on ``c3`` (training mode only), and the upsampling of the logits to the input size;
+    :func:`param_groups` splits the parameters into backbone and heads.
 
-    backbone: nn.Module
-    head: nn.Module
-    aux: Optional[nn.Module]
-    align_corners: bool = False  # how the logits are upsampled (module docstring)
+    A subclass builds its head and implements :meth:`head_outputs`; ``forward(images:
+    (B, 3, H, W))`` returns ``{"main", ...head extras[, "aux"]}`` (module docstring).
+    ``options``: the keyword options of the class that a config sets
+    (:func:`encnet_lite.engine.build_model` reads them off the config by these names).
+    """
 
-    def param_groups(self, lr: Optional[float] = None,
-                     head_lr_mult: float = 10.0) -> List[Dict]:
-        """Optimizer groups ``[{"name": "backbone", ...}, {"name": "head", ...}]``.
+    options: Tuple[str, ...] = ("aux", "align_corners")
 
-        "head" holds every non-backbone parameter (head and auxiliary head). With ``lr``,
-        each group also gets its ``lr`` (the head ``lr * head_lr_mult``, the official 10x),
-        ready for ``torch.optim.SGD(model.param_groups(lr), lr=lr, ...)``.
-        """
-        backbone_ids = {id(p) for p in self.backbone.parameters()}
-        groups = [
-            {"name": "backbone", "params": [p for p in self.backbone.parameters()]},
-            {"name": "head", "params": [p for p in self.parameters()
-                                        if id(p) not in backbone_ids]},
-        ]
-        if lr is not None:
-            groups[0]["lr"], groups[1]["lr"] = lr, lr * head_lr_mult
-        return groups
+    def __init__(self, backbone: nn.Module, head: nn.Module, num_classes: int, *,
+                 aux: bool = True, align_corners: bool = False) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.align_corners = align_corners  # how the logits are upsampled (module docstring)
+        # Registered in this order (backbone, head, aux): parameter order, and with it the
+        # optimizer state of saved checkpoints and the initialisation draws, stay as before.
+        self.backbone = backbone
+        self.head = head
+        self.aux = FCNHead(backbone.out_channels["c3"], num_classes) if aux else None
 
-    def _aux(self, feats: Dict[str, Tensor], out: Dict[str, Tensor], size) -> None:
+    def head_outputs(self, feats: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """``(stride-8 logits (B, classes, h, w), extra outputs by name)`` of the head."""
+        raise NotImplementedError
+
+    def forward(self, images: Tensor) -> Dict[str, Tensor]:
+        size = images.shape[-2:]
+        feats = self.backbone(images)
+        logits, extras = self.head_outputs(feats)
+        out = {"main": upsample(logits, size, self.align_corners), **extras}
         if self.training and self.aux is not None:
             out["aux"] = upsample(self.aux(feats["c3"]), size, self.align_corners)
+        return out
+
+
+def param_groups(model: nn.Module, lr: float, head_lr_mult: float = 10.0) -> List[Dict]:
+    """Optimizer groups of any model with a ``.backbone``: ``{"name": "backbone"}`` at ``lr``
+    and ``{"name": "head"}`` (every other parameter: head, auxiliary head) at
+    ``lr * head_lr_mult``, as the official recipe (the backbone starts pretrained, the heads
+    from scratch). Frozen parameters are left out, and so is a group left empty; each group
+    records its ``lr_mult`` for logging. Ready for ``torch.optim.SGD(groups, lr=lr, ...)``."""
+    backbone = getattr(model, "backbone", None)
+    ids = {id(p) for p in backbone.parameters()} if backbone is not None else set()
+    groups = [{"name": "backbone", "params": [p for p in model.parameters() if id(p) in ids],
+               "lr": lr, "lr_mult": 1.0},
+              {"name": "head", "params": [p for p in model.parameters() if id(p) not in ids],
+               "lr": lr * head_lr_mult, "lr_mult": head_lr_mult}]
+    for g in groups:
+        g["params"] = [p for p in g["params"] if p.requires_grad]
+    return [g for g in groups if g["params"]]
 
 
 class FCN(SegmentationModel):
@@ -85,22 +112,13 @@ class FCN(SegmentationModel):
     ``forward(images: (B, 3, H, W)) -> {"main"[, "aux"]}`` (see the module docstring).
     """
 
-    def __init__(self, backbone: nn.Module, num_classes: int, aux: bool = True,
+    def __init__(self, backbone: nn.Module, num_classes: int, *, aux: bool = True,
                  align_corners: bool = False) -> None:
-        super().__init__()
-        ch = backbone.out_channels
-        self.num_classes = num_classes
-        self.align_corners = align_corners
-        self.backbone = backbone
-        self.head = FCNHead(ch["c4"], num_classes)
-        self.aux = FCNHead(ch["c3"], num_classes) if aux else None
+        head = FCNHead(backbone.out_channels["c4"], num_classes)
+        super().__init__(backbone, head, num_classes, aux=aux, align_corners=align_corners)
 
-    def forward(self, images: Tensor) -> Dict[str, Tensor]:
-        size = images.shape[-2:]
-        feats = self.backbone(images)
-        out = {"main": upsample(self.head(feats["c4"]), size, self.align_corners)}
-        self._aux(feats, out, size)
-        return out
+    def head_outputs(self, feats: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
+        return self.head(feats["c4"]), {}
 
 
 class EncNet(SegmentationModel):
@@ -120,31 +138,24 @@ class EncNet(SegmentationModel):
     ``forward(images: (B, 3, H, W)) -> {"main", "gamma", "e"[, "se"][, "aux"]}``.
     """
 
-    def __init__(self, backbone: nn.Module, num_classes: int, aux: bool = True,
+    options = SegmentationModel.options + ("se_loss", "lateral", "num_codes", "encoder")
+
+    def __init__(self, backbone: nn.Module, num_classes: int, *, aux: bool = True,
                  se_loss: bool = True, lateral: bool = False, num_codes: int = 32,
                  head_channels: int = 512, encoder: str = "official",
                  align_corners: bool = False) -> None:
-        super().__init__()
         ch = backbone.out_channels
-        self.num_classes = num_classes
-        self.align_corners = align_corners
-        self.backbone = backbone
-        self.head = EncHead(ch["c4"], num_classes, channels=head_channels, num_codes=num_codes,
-                            se_loss=se_loss,
-                            lateral_channels=(ch["c2"], ch["c3"]) if lateral else None,
-                            encoder=encoder)
-        self.aux = FCNHead(ch["c3"], num_classes) if aux else None
+        head = EncHead(ch["c4"], num_classes, channels=head_channels, num_codes=num_codes,
+                       se_loss=se_loss, lateral_channels=(ch["c2"], ch["c3"]) if lateral else None,
+                       encoder=encoder)
+        super().__init__(backbone, head, num_classes, aux=aux, align_corners=align_corners)
 
-    def forward(self, images: Tensor) -> Dict[str, Tensor]:
-        size = images.shape[-2:]
-        feats = self.backbone(images)
+    def head_outputs(self, feats: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
         logits, ctx = self.head(feats)
-        out = {"main": upsample(logits, size, self.align_corners), "gamma": ctx.gamma,
-               "e": ctx.e}
+        extras = {"gamma": ctx.gamma, "e": ctx.e}
         if ctx.se is not None:
-            out["se"] = ctx.se
-        self._aux(feats, out, size)
-        return out
+            extras["se"] = ctx.se
+        return logits, extras
 
     def assignments(self, images: Tensor) -> Tensor:
         """Soft assignments of the head's descriptors to the K codewords.
@@ -157,25 +168,27 @@ class EncNet(SegmentationModel):
         return self.head.encode.assignments(x).reshape(b, h, w, -1)
 
 
+ARCHITECTURES: Dict[str, type] = {"encnet": EncNet, "fcn": FCN}
+
+
 # ---------------------------------------------------------------------------- builders
 #
-# ``weights="NAME"`` (keyword only) returns a published model from the catalogue of
-# :mod:`encnet_lite.weights`, as torchvision's builders do: downloaded (cached, verified),
-# converted and loaded strictly, in eval mode, with ``model.weights_meta`` attached.
-
-
-def _resnet(depth: int, pretrained_backbone: bool, weights_path: PathLike,
-            output_stride: int, stem: Optional[str] = None) -> ResNetBackbone:
-    return ResNetBackbone(depth, output_stride=output_stride, pretrained=pretrained_backbone,
-                          weights_path=weights_path, stem=stem or "plain")
+# Every builder has one keyword-only signature, as torchvision's:
+# ``(*, weights=None, weights_backbone=None, num_classes=None, aux=None, **kwargs)``.
+# ``weights="NAME"`` returns a published model from the catalogue of
+# :mod:`encnet_lite.weights` (downloaded, cached, verified, converted and loaded strictly, in
+# eval mode, with ``model.weights_meta`` attached); ``weights_backbone`` initialises the
+# backbone only: None (random), "imagenet" (the ImageNet weights, downloaded to the cache on
+# first use) or a local ImageNet state-dict file. ``kwargs``: ``output_stride`` and ``stem``
+# go to the backbone (ResNets), the rest to the model class (``align_corners``, and EncNet's
+# ``se_loss``, ``lateral``, ``num_codes``, ``encoder``, ``head_channels``).
 
 
 def _published(weights: str, model: str, depth: int, stem: Optional[str],
                num_classes: Optional[int], backbone_args: Dict, kwargs: Dict) -> nn.Module:
-    """``load_weights(weights)`` after checking that it is the model this builder makes and
-    that no argument contradicts it (an argument equal to the entry's value is accepted)."""
-    from ..weights import check_builder_args, load_weights
-
+    """:func:`load_weights` of ``weights`` after checking that it is the model this builder
+    makes and that no argument contradicts it (an argument equal to the entry's value is
+    accepted)."""
     check_builder_args(weights, model, depth, stem, num_classes, backbone_args, kwargs)
     loaded = load_weights(weights)
     if "align_corners" in kwargs:  # the one setting the weights leave free (upsampling)
@@ -185,118 +198,182 @@ def _published(weights: str, model: str, depth: int, stem: Optional[str],
 
 def _classes(num_classes: Optional[int], builder: str) -> int:
     if num_classes is None:
-        raise TypeError(f"{builder}() needs num_classes (or weights='NAME' of a published "
+        raise TypeError(f"{builder}() needs num_classes= (or weights='NAME' of a published "
                         "model, which brings its own: encnet_lite.weights.CATALOGUE)")
     return num_classes
 
 
-def _build(model: str, depth: int, stem: Optional[str], num_classes: Optional[int],
-           pretrained_backbone: bool, weights_path: PathLike, output_stride: int,
-           weights: Optional[str], kwargs: Dict) -> nn.Module:
+def _backbone_file(weights_backbone: WeightsBackbone) -> Optional[Path]:
+    """The local file ``weights_backbone`` names (None for None and "imagenet"), checked."""
+    if weights_backbone is None or weights_backbone == "imagenet":
+        return None
+    if not isinstance(weights_backbone, (str, Path)):  # e.g. True, the old switch
+        raise TypeError(f"weights_backbone={weights_backbone!r}: give None, 'imagenet' or "
+                        "the path of a local ImageNet state-dict file")
+    path = Path(weights_backbone).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"weights_backbone={str(weights_backbone)!r} is not a file: "
+                                "give a local ImageNet state-dict file, 'imagenet' (the "
+                                "download cache) or None (random initialisation)")
+    return path
+
+
+def _build(model: str, depth: int, stem: Optional[str], weights: Optional[str],
+           weights_backbone: WeightsBackbone, num_classes: Optional[int],
+           aux: Optional[bool], kwargs: Dict[str, Any]) -> SegmentationModel:
     """What every ResNet builder does: the published ``weights``, or ``model`` ("encnet" |
-    "fcn") on a fresh (optionally ImageNet-initialised) dilated ResNet-``depth``."""
+    "fcn") on a fresh dilated ResNet-``depth`` (``stem``: fixed by a ``*s`` builder, else
+    ``kwargs["stem"]`` or "plain"), initialised by ``weights_backbone``."""
+    name = f"{model}_resnet{depth}" + ("s" if stem else "")
+    if stem and "stem" in kwargs:
+        raise TypeError(f"{name}() has the {stem} stem; for another one use "
+                        f"{model}_resnet{depth}(stem=...)")
+    stem = stem or kwargs.pop("stem", None)  # None: not chosen ("plain", or the weights')
+    output_stride = kwargs.pop("output_stride", 8)
+    if aux is not None:
+        kwargs["aux"] = aux
     if weights is not None:
         return _published(weights, model, depth, stem, num_classes,
-                          {"pretrained_backbone": pretrained_backbone,
-                           "weights_path": weights_path, "output_stride": output_stride}, kwargs)
-    backbone = _resnet(depth, pretrained_backbone, weights_path, output_stride, stem)
-    cls = EncNet if model == "encnet" else FCN
-    return cls(backbone, _classes(num_classes, f"{model}_resnet{depth}"), **kwargs)
+                          {"weights_backbone": weights_backbone,
+                           "output_stride": output_stride}, kwargs)
+    path = _backbone_file(weights_backbone)
+    backbone = ResNetBackbone(depth, output_stride=output_stride, stem=stem or "plain",
+                              pretrained=weights_backbone is not None, weights_path=path)
+    return ARCHITECTURES[model](backbone, _classes(num_classes, name), **kwargs)
 
 
-def _fcn_kwargs(aux: bool, align_corners: Optional[bool]) -> Dict:
-    """``align_corners=None``: FCN's default (False), or the published entry's value."""
-    return {"aux": aux} if align_corners is None else {"aux": aux, "align_corners": align_corners}
+def _build_tiny(model: str, weights: Optional[str], weights_backbone: WeightsBackbone,
+                num_classes: Optional[int], aux: Optional[bool],
+                kwargs: Dict[str, Any]) -> SegmentationModel:
+    """``model`` on :class:`TinyBackbone` (random initialisation: it trains from scratch)."""
+    name = f"{model}_tiny"
+    if weights is not None or weights_backbone is not None:
+        raise WeightsError(f"{name}() has no published or ImageNet weights (the tiny backbone "
+                           "trains from scratch): drop weights= and weights_backbone=")
+    if aux is not None:
+        kwargs["aux"] = aux
+    return ARCHITECTURES[model](TinyBackbone(), _classes(num_classes, name), **kwargs)
 
 
-def encnet_resnet50(num_classes: Optional[int] = None, pretrained_backbone: bool = False,
-                    weights_path: PathLike = None, output_stride: int = 8, *,
-                    stem: Optional[str] = None, weights: Optional[str] = None,
-                    **kwargs) -> EncNet:
-    """EncNet on a dilated ResNet-50. ``pretrained_backbone=True``: ImageNet weights via
-    torchvision (a clear error offline; ``weights_path=`` reads a local file instead).
-    ``stem``: ``"plain"`` (default), ``"deep64"`` (official resnet50s) or ``"deep32"``
-    (ResNetV1c), see :class:`ResNetBackbone`. ``weights="EncNet_ResNet50s_PContext"`` (any
-    ResNet-50 EncNet of :data:`encnet_lite.weights.CATALOGUE`): the published model, in
-    eval mode. ``kwargs`` go to :class:`EncNet` (``aux``, ``se_loss``, ``lateral``...)."""
-    return _build("encnet", 50, stem, num_classes, pretrained_backbone, weights_path,
-                         output_stride, weights, kwargs)
+def encnet_resnet50(*, weights: Optional[str] = None, weights_backbone: WeightsBackbone = None,
+                    num_classes: Optional[int] = None, aux: Optional[bool] = None,
+                    **kwargs: Any) -> EncNet:
+    """EncNet on a dilated ResNet-50 (builders: see above). ``stem="plain"`` (default),
+    ``"deep64"`` (official resnet50s) or ``"deep32"`` (ResNetV1c), see
+    :class:`ResNetBackbone`; ``weights_backbone="imagenet"`` is torchvision's ImageNet
+    ResNet-50. ``weights="EncNet_ResNet50s_PContext"`` (any ResNet-50 EncNet of
+    :data:`encnet_lite.weights.CATALOGUE`): the published model, in eval mode."""
+    return _build("encnet", 50, None, weights, weights_backbone, num_classes, aux, kwargs)
 
 
-def encnet_resnet101(num_classes: Optional[int] = None, pretrained_backbone: bool = False,
-                     weights_path: PathLike = None, output_stride: int = 8, *,
-                     stem: Optional[str] = None, weights: Optional[str] = None,
-                     **kwargs) -> EncNet:
+def encnet_resnet101(*, weights: Optional[str] = None, weights_backbone: WeightsBackbone = None,
+                     num_classes: Optional[int] = None, aux: Optional[bool] = None,
+                     **kwargs: Any) -> EncNet:
     """EncNet on a dilated ResNet-101 (see :func:`encnet_resnet50`)."""
-    return _build("encnet", 101, stem, num_classes, pretrained_backbone, weights_path,
-                         output_stride, weights, kwargs)
+    return _build("encnet", 101, None, weights, weights_backbone, num_classes, aux, kwargs)
 
 
-def encnet_resnet50s(num_classes: Optional[int] = None, pretrained_backbone: bool = False,
-                     weights_path: PathLike = None, output_stride: int = 8, *,
-                     weights: Optional[str] = None, **kwargs) -> EncNet:
+def encnet_resnet50s(*, weights: Optional[str] = None, weights_backbone: WeightsBackbone = None,
+                     num_classes: Optional[int] = None, aux: Optional[bool] = None,
+                     **kwargs: Any) -> EncNet:
     """EncNet on the official deep-stem ResNet-50 (``resnet50s``): :func:`encnet_resnet50`
-    with ``stem="deep64"``; ``pretrained_backbone=True`` loads the official ImageNet
+    with ``stem="deep64"``; ``weights_backbone="imagenet"`` loads the official ImageNet
     ``resnet50s`` weights (:data:`encnet_lite.weights.IMAGENET_BACKBONES`)."""
-    return _build("encnet", 50, "deep64", num_classes, pretrained_backbone, weights_path,
-                         output_stride, weights, kwargs)
+    return _build("encnet", 50, "deep64", weights, weights_backbone, num_classes, aux, kwargs)
 
 
-def encnet_resnet101s(num_classes: Optional[int] = None, pretrained_backbone: bool = False,
-                      weights_path: PathLike = None, output_stride: int = 8, *,
-                      weights: Optional[str] = None, **kwargs) -> EncNet:
+def encnet_resnet101s(*, weights: Optional[str] = None, weights_backbone: WeightsBackbone = None,
+                      num_classes: Optional[int] = None, aux: Optional[bool] = None,
+                      **kwargs: Any) -> EncNet:
     """EncNet on the official deep-stem ResNet-101 (see :func:`encnet_resnet50s`)."""
-    return _build("encnet", 101, "deep64", num_classes, pretrained_backbone, weights_path,
-                         output_stride, weights, kwargs)
+    return _build("encnet", 101, "deep64", weights, weights_backbone, num_classes, aux, kwargs)
 
 
-def fcn_resnet50(num_classes: Optional[int] = None, pretrained_backbone: bool = False,
-                 weights_path: PathLike = None, output_stride: int = 8, aux: bool = True,
-                 align_corners: Optional[bool] = None, *, stem: Optional[str] = None,
-                 weights: Optional[str] = None) -> FCN:
+def fcn_resnet50(*, weights: Optional[str] = None, weights_backbone: WeightsBackbone = None,
+                 num_classes: Optional[int] = None, aux: Optional[bool] = None,
+                 **kwargs: Any) -> FCN:
     """The FCN baseline on a dilated ResNet-50 (see :func:`encnet_resnet50`;
     ``weights="FCN_ResNet50s_ADE"`` is the published one)."""
-    kwargs = _fcn_kwargs(aux, align_corners)
-    return _build("fcn", 50, stem, num_classes, pretrained_backbone, weights_path, output_stride,
-                      weights, kwargs)
+    return _build("fcn", 50, None, weights, weights_backbone, num_classes, aux, kwargs)
 
 
-def fcn_resnet101(num_classes: Optional[int] = None, pretrained_backbone: bool = False,
-                  weights_path: PathLike = None, output_stride: int = 8, aux: bool = True,
-                  align_corners: Optional[bool] = None, *, stem: Optional[str] = None,
-                  weights: Optional[str] = None) -> FCN:
+def fcn_resnet101(*, weights: Optional[str] = None, weights_backbone: WeightsBackbone = None,
+                  num_classes: Optional[int] = None, aux: Optional[bool] = None,
+                  **kwargs: Any) -> FCN:
     """The FCN baseline on a dilated ResNet-101 (see :func:`encnet_resnet50`)."""
-    kwargs = _fcn_kwargs(aux, align_corners)
-    return _build("fcn", 101, stem, num_classes, pretrained_backbone, weights_path, output_stride,
-                      weights, kwargs)
+    return _build("fcn", 101, None, weights, weights_backbone, num_classes, aux, kwargs)
 
 
-def fcn_resnet50s(num_classes: Optional[int] = None, pretrained_backbone: bool = False,
-                  weights_path: PathLike = None, output_stride: int = 8, aux: bool = True,
-                  align_corners: Optional[bool] = None, *, weights: Optional[str] = None) -> FCN:
+def fcn_resnet50s(*, weights: Optional[str] = None, weights_backbone: WeightsBackbone = None,
+                  num_classes: Optional[int] = None, aux: Optional[bool] = None,
+                  **kwargs: Any) -> FCN:
     """The FCN baseline on the official deep-stem ResNet-50 (see :func:`encnet_resnet50s`)."""
-    kwargs = _fcn_kwargs(aux, align_corners)
-    return _build("fcn", 50, "deep64", num_classes, pretrained_backbone, weights_path,
-                      output_stride, weights, kwargs)
+    return _build("fcn", 50, "deep64", weights, weights_backbone, num_classes, aux, kwargs)
 
 
-def fcn_resnet101s(num_classes: Optional[int] = None, pretrained_backbone: bool = False,
-                   weights_path: PathLike = None, output_stride: int = 8, aux: bool = True,
-                   align_corners: Optional[bool] = None, *, weights: Optional[str] = None) -> FCN:
+def fcn_resnet101s(*, weights: Optional[str] = None, weights_backbone: WeightsBackbone = None,
+                   num_classes: Optional[int] = None, aux: Optional[bool] = None,
+                   **kwargs: Any) -> FCN:
     """The FCN baseline on the official deep-stem ResNet-101 (see :func:`encnet_resnet50s`)."""
-    kwargs = _fcn_kwargs(aux, align_corners)
-    return _build("fcn", 101, "deep64", num_classes, pretrained_backbone, weights_path,
-                      output_stride, weights, kwargs)
+    return _build("fcn", 101, "deep64", weights, weights_backbone, num_classes, aux, kwargs)
 
 
-def encnet_tiny(num_classes: int, head_channels: int = 64, **kwargs) -> EncNet:
-    """EncNet on :class:`TinyBackbone` (trains on a CPU); ``kwargs`` go to :class:`EncNet`."""
-    return EncNet(TinyBackbone(), num_classes, head_channels=head_channels, **kwargs)
+def encnet_tiny(*, weights: Optional[str] = None, weights_backbone: WeightsBackbone = None,
+                num_classes: Optional[int] = None, aux: Optional[bool] = None,
+                **kwargs: Any) -> EncNet:
+    """EncNet on :class:`TinyBackbone` (trains on a CPU; ``head_channels`` 64 unless given);
+    ``weights`` and ``weights_backbone`` must stay None (nothing is published for it)."""
+    kwargs.setdefault("head_channels", 64)  # a head sized for the tiny backbone
+    return _build_tiny("encnet", weights, weights_backbone, num_classes, aux, kwargs)
 
 
-def fcn_tiny(num_classes: int, aux: bool = True, align_corners: bool = False) -> FCN:
+def fcn_tiny(*, weights: Optional[str] = None, weights_backbone: WeightsBackbone = None,
+             num_classes: Optional[int] = None, aux: Optional[bool] = None,
+             **kwargs: Any) -> FCN:
     """The FCN baseline on :class:`TinyBackbone`: the context-blind reference."""
-    return FCN(TinyBackbone(), num_classes, aux, align_corners)
+    return _build_tiny("fcn", weights, weights_backbone, num_classes, aux, kwargs)
+
+
+# ---------------------------------------------------------------------------- published models
+#
+# The catalogue (:mod:`encnet_lite.weights`) knows the files and their key names; the models
+# are made here, by the builders above, and load the state dicts the catalogue hands them.
+
+
+def build_published(entry: Union[str, WeightsEntry],
+                    device: Union[str, torch.device] = "cpu") -> SegmentationModel:
+    """The architecture of the published ``entry`` (a name of
+    :data:`encnet_lite.weights.CATALOGUE` or its entry), randomly initialised
+    (``device="meta"``: no memory, no initialisation cost; :func:`load_weights` fills it),
+    made by the model's builder."""
+    entry = get_entry(entry)
+    options = {k: getattr(entry, k) for k in ARCHITECTURES[entry.model].options
+               if hasattr(entry, k)}  # an entry has no num_codes/encoder: the defaults
+    with torch.device(device):
+        return _build(entry.model, entry.depth, None, None, None, entry.num_classes, None,
+                      dict(options, stem=entry.stem))
+
+
+def load_weights(name: Union[str, WeightsEntry], file: Optional[Union[str, Path]] = None, *,
+                 verify: bool = True, progress: bool = True,
+                 cache_dir: Optional[Union[str, Path]] = None) -> SegmentationModel:
+    """The published model ``name`` (see :data:`encnet_lite.weights.CATALOGUE`;
+    case-insensitive), in eval mode on the CPU, with its entry as ``model.weights_meta``.
+
+    ``file``: a local copy (the zoo's zip or the ``.pth`` in it; mmsegmentation's ``.pth``)
+    instead of the cache. ``verify=False`` skips the checksum (for a file you trust, e.g.
+    re-saved). ``progress``: download progress bar. ``cache_dir``: see
+    :func:`encnet_lite.weights.weights_dir`. The keys are renamed and must fill the model
+    exactly (:func:`encnet_lite.weights.fit_state_dict`).
+    """
+    entry = get_entry(name)
+    state, path = fetch_state_dict(entry, file, verify=verify, progress=progress,
+                                   cache_dir=cache_dir)
+    model = build_published(entry, device="meta")
+    model.load_state_dict(fit_state_dict(state, entry, model.state_dict(), str(path)),
+                          strict=True, assign=True)
+    model.weights_meta = entry
+    return model.eval()
 
 
 @torch.no_grad()

@@ -11,11 +11,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from ..cue_support import closest_lookalike_pixel
 from ..data import colorize, denormalize
-
-# The book's text column is about 750 px wide and figures are drawn at 100 dpi: a figure at
-# most PAGE_WIDTH inches wide is shown at its own size, so its 8-10 pt fonts stay readable.
-PAGE_WIDTH = 7.5
+from .style import COLUMN_INCHES, FONT_PT, SMALL_PT
 
 
 def to_rgb(image: torch.Tensor) -> np.ndarray:
@@ -31,7 +29,7 @@ def add_class_legend(fig, classes, palette, ids):
     if 255 in ids:
         handles.append(plt.Rectangle((0, 0), 1, 1, facecolor="white", edgecolor="0.5"))
         names.append("ignore (255)")
-    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 5), fontsize=9,
+    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 5), fontsize=SMALL_PT,
                frameon=False, bbox_to_anchor=(0.5, -0.02), handlelength=1.2,
                columnspacing=1.0)
     fig.subplots_adjust(bottom=0.12)
@@ -49,7 +47,7 @@ def show_samples(dataset, indices: Sequence[int], titles: Optional[Sequence[str]
     Panels are ``size`` inches, shrunk so that the figure fits the page width.
     """
     indices = list(indices)
-    size = min(size, PAGE_WIDTH / len(indices))
+    size = min(size, COLUMN_INCHES / len(indices))
     pairs = [dataset[i] for i in indices]
     present = sorted(set().union(*(set(mask.unique().tolist()) for _, mask in pairs)))
     below = legend_height(len(present)) if legend else 0.0
@@ -59,7 +57,7 @@ def show_samples(dataset, indices: Sequence[int], titles: Optional[Sequence[str]
     for col, (i, (image, mask)) in enumerate(zip(indices, pairs)):
         axes[0, col].imshow(to_rgb(image))
         axes[1, col].imshow(colorize(mask.numpy(), dataset.palette), interpolation="nearest")
-        axes[0, col].set_title(titles[col] if titles else f"#{i}", fontsize=9)
+        axes[0, col].set_title(titles[col] if titles else f"#{i}", fontsize=SMALL_PT)
     for ax in axes.ravel():
         ax.set_axis_off()
     if legend:
@@ -77,18 +75,18 @@ def plot_class_frequency(counts: np.ndarray, classes: Sequence[str],
     share = counts / max(counts.sum(), 1.0)
     order = [i for i in np.argsort(-share, kind="stable") if share[i] > 0 or not skip_empty]
     if ax is None:
-        _, ax = plt.subplots(figsize=(min(PAGE_WIDTH, max(4.0, 0.22 * len(order) + 1.5)), 3.2))
+        _, ax = plt.subplots(figsize=(min(COLUMN_INCHES, max(4.0, 0.22 * len(order) + 1.5)), 3.2))
     colors = None if palette is None else np.asarray(palette)[order] / 255
     ax.bar(range(len(order)), 100 * share[order], color=colors, edgecolor="0.3", linewidth=0.3)
     ax.set_xticks(range(len(order)))
-    ax.set_xticklabels([classes[i] for i in order], rotation=90, fontsize=8)
+    ax.set_xticklabels([classes[i] for i in order], rotation=90, fontsize=SMALL_PT)
     ax.set_ylabel("% of labelled pixels")
     ax.set_xlim(-0.6, len(order) - 0.4)
     if log:
         ax.set_yscale("log")
     else:
         ax.set_ylim(0, 100)  # a share: the axis ends at 100 %
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=FONT_PT)
     ax.figure.tight_layout()
     return ax.figure
 
@@ -98,26 +96,23 @@ def show_scene_construction(dataset, index: int, window: int):
     look-alike boxes and a square receptive field ``window`` px wide (e.g.
     ``models.receptive_field(fcn)``) drawn around the look-alike pixel closest to the cue."""
     kinds = dataset.scene_kinds
-    side = min(3.0, PAGE_WIDTH / len(kinds))
+    side = min(3.0, COLUMN_INCHES / len(kinds))
     fig, axes = plt.subplots(2, len(kinds), figsize=(side * len(kinds), 2 * side + 0.5),
                              squeeze=False)
     before = window // 2  # px of the window above / left of the pixel
+    row, col = closest_lookalike_pixel(dataset, index)  # the same layout in every kind
     for k, name in enumerate(kinds):
         scene = dataset.render(index, kind=k)
         axes[0, k].imshow(scene.image)
         axes[1, k].imshow(colorize(scene.mask, dataset.palette), interpolation="nearest")
-        r0, r1 = scene.band
-        look_rows = np.nonzero(np.isin(scene.mask, dataset.context_classes).any(1))[0]
-        row = look_rows.min() if r0 == 0 else look_rows.max()  # look-alike row nearest the cue
-        col = int(np.nonzero(np.isin(scene.mask[row], dataset.context_classes))[0].mean())
         for ax in axes[:, k]:
             ax.add_patch(plt.Rectangle((col - before - 0.5, row - before - 0.5),
                                        window, window, fill=False,
                                        edgecolor="red", linewidth=1.5, linestyle="--"))
             ax.plot([col], [row], "r+")
             ax.set_axis_off()
-        axes[0, k].set_title(f"as a {name}", fontsize=10)
-        axes[1, k].set_title(f"label: {dataset.classes[dataset.context_classes[k]]}", fontsize=10)
-    fig.suptitle(f"same layout, three kinds: red = {window} px receptive field", fontsize=10)
+        axes[0, k].set_title(f"as a {name}", fontsize=FONT_PT)
+        axes[1, k].set_title(f"label: {dataset.classes[dataset.context_classes[k]]}", fontsize=FONT_PT)
+    fig.suptitle(f"same layout, three kinds: red = {window} px receptive field", fontsize=FONT_PT)
     fig.tight_layout()
     return fig

@@ -19,6 +19,7 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 from torch import nn
 
 from ..models.analysis import trace_shapes
+from .style import COLUMN_INCHES, SMALL_PT, TITLE_PT
 
 # Diagram block -> the submodule whose output it shows ("stem" depends on the backbone).
 TRACED = {
@@ -34,7 +35,8 @@ TRACED = {
 }
 COLOURS = {"input": "#e8e8e8", "backbone": "#cfe2f3", "head": "#d9ead3", "cem": "#fce5cd",
            "loss": "#f4cccc", "aux": "#ead1dc"}
-FONT = 9.5
+FONT = SMALL_PT  # the convention's smallest text: every label of the diagrams
+LINE = 0.18  # inches between the lines of a box (9.5 pt text, 13 pt apart)
 
 
 def _stem_name(model: nn.Module) -> str:
@@ -95,7 +97,7 @@ def default_geometry(size: int = 480, num_classes: int = 59) -> Dict[str, dict]:
     from ..models import encnet_resnet50
 
     torch.manual_seed(0)  # the weights do not matter, only the shapes
-    return encnet_geometry(encnet_resnet50(num_classes), size=size)
+    return encnet_geometry(encnet_resnet50(num_classes=num_classes), size=size)
 
 
 def shape_text(block: dict) -> str:
@@ -106,44 +108,50 @@ def shape_text(block: dict) -> str:
 # ------------------------------------------------------------------------------ drawing
 
 
-def _box(ax, x: float, y: float, lines: Sequence[str], colour: str, w: float = 1.5,
-         h: float = 0.8, bold_first: bool = True) -> FancyBboxPatch:
-    """A rounded box centred at (x, y) with one line of text per entry (first in bold)."""
-    patch = FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.02,rounding_size=0.08",
+def _box(ax, x: float, y: float, lines: Sequence[str], colour: str, w: float = 2.1,
+         h: Optional[float] = None, bold_first: bool = True) -> FancyBboxPatch:
+    """A rounded box centred at (x, y) (inches) with one line of text per entry (first in
+    bold); its height fits the lines unless ``h`` is given."""
+    h = LINE * len(lines) + 0.12 if h is None else h
+    patch = FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.02,rounding_size=0.06",
                            facecolor=colour, edgecolor="#444444", linewidth=0.9)
     ax.add_patch(patch)
-    step = min(0.29, h / (len(lines) + 0.4))  # line height in data units (about 1 unit = 47 pt)
-    top = y + step * (len(lines) - 1) / 2
+    top = y + LINE * (len(lines) - 1) / 2
     for i, line in enumerate(lines):
-        ax.text(x, top - i * step, line, ha="center", va="center", fontsize=FONT,
+        ax.text(x, top - i * LINE, line, ha="center", va="center", fontsize=FONT,
                 fontweight="bold" if (i == 0 and bold_first) else "normal")
     return patch
 
 
 def _arrow(ax, start: Tuple[float, float], end: Tuple[float, float], label: str = "",
-           style: str = "-|>", dashed: bool = False) -> FancyArrowPatch:
+           style: str = "-|>", dashed: bool = False, rad: float = 0.0,
+           label_at: Optional[Tuple[float, float]] = None) -> FancyArrowPatch:
     arrow = FancyArrowPatch(start, end, arrowstyle=style, mutation_scale=11, linewidth=1.0,
                             color="#333333", linestyle="--" if dashed else "-",
-                            shrinkA=0, shrinkB=0)
+                            shrinkA=0, shrinkB=0, connectionstyle=f"arc3,rad={rad}")
     ax.add_patch(arrow)
     if label:
-        ax.text((start[0] + end[0]) / 2 + 0.05, (start[1] + end[1]) / 2, label, fontsize=FONT - 1,
-                ha="left", va="center", color="#333333")
+        x, y = label_at or ((start[0] + end[0]) / 2 + 0.05, (start[1] + end[1]) / 2)
+        ax.text(x, y, label, fontsize=FONT, ha="left", va="center", color="#333333")
     return arrow
 
 
-def _canvas(width: float, height: float, figsize: Tuple[float, float]):
-    fig, ax = plt.subplots(figsize=figsize)
-    ax.set_xlim(0, width)
+def _canvas(height: float, title: str):
+    """A figure ``COLUMN_INCHES`` wide and ``height`` inches tall whose data units are
+    inches (so boxes and text keep their size), with ``title`` on top."""
+    fig = plt.figure(figsize=(COLUMN_INCHES, height))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_xlim(0, COLUMN_INCHES)
     ax.set_ylim(0, height)
-    ax.set_aspect("equal")
     ax.axis("off")
+    ax.text(COLUMN_INCHES / 2, height - 0.05, title, ha="center", va="top",
+            fontsize=TITLE_PT, linespacing=1.3)
     return fig, ax
 
 
 def _stage_lines(geo: Dict[str, dict], i: int) -> List[str]:
     block = geo[f"stage{i}"]
-    return [f"Stage {i}", f"stride {block['stride']}", f"dilation {block['dilation']}",
+    return [f"Stage {i}", f"stride {block['stride']}, dilation {block['dilation']}",
             shape_text(block)]
 
 
@@ -155,9 +163,9 @@ def architecture_labels(geo: Dict[str, dict]) -> Dict[str, List[str]]:
         "stem": ["Stem", f"stride {geo['stem']['stride']}", shape_text(geo["stem"])],
         **{f"stage{i}": _stage_lines(geo, i) for i in range(1, 5)},
         "head_conv": ["Head conv 3×3", "BN, ReLU", shape_text(geo["head_conv"])],
-        "cem": ["Context Encoding Module", f"encoding: K = {codes['num_codes']} codewords",
-                f"e: {e['channels']}  →  γ = σ(FC(e)): {geo['gamma']['channels']}",
-                f"ReLU(x + x·γ): {shape_text(geo['head_conv'])}"],
+        "cem": ["Context Encoding", f"K = {codes['num_codes']} codewords",
+                f"e: {e['channels']}, γ = σ(FC(e)): {geo['gamma']['channels']}",
+                "ReLU(X + X⊗γ)", shape_text(geo["head_conv"])],
         "classifier": ["Classifier", "dropout, 1×1 conv", shape_text(geo["logits"])],
         "main": ["Main output", f"bilinear ×{geo['logits']['stride']}", shape_text(geo["main"])],
     }
@@ -165,116 +173,144 @@ def architecture_labels(geo: Dict[str, dict]) -> Dict[str, List[str]]:
         labels["se"] = ["SE branch: FC(e)", f"{geo['se']['classes']} presence logits",
                         "→ SE-loss (BCE)"]
     if "aux" in geo:
-        labels["aux"] = ["Aux FCN head (training)", shape_text(geo["aux"]),
+        labels["aux"] = ["Aux FCN head", "(training only)", shape_text(geo["aux"]),
                          f"bilinear ×{geo['aux']['stride']} → aux loss"]
     return labels
 
 
 def plot_encnet_architecture(geo: Optional[Dict[str, dict]] = None, title: Optional[str] = None):
-    """EncNet's architecture with traced tensor shapes (one sample, ``C × H × W``).
+    """EncNet's architecture with traced tensor shapes (one sample, channels × height ×
+    width), ``COLUMN_INCHES`` wide.
 
     ``geo`` comes from :func:`encnet_geometry` (default: :func:`default_geometry`, the
-    paper's ResNet-50 model on a 480 × 480 crop). Backbone on the top row, head on the
-    second (read right to left), SE branch below the Context Encoding Module, auxiliary
-    head above stage 3. Returns the figure; its boxes carry ``gid`` = block name.
+    paper's ResNet-50 model on a 480 × 480 crop). Backbone in the left column (top to
+    bottom), head in the right column (bottom to top), auxiliary head (beside stage 3) and
+    SE branch in the middle. Returns the figure; its boxes carry ``gid`` = block name.
     """
     geo = default_geometry() if geo is None else geo
     labels = architecture_labels(geo)
-    fig, ax = _canvas(13.4, 8.4, figsize=(8.8, 5.5))
-    bb_y, head_y, se_y, aux_y = 5.3, 2.85, 0.7, 7.55
-    xs = [1.05 + 2.26 * i for i in range(6)]  # 6 boxes of width 2, arrows between them
-    row = ["input", "stem", "stage1", "stage2", "stage3", "stage4"]
-    for key, x in zip(row, xs):
-        colour = COLOURS["input"] if key == "input" else COLOURS["backbone"]
-        _box(ax, x, bb_y, labels[key], colour, w=2.0, h=1.35).set_gid(key)
-    for a, b in zip(xs, xs[1:]):
-        _arrow(ax, (a + 1.0, bb_y), (b - 1.0, bb_y))
-    right, cem_x, cls_x, main_x = xs[5], 8.45, 5.1, 2.0
-    place = {"head_conv": (right, 2.0, COLOURS["head"]), "cem": (cem_x, 3.4, COLOURS["cem"]),
-             "classifier": (cls_x, 2.2, COLOURS["head"]), "main": (main_x, 2.2, COLOURS["input"])}
-    for key, (x, w, colour) in place.items():
-        _box(ax, x, head_y, labels[key], colour, w=w, h=1.35 if key == "cem" else 1.05).set_gid(key)
-    _arrow(ax, (right, bb_y - 0.675), (right, head_y + 0.525), label="c4")
-    _arrow(ax, (right - 1.0, head_y), (cem_x + 1.7, head_y))
-    _arrow(ax, (cem_x - 1.7, head_y), (cls_x + 1.1, head_y))
-    _arrow(ax, (cls_x - 1.1, head_y), (main_x + 1.1, head_y))
-    if "se" in labels:
-        _box(ax, cem_x, se_y, labels["se"], COLOURS["loss"], w=2.6, h=1.0).set_gid("se")
-        _arrow(ax, (cem_x, head_y - 0.675), (cem_x, se_y + 0.5), label="e")
-    if "aux" in labels:
-        _box(ax, xs[4], aux_y, labels["aux"], COLOURS["aux"], w=3.3, h=1.0).set_gid("aux")
-        _arrow(ax, (xs[4], bb_y + 0.675), (xs[4], aux_y - 0.5), label="c3", dashed=True)
     stride = geo["stage4"]["stride"]
-    ax.set_title(title or f"EncNet, {geo['input']['hw']} × {geo['input']['hw']} input, "
-                 f"output stride {stride} (shapes C × H × W, traced from the model)",
-                 fontsize=FONT + 1)
-    fig.tight_layout()
+    title = title or (f"EncNet, {geo['input']['hw']} × {geo['input']['hw']} input, output "
+                      f"stride {stride}\n(shapes: channels × height × width, traced from the "
+                      "model)")
+    fig, ax = _canvas(6.0, title)
+    left, mid, right, w, wm = 1.15, 3.4, 5.65, 2.1, 1.9
+    y = [5.0 - 0.86 * r for r in range(6)]  # the backbone's rows, top to bottom
+    row = ["input", "stem", "stage1", "stage2", "stage3", "stage4"]
+    boxes = {}
+    for key, yy in zip(row, y):
+        colour = COLOURS["input"] if key == "input" else COLOURS["backbone"]
+        boxes[key] = _box(ax, left, yy, labels[key], colour, w=w)
+    for a, b in zip(row, row[1:]):
+        _arrow(ax, (left, _bottom(boxes[a])), (left, _top(boxes[b])))
+    head = {"head_conv": COLOURS["head"], "cem": COLOURS["cem"],
+            "classifier": COLOURS["head"], "main": COLOURS["input"]}
+    yy, below = y[5], None
+    for key, colour in head.items():  # stacked upwards from stage 4's row
+        height = LINE * len(labels[key]) + 0.12
+        if below is not None:
+            yy = _top(boxes[below]) + 0.2 + height / 2
+        boxes[key] = _box(ax, right, yy, labels[key], colour, w=w)
+        if below is not None:
+            _arrow(ax, (right, _top(boxes[below])), (right, _bottom(boxes[key])))
+        below = key
+    _arrow(ax, (left + w / 2, y[5]), (right - w / 2, y[5]), label="c4",
+           label_at=(mid - 0.15, y[5] + 0.14))
+    if "aux" in labels:
+        boxes["aux"] = _box(ax, mid, y[4], labels["aux"], COLOURS["aux"], w=wm)
+        _arrow(ax, (left + w / 2, y[4]), (mid - wm / 2, y[4]), dashed=True, label="c3",
+               label_at=(left + w / 2 + 0.03, y[4] + 0.14))
+    if "se" in labels:
+        cem = boxes["cem"]
+        se_y = boxes["classifier"].get_y() + boxes["classifier"].get_height() / 2 + 0.1
+        boxes["se"] = _box(ax, mid, se_y, labels["se"], COLOURS["loss"], w=wm)
+        start = (right - w / 2, cem.get_y() + cem.get_height() * 0.6)
+        _arrow(ax, start, (mid + wm / 2 - 0.3, _bottom(boxes["se"])), label="e",
+               label_at=(right - w / 2 - 0.22, start[1] - 0.05))
+    for key, patch in boxes.items():
+        patch.set_gid(key)
     return fig
 
 
+def _top(patch: FancyBboxPatch) -> float:
+    return patch.get_y() + patch.get_height()
+
+
+def _bottom(patch: FancyBboxPatch) -> float:
+    return patch.get_y()
+
+
 def pipeline_labels(geo: Dict[str, dict]) -> Dict[str, List[str]]:
-    """The text of each box of :func:`plot_context_encoding_pipeline`, from a geometry."""
-    c, k = geo["codes"]["channels"], geo["codes"]["num_codes"]
+    """The text of each box of :func:`plot_context_encoding_pipeline`, from a geometry
+    (the book's notation: D channels, K codewords, N = hw positions)."""
+    d, k = geo["codes"]["channels"], geo["codes"]["num_codes"]
     hw = geo["head_conv"]["hw"]
     n = hw * hw
     labels = {
-        "features": ["Feature map x", "C × H × W", f"{c} × {hw} × {hw}"],
-        "descriptors": ["1×1 conv, BN, ReLU", f"N = H·W = {n}", r"descriptors $x_i$ of size C"],
-        "codewords": ["Codewords and smoothing", r"$c_k$: K × C = " + f"{k} × {c}",
+        "features": ["Feature map X", "D × h × w", f"{d} × {hw} × {hw}"],
+        "descriptors": ["1×1 conv, BN, ReLU", f"N = h·w = {n}",
+                        r"descriptors $x_i \in \mathbb{R}^D$"],
+        "codewords": ["Codebook", r"$c_k$: K × D = " + f"{k} × {d}",
                       r"$s_k$: K = " + f"{k}"],
-        "residuals": ["Residuals", r"$r_{ik} = x_i - c_k$", "N × K × C"],
+        "residuals": ["Residuals", r"$r_{ik} = x_i - c_k$", "N × K × D"],
         "assign": ["Soft assignment",
                    r"$a_{ik} = \mathrm{softmax}_k(-s_k \Vert r_{ik} \Vert^2)$", "N × K"],
-        "aggregate": ["Aggregate", r"$e_k = \Sigma_i\, a_{ik}\, r_{ik}$", f"K × C = {k} × {c}"],
-        "e": ["BN, ReLU, mean over k", r"$e = \mathrm{mean}_k\, \mathrm{ReLU}(\mathrm{BN}(e_k))$",
-              f"C = {geo['e']['channels']}"],
-        "gamma": ["FC + sigmoid", r"$\gamma = \sigma(W e)$", f"C = {geo['gamma']['channels']}"],
-        "attention": ["Channel attention", r"$y = \mathrm{ReLU}(x + x \otimes \gamma)$",
-                      f"{c} × {hw} × {hw}"],
+        "aggregate": ["Aggregate", r"$e_k = \Sigma_i\, a_{ik}\, r_{ik}$", f"K × D = {k} × {d}"],
+        "e": ["Encoded context e", "BN, ReLU, mean over k", f"D = {geo['e']['channels']}"],
+        "gamma": ["FC + sigmoid", r"$\gamma = \sigma(W_\gamma e + b_\gamma)$",
+                  f"D = {geo['gamma']['channels']}"],
+        "attention": ["Channel attention", r"$\mathrm{ReLU}(X + X \otimes \gamma)$",
+                      f"{d} × {hw} × {hw}"],
     }
     if "se" in geo:
-        labels["se"] = ["SE branch: FC", f"{geo['se']['classes']} class-presence logits",
+        labels["se"] = ["SE branch: FC", f"{geo['se']['classes']} presence logits",
                         "→ SE-loss (BCE)"]
     return labels
 
 
 def plot_context_encoding_pipeline(geo: Optional[Dict[str, dict]] = None,
                                    title: Optional[str] = None):
-    """The Context Encoding Module's data flow with its tensor shapes (one sample).
+    """The Context Encoding Module's data flow with its tensor shapes (one sample),
+    ``COLUMN_INCHES`` wide.
 
-    Top row: descriptors, residuals to the codewords, soft assignments; bottom row (read
-    right to left): aggregation ``e_k``, the encoded context ``e``, the gates ``gamma``
-    and the channel attention on ``x``; below ``e``, the SE branch. ``geo`` as for
-    :func:`plot_encnet_architecture`. Returns the figure; boxes carry ``gid`` = block.
+    Left column (top to bottom): descriptors, residuals to the codewords, soft assignments,
+    aggregation ``e_k``; middle: the codebook and the encoded context ``e``; right column
+    (bottom to top): the SE branch, the gates ``gamma`` and the channel attention on ``X``.
+    ``geo`` as for :func:`plot_encnet_architecture`. Returns the figure; boxes carry
+    ``gid`` = block.
     """
     geo = default_geometry() if geo is None else geo
     labels = pipeline_labels(geo)
-    fig, ax = _canvas(13.0, 7.6, figsize=(8.8, 5.1))
-    xs = [1.55 + 3.3 * i for i in range(4)]
-    top, bottom, code_y, se_y = 4.4, 2.2, 6.6, 0.55
-    w, h = 3.0, 1.1
-    for key, x in zip(["features", "descriptors", "residuals", "assign"], xs):
+    title = title or ("Context Encoding Module: the data flow\n(shapes traced from the "
+                      "model)")
+    fig, ax = _canvas(5.2, title)
+    (left, wl), (mid, wm), (right, wr) = (1.65, 2.4), (3.86, 1.72), (5.79, 1.82)
+    y = [4.2 - 0.86 * r for r in range(5)]
+    boxes = {}
+    for key, yy in zip(["features", "descriptors", "residuals", "assign", "aggregate"], y):
         colour = COLOURS["input"] if key == "features" else COLOURS["cem"]
-        _box(ax, x, top, labels[key], colour, w=w, h=h).set_gid(key)
-    for key, x in zip(["attention", "gamma", "e", "aggregate"], xs):
-        colour = COLOURS["head"] if key == "attention" else COLOURS["cem"]
-        _box(ax, x, bottom, labels[key], colour, w=w, h=h).set_gid(key)
-    code_x = (xs[2] + xs[3]) / 2
-    _box(ax, code_x, code_y, labels["codewords"], COLOURS["backbone"], w=3.6, h=h
-         ).set_gid("codewords")
-    for a, b in zip(xs, xs[1:]):
-        _arrow(ax, (a + w / 2, top), (b - w / 2, top))
-        _arrow(ax, (b - w / 2, bottom), (a + w / 2, bottom))
-    _arrow(ax, (xs[3], top - h / 2), (xs[3], bottom + h / 2), label=r"$a_{ik}$")
-    _arrow(ax, (xs[2] + 0.5, top - h / 2), (xs[3] - 0.9, bottom + h / 2), label=r"$r_{ik}$",
-           dashed=True)
-    _arrow(ax, (xs[0], top - h / 2), (xs[0], bottom + h / 2), label="x")
-    _arrow(ax, (code_x - 0.6, code_y - h / 2), (xs[2] + 0.3, top + h / 2), label=r"$c_k$")
-    _arrow(ax, (code_x + 0.6, code_y - h / 2), (xs[3] - 0.3, top + h / 2), label=r"$s_k$")
+        boxes[key] = _box(ax, left, yy, labels[key], colour, w=wl)
+    for a, b in zip(["features", "descriptors", "residuals", "assign"],
+                    ["descriptors", "residuals", "assign", "aggregate"]):
+        _arrow(ax, (left, _bottom(boxes[a])), (left, _top(boxes[b])))
+    _arrow(ax, (left - wl / 2, y[2]), (left - wl / 2, y[4]), dashed=True, rad=0.35,
+           label=r"$r_{ik}$", label_at=(0.0, y[3] + 0.3))
+    boxes["codewords"] = _box(ax, mid, (y[2] + y[3]) / 2, labels["codewords"],
+                              COLOURS["backbone"], w=wm)
+    _arrow(ax, (mid - wm / 2, (y[2] + y[3]) / 2 + 0.15), (left + wl / 2, y[2]))
+    _arrow(ax, (mid - wm / 2, (y[2] + y[3]) / 2 - 0.15), (left + wl / 2, y[3]))
+    boxes["e"] = _box(ax, mid, y[4], labels["e"], COLOURS["cem"], w=wm)
+    _arrow(ax, (left + wl / 2, y[4]), (mid - wm / 2, y[4]))
+    boxes["attention"] = _box(ax, right, y[0], labels["attention"], COLOURS["head"], w=wr)
+    boxes["gamma"] = _box(ax, right, y[2], labels["gamma"], COLOURS["cem"], w=wr)
+    _arrow(ax, (left + wl / 2, y[0]), (right - wr / 2, y[0]), label="X",
+           label_at=(mid - 0.05, y[0] + 0.14))
+    _arrow(ax, (right, _top(boxes["gamma"])), (right, _bottom(boxes["attention"])),
+           label="γ", label_at=(right + 0.06, (y[0] + y[2]) / 2))
+    _arrow(ax, (mid + wm / 2, _top(boxes["e"]) - 0.1), (right - 0.3, _bottom(boxes["gamma"])))
     if "se" in labels:
-        _box(ax, xs[2], se_y, labels["se"], COLOURS["loss"], w=w, h=h * 0.95).set_gid("se")
-        _arrow(ax, (xs[2], bottom - h / 2), (xs[2], se_y + h * 0.475), label="e")
-    ax.set_title(title or "Context Encoding Module: the data flow (shapes traced from the model)",
-                 fontsize=FONT + 1)
-    fig.tight_layout()
+        boxes["se"] = _box(ax, right, y[4], labels["se"], COLOURS["loss"], w=wr)
+        _arrow(ax, (mid + wm / 2, y[4]), (right - wr / 2, y[4]))
+    for key, patch in boxes.items():
+        patch.set_gid(key)
     return fig

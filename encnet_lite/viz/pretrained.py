@@ -12,9 +12,8 @@ import torch
 from matplotlib.patches import Rectangle
 
 from ..data import colorize
-from .data import PAGE_WIDTH, add_class_legend, legend_height, to_rgb
-
-WIDTH = 7.0  # inches: the text column (PAGE_WIDTH) less a margin for the colour bar
+from .data import add_class_legend, legend_height, to_rgb
+from .style import COLUMN_INCHES, FONT_PT, SMALL_PT
 
 
 def plot_official_views(views: Sequence, image_size: Sequence[int]):
@@ -24,7 +23,7 @@ def plot_official_views(views: Sequence, image_size: Sequence[int]):
     original image, for the title."""
     cols = 3
     rows = -(-len(views) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(WIDTH, 2.3 * rows + 0.5), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(COLUMN_INCHES, 2.3 * rows + 0.5), squeeze=False)
     crop = max(v.crop for v in views)
     extent_w = max(max(v.width, v.cols[-1][0] + crop) for v in views)
     extent_h = max(max(v.height, v.rows[-1][0] + crop) for v in views)
@@ -41,14 +40,14 @@ def plot_official_views(views: Sequence, image_size: Sequence[int]):
         ax.set_xlim(0, extent_w)
         ax.set_ylim(extent_h, 0)
         ax.set_aspect("equal")
-        ax.tick_params(labelsize=9)
+        ax.tick_params(labelsize=SMALL_PT)
         ax.set_title(f"scale {view.scale:g}: {view.height} x {view.width}\n"
-                     f"{view.windows} window{'s' * (view.windows > 1)}", fontsize=9)
+                     f"{view.windows} window{'s' * (view.windows > 1)}", fontsize=SMALL_PT)
     for ax in axes.flat[len(views):]:
         ax.set_axis_off()
     h, w = image_size
     fig.suptitle(f"official views of a {h}x{w} image: windows of {crop} px, black padding "
-                 "hatched", fontsize=10)
+                 "hatched", fontsize=FONT_PT)
     fig.tight_layout()
     return fig
 
@@ -74,7 +73,7 @@ def plot_codeword_winners(images: Sequence[torch.Tensor], assignments: Sequence[
     """
     n = len(images)
     aspect = float(np.mean([im.shape[-2] / im.shape[-1] for im in images]))  # height / width
-    fig, axes = plt.subplots(n, 4, figsize=(WIDTH, n * aspect * WIDTH / 4.6 + 0.6),
+    fig, axes = plt.subplots(n, 4, figsize=(COLUMN_INCHES, n * aspect * COLUMN_INCHES / 4.6 + 0.6),
                              squeeze=False, layout="constrained")
     k = assignments[0].shape[-1]
     for i, (image, a, mask) in enumerate(zip(images, assignments, masks)):
@@ -89,14 +88,14 @@ def plot_codeword_winners(images: Sequence[torch.Tensor], assignments: Sequence[
                       interpolation="nearest", extent=extent)
         heat = row[3].imshow(a[..., code].numpy(), cmap="magma", vmin=0, vmax=1,
                              interpolation="nearest", extent=extent)
-        row[0].set_ylabel(titles[i] if titles else f"image {i}", fontsize=9)
-        row[2].set_xlabel(f"{len(np.unique(winner))} of {k} win", fontsize=9)
+        row[0].set_ylabel(titles[i] if titles else f"image {i}", fontsize=SMALL_PT)
+        row[2].set_xlabel(f"{len(np.unique(winner))} of {k} win", fontsize=SMALL_PT)
         for ax in row:
             ax.set_xticks([])
             ax.set_yticks([])
     for ax, title in zip(axes[0], ("image", "ground truth", r"argmax$_k\, a_{ik}$",
                                    f"$a_{{ik}}$, codeword {code}")):
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=SMALL_PT)
     fig.colorbar(heat, ax=axes[:, 3].tolist(), shrink=0.8, aspect=25)
     return fig
 
@@ -107,13 +106,13 @@ def plot_segmentation(rgb: np.ndarray, labels: np.ndarray, classes: Sequence[str
     ``most`` largest classes. ``rgb: (H, W, 3)`` uint8, ``labels: (H, W)`` class ids."""
     counts = np.bincount(labels.ravel(), minlength=len(classes))
     ids = [int(c) for c in np.argsort(-counts, kind="stable")[:most] if counts[c]]
-    height = WIDTH / 2 * rgb.shape[0] / rgb.shape[1] + 0.4 + legend_height(len(ids))
-    fig, axes = plt.subplots(1, 2, figsize=(min(WIDTH, PAGE_WIDTH), height))
+    height = COLUMN_INCHES / 2 * rgb.shape[0] / rgb.shape[1] + 0.4 + legend_height(len(ids))
+    fig, axes = plt.subplots(1, 2, figsize=(COLUMN_INCHES, height))
     axes[0].imshow(rgb)
-    axes[0].set_title("photo", fontsize=10)
+    axes[0].set_title("photo", fontsize=FONT_PT)
     axes[1].imshow(rgb)
     axes[1].imshow(colorize(labels, palette), alpha=alpha, interpolation="nearest")
-    axes[1].set_title("predicted classes", fontsize=10)
+    axes[1].set_title("predicted classes", fontsize=FONT_PT)
     for ax in axes:
         ax.set_axis_off()
     fig.tight_layout()
