@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 from .ablation import (
     PAPER_VARIANTS,
     format_mean_std,
+    gain_over_spread,
     mean_std,
     ordering_steps,
     per_class_iou,
@@ -46,9 +47,10 @@ def variant_table(base: TrainConfig, num_classes: int) -> Table:
     for name, overrides in PAPER_VARIANTS.items():
         model = build_model(base.replace(**overrides), num_classes=num_classes)
         changed = ", ".join(f"{k}={v}" for k, v in overrides.items())
-        rows.append((f"`{name}`", SHORT[name], changed,
+        # a zero-width space after "_" lets the name break in a phone-wide table
+        rows.append((f"`{name.replace('_', '_' + chr(0x200B))}`", SHORT[name], changed,
                      f"{count_parameters(model) / 1e3:.1f} k"))
-    return ["row", "model", "overrides", "parameters"], rows
+    return ["row", "model", "overrides", "params"], rows
 
 
 def rows_of(result: Mapping[str, Any]) -> List[str]:
@@ -150,16 +152,17 @@ def gain_lines(result: Mapping[str, Any]) -> List[str]:
 
 
 def k_sweep_table(result: Mapping[str, Any]) -> Table:
-    """One line per number of codewords K of the sweep: the run it comes from, mIoU,
-    pixAcc and the mean IoU of the look-alikes (and birds); one seed per K gives single
-    values (:func:`score`)."""
+    """One line per number of codewords K of the sweep: mIoU, pixAcc and the mean IoU of
+    the look-alikes (and birds); one seed per K gives single values (:func:`score`). (The
+    run each K comes from is in the sweep's ``note``; a column for it would not fit a
+    phone.)"""
     groups = class_groups(result)
     shown = [g for g in ("look-alike", "bird") if g in groups]
     rows = []
     for k, row in result["k_ablation"]["rows"].items():
-        rows.append((k, f"`{row['source']}`", score(row["mIoU"]), score(row["pixAcc"]),
+        rows.append((k, score(row["mIoU"]), score(row["pixAcc"]),
                      *(f"{100 * _group_iou(row, groups[g]):.1f}" for g in shown)))
-    return ["K", "run", "mIoU (%)", "pixAcc (%)", *(f"{g} IoU (%)" for g in shown)], rows
+    return ["K", "mIoU (%)", "pixAcc (%)", *(f"{g} IoU (%)" for g in shown)], rows
 
 
 def step_lines(result: Mapping[str, Any]) -> List[str]:
@@ -195,13 +198,49 @@ def density_lines(results: Mapping[Tuple[int, int], Mapping[str, Any]]) -> List[
     return lines
 
 
+def codeword_lines(variants: Mapping[str, Mapping[str, Any]],
+                   names: Tuple[str, str] = ("official", "shared_kmeans")) -> List[str]:
+    """The codewords benchmark's encoding layers ``names = (a, b)`` side by side: for each,
+    its number of seeds, mIoU over the seeds and live codewords per seed; then the gain of
+    ``b`` over ``a`` against the spread (the sum of the two standard deviations), with the
+    two deviations shown to 2 decimals so that the sum agrees with its parts."""
+    lines = []
+    for name in names:
+        v = variants[name]
+        live = ", ".join(f"{n:.0f}" for n in v["live_codewords"])
+        lines.append(f"{name} ({len(v['mIoU'])} seeds): mIoU {score(v['mIoU'])} %, "
+                     f"live codewords: {live}")
+    (a, b), stds = names, [mean_std(variants[n]["mIoU"])[1] for n in names]
+    d = gain_over_spread(variants[a]["mIoU"], variants[b]["mIoU"])
+    where = "outside" if abs(d["gain"]) > d["spread"] else "inside"
+    gain = round(100 * d["gain"], 2) + 0.0  # rounded first: no "-0.00"
+    lines.append(f"{b} - {a}: {gain:+.2f} points, {where} the spread "
+                 f"{100 * stds[0]:.2f} + {100 * stds[1]:.2f} = {100 * d['spread']:.2f}")
+    return lines
+
+
+def _without_runs_dir(command: str) -> str:
+    """``command`` without its ``--runs-dir FOLDER``: where the run folders were kept says
+    nothing about the result, and the folder is not in the repository."""
+    words, kept = command.split(), []
+    skip = False
+    for word in words:
+        if skip:
+            skip = False
+        elif word == "--runs-dir":
+            skip = True
+        elif not word.startswith("--runs-dir="):
+            kept.append(word)
+    return " ".join(kept)
+
+
 def provenance_lines(result: Mapping[str, Any], name: str) -> List[str]:
-    """Where a saved result comes from: the file ``name``, date, machine, command, wall
-    time and the budget of each run."""
+    """Where a saved result comes from: the file ``name``, date, machine, command (without
+    its ``--runs-dir``), wall time and the budget of each run."""
     m, c = result["machine"], result["config"]
     return [f"showing: {name}, {result['date']}",
             f"  {m['cpu']} CPU ({m['cpu_count']} cores), torch {m['torch']}",
-            f"  `{result['command']}`",
+            f"  `{_without_runs_dir(result['command'])}`",
             f"  {result['seconds'] / 60:.1f} min wall time, {result['jobs']} runs at a "
             f"time, {c['threads']} thread(s) each",
             f"  each run: {c['epochs']} epochs of {c['num_train_images']} images, "

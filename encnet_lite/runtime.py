@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-import textwrap
 from pathlib import Path
 from typing import Optional, Union
 
@@ -132,16 +131,16 @@ def describe_mode(mode: str, full_does: str = "", quick_does: str = QUICK_DOES) 
     """Plain sentences for a chapter's output: which mode ran (``quick_does``: what quick
     mode uses in this chapter), what full would do.
 
-    Wrapped at 76 characters: the widest printed line the site's column shows without
-    wrapping (measured in Chromium at a 1280 px wide window).
+    One paragraph without hard line breaks: the page wraps it to the column's width
+    (fixed breaks leave a ragged line, a lone word, on a narrow screen).
     """
     device = get_device()
     if mode == "quick":
-        text = textwrap.fill(f"QUICK mode on {device.type}: {quick_does}.", 76)
+        text = f"QUICK mode on {device.type}: {quick_does}."
         if full_does:
-            text += "\n" + textwrap.fill(f"Full mode ({MODE_ENV}=full, a CUDA GPU) would {full_does}.", 76)
+            text += f" Full mode ({MODE_ENV}=full, a CUDA GPU) would {full_does}."
         return text
-    return textwrap.fill(f"FULL mode on {device.type}" + (f": {full_does}." if full_does else "."), 76)
+    return f"FULL mode on {device.type}" + (f": {full_does}." if full_does else ".")
 
 
 def colab_install_source(url: str = REPO_URL, ref: str = REPO_REF) -> str:

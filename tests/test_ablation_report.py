@@ -91,8 +91,9 @@ def test_k_sweep_table_with_one_seed_has_no_spread():
                                 "32": {"source": "encnet", **run([0.95], [r["encnet"]["IoU"][0]])}}}
     header, rows = report.k_sweep_table(r)
     assert header[-2:] == ["look-alike IoU (%)", "bird IoU (%)"]
-    assert rows[0] == ("0", "`fcn`", "60.0", "90.0", "15.0", "30.0")
-    assert rows[1] == ("32", "`encnet`", "95.0", "90.0", "90.0", "85.0")
+    assert header[:3] == ["K", "mIoU (%)", "pixAcc (%)"]
+    assert rows[0] == ("0", "60.0", "90.0", "15.0", "30.0")
+    assert rows[1] == ("32", "95.0", "90.0", "90.0", "85.0")
     assert not any("±" in str(cell) for row in rows for cell in row)
 
 
@@ -127,10 +128,39 @@ def test_read_result_gives_an_old_config_the_data_defaults(tmp_path):
     assert (config["min_lookalikes"], config["max_lookalikes"], config["day_night"]) == (2, 4, True)
 
 
+def test_codeword_lines_count_seeds_and_sum_the_spread_from_its_parts():
+    variants = {"official": {"mIoU": [0.94, 0.96], "live_codewords": [1, 1]},
+                "shared_kmeans": {"mIoU": [0.95, 0.96, 0.94], "live_codewords": [12, 10, 9]}}
+    lines = report.codeword_lines(variants)
+    # stds: 0.01 * sqrt(2) = 1.41 and 1.00 points; gain 95.0 - 95.0 = 0
+    assert lines == ["official (2 seeds): mIoU 95.0 ± 1.4 %, live codewords: 1, 1",
+                     "shared_kmeans (3 seeds): mIoU 95.0 ± 1.0 %, live codewords: 12, 10, 9",
+                     "shared_kmeans - official: +0.00 points, inside the spread "
+                     "1.41 + 1.00 = 2.41"]
+    variants["shared_kmeans"]["mIoU"] = [0.99, 0.99, 0.99]  # +4 points, no spread of its own
+    assert report.codeword_lines(variants)[-1] == (
+        "shared_kmeans - official: +4.00 points, outside the spread 1.41 + 0.00 = 1.41")
+
+
+def test_provenance_lines_leave_out_the_runs_dir():
+    saved = {"date": "2026-11-26", "seconds": 600.0, "jobs": 2,
+             "machine": {"cpu": "Some", "cpu_count": 2, "torch": "2.0"},
+             "config": {"threads": 1, "epochs": 20, "num_train_images": 512,
+                        "batch_size": 16, "lr": 0.05}}
+    for command in ("benchmarks/ablation.py --k-seeds 0 --runs-dir runs/x --ks 0",
+                    "benchmarks/ablation.py --k-seeds 0 --runs-dir=runs/x --ks 0"):
+        lines = report.provenance_lines({**saved, "command": command}, "a.json")
+        assert lines[2] == "  `benchmarks/ablation.py --k-seeds 0 --ks 0`"
+    lines = report.provenance_lines({**saved, "command": "benchmarks/ablation.py"}, "a.json")
+    assert lines[0] == "showing: a.json, 2026-11-26" and lines[2] == "  `benchmarks/ablation.py`"
+    assert lines[3] == "  10.0 min wall time, 2 runs at a time, 1 thread(s) each"
+
+
 def test_variant_table_counts_the_parameters_of_each_row():
     header, rows = report.variant_table(ablation.ablation_config(), num_classes=11)
-    assert header == ["row", "model", "overrides", "parameters"]
-    assert [row[:2] for row in rows] == [("`fcn`", "FCN"), ("`fcn_enc`", "FCN + Enc."),
+    assert header == ["row", "model", "overrides", "params"]
+    # a zero-width space after "_", so that the name can break in a narrow table
+    assert [row[:2] for row in rows] == [("`fcn`", "FCN"), ("`fcn_\u200benc`", "FCN + Enc."),
                                          ("`encnet`", "EncNet")]
     counts = [float(row[3].split()[0]) for row in rows]
     assert counts[0] < counts[1] < counts[2]  # + the module, + the SE branch

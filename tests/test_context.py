@@ -170,6 +170,29 @@ def test_separation_helpers_on_hand_made_groups():
         pytest.approx(2 / 3)
 
 
+def test_nearest_centroid_sees_groups_far_below_the_features_magnitude():
+    # untrained gates: every value is ~0.5 and the groups differ by ~1e-5; the float32
+    # matrix-product form of the distance cancels away such differences
+    from encnet_lite.context import nearest_centroid_accuracy, separation_ratio
+
+    g = torch.Generator().manual_seed(0)
+    groups, per, dim = 3, 60, 128
+    labels = torch.arange(groups).repeat_interleave(per)
+    means = 1e-5 * torch.randn(groups, dim, generator=g, dtype=torch.float64)
+    noise = 2e-6 * torch.randn(groups * per, dim, generator=g, dtype=torch.float64)
+    features = (0.5 + means[labels] + noise).float()
+    train, test = features[::2], features[1::2]
+    accuracy = nearest_centroid_accuracy(train, labels[::2], test, labels[1::2])
+    assert accuracy == pytest.approx(1.0)
+    # the same data with the offset removed (where float32 is exact enough) agrees
+    centred = features.double() - 0.5
+    assert accuracy == nearest_centroid_accuracy(centred[::2], labels[::2], centred[1::2],
+                                                 labels[1::2])
+    assert separation_ratio(features, labels) == pytest.approx(
+        separation_ratio(centred, labels), rel=1e-6)
+    assert separation_ratio(features, labels) > 1.0
+
+
 def test_collect_context_stacks_outputs_and_kinds():
     from encnet_lite.context import collect_context
     from encnet_lite.data import ContextScenes

@@ -18,7 +18,10 @@ def test_shape_rows_of_a_tiny_encnet_trace():
             "aux": "auxiliary head"}
     trace = models.trace_shapes(model, x, list(what))
     rows = models.shape_rows(trace, what, tuple(x.shape))
-    plain = [(name.replace(ZWSP, ""), label, shape) for name, label, shape in rows]
+    # shapes never wrap: no spaces around the "×"
+    assert rows[1][2] == "256×8×8"
+    plain = [(name.replace(ZWSP, ""), label, shape.replace("×", " x "))
+             for name, label, shape in rows]
     assert plain[0] == ("input", "image", "3 x 64 x 64")  # batch dimension dropped
     assert plain[1] == ("backbone.layer4", "stage 4", "256 x 8 x 8")
     # named outputs: one row each, the description on `x` only

@@ -68,6 +68,13 @@ def test_describe_mode_says_the_mode():
     assert runtime.describe_mode("full").startswith("FULL mode")
 
 
+def test_describe_mode_is_one_paragraph():
+    # the page wraps it to the column; hard breaks leave a lone word on a narrow screen
+    text = runtime.describe_mode("quick", "train the dilated ResNet-50 " * 5)
+    assert "\n" not in text
+    assert "Full mode (ENCNET_MODE=full, a CUDA GPU) would train" in text
+
+
 def test_colab_cell_is_a_no_op_outside_colab(monkeypatch):
     calls = []
     monkeypatch.setattr("subprocess.run", lambda *a, **k: calls.append(a))

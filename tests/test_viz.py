@@ -71,6 +71,11 @@ def test_plot_per_class_iou_bars_are_the_given_means_and_highlight_is_shaded():
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert legend == ["model A", "b"]
     assert ax.get_ylim() == (0.0, 100.0)  # a percentage axis ends at 100
+    assert "shaded" in ax.get_title()
+    # two-word class names break onto two lines; without a highlight, no "shaded" in the title
+    ax = viz.plot_per_class_iou(["day sky", "bat"], {"a": stats["a"][:2]}, {}).axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["day\nsky", "bat"]
+    assert ax.get_title() == "per-class IoU"
 
 
 def test_plot_k_sweep_draws_means_errors_and_each_seed():

@@ -150,7 +150,8 @@ def shape_rows(trace: Sequence[Tuple[str, Any]], what: Mapping[str, str],
     dimension dropped). A module with named outputs (a dict or NamedTuple, e.g. the
     Context Encoding Module) gets one row per output, the description on the first
     (``x`` or ``main``); the model's own outputs are called ``output `key` ``. A
-    zero-width space after each dot lets a long module name wrap in a narrow table.
+    zero-width space after each dot lets a long module name wrap in a narrow table; the
+    shapes are written without spaces (``"256×120×120"``) so that they never wrap.
     """
     rows: List[Tuple[str, str, Any]] = [("input", "image", _shape_text(tuple(input_shape)))]
     for name, shape in trace:
@@ -161,7 +162,9 @@ def shape_rows(trace: Sequence[Tuple[str, Any]], what: Mapping[str, str],
             label = what.get(name, "model output") if key in ("x", "main") else ""
             tensor = f"output `{key}`" if name == "output" else f"{name}.{key}"
             rows.append((tensor, label, _shape_text(value)))
-    return [(name.replace(".", ".\u200b"), *rest) for name, *rest in rows]
+    return [(name.replace(".", ".\u200b"), what_,
+             shape.replace(" x ", "×") if isinstance(shape, str) else shape)
+            for name, what_, shape in rows]
 
 
 def dilations(stage: nn.Module) -> str:

@@ -210,7 +210,9 @@ def plot_presence(image: torch.Tensor, mask: torch.Tensor, classes: Sequence[str
     if probs is not None:
         axes[2].plot(range(len(classes)), torch.as_tensor(probs).detach().cpu().numpy(), "ko",
                      label="predicted")
-        axes[2].legend(frameon=False, fontsize=SMALL_PT)
+        # outside the axes: inside, the marker sits on a bar and reads as a second dot
+        axes[2].legend(frameon=False, fontsize=SMALL_PT, loc="upper left",
+                       bbox_to_anchor=(1.0, 1.0), borderaxespad=0.2, handletextpad=0.2)
     axes[2].set_xticks(range(len(classes)), classes, rotation=45, fontsize=SMALL_PT)
     axes[2].set_ylim(0, 1.05)
     axes[2].set_title(r"presence target $\tau_c$", fontsize=FONT_PT)

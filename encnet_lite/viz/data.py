@@ -97,8 +97,10 @@ def show_scene_construction(dataset, index: int, window: int):
     ``models.receptive_field(fcn)``) drawn around the look-alike pixel closest to the cue."""
     kinds = dataset.scene_kinds
     side = min(3.0, COLUMN_INCHES / len(kinds))
-    fig, axes = plt.subplots(2, len(kinds), figsize=(side * len(kinds), 2 * side + 0.5),
-                             squeeze=False)
+    # constrained layout keeps each label title clear of the image row above it
+    fig, axes = plt.subplots(2, len(kinds), figsize=(side * len(kinds), 2 * side + 1.0),
+                             squeeze=False, layout="constrained")
+    fig.get_layout_engine().set(h_pad=0.08)
     before = window // 2  # px of the window above / left of the pixel
     row, col = closest_lookalike_pixel(dataset, index)  # the same layout in every kind
     for k, name in enumerate(kinds):
@@ -114,5 +116,4 @@ def show_scene_construction(dataset, index: int, window: int):
         axes[0, k].set_title(f"as a {name}", fontsize=FONT_PT)
         axes[1, k].set_title(f"label: {dataset.classes[dataset.context_classes[k]]}", fontsize=FONT_PT)
     fig.suptitle(f"same layout, three kinds: red = {window} px receptive field", fontsize=FONT_PT)
-    fig.tight_layout()
     return fig

@@ -256,7 +256,7 @@ def pipeline_labels(geo: Dict[str, dict]) -> Dict[str, List[str]]:
         "assign": ["Soft assignment",
                    r"$a_{ik} = \mathrm{softmax}_k(-s_k \Vert r_{ik} \Vert^2)$", "N × K"],
         "aggregate": ["Aggregate", r"$e_k = \Sigma_i\, a_{ik}\, r_{ik}$", f"K × D = {k} × {d}"],
-        "e": ["Encoded context e", "BN, ReLU, mean over k", f"D = {geo['e']['channels']}"],
+        "e": ["Encoded context e", "BN, ReLU, mean over K", f"D = {geo['e']['channels']}"],
         "gamma": ["FC + sigmoid", r"$\gamma = \sigma(W_\gamma e + b_\gamma)$",
                   f"D = {geo['gamma']['channels']}"],
         "attention": ["Channel attention", r"$\mathrm{ReLU}(X + X \otimes \gamma)$",

@@ -83,11 +83,14 @@ def plot_encoding_benchmark(result: dict):
             ax.bar(xs, values, width=0.36, label=impl, color=f"C{j}")
             for x, b, v in zip(xs, batches, values):
                 if "skipped" in rows[b]:
-                    ax.text(x, 0.03, "skipped", rotation=90, ha="center", va="bottom",
+                    ax.text(x, 0.08, "skipped", rotation=90, ha="center", va="bottom",
                             fontsize=SMALL_PT, transform=ax.get_xaxis_transform())
                 else:
                     ax.text(x, v, f"{v:.0f}", ha="center", va="bottom", fontsize=SMALL_PT)
         ax.set_yscale("log")
+        low, high = ax.get_ylim()
+        ax.set_ylim(low, high * 4)  # room above the tallest bar for its label
+        ax.set_xlim(-0.7, len(batches) - 0.3)  # "skipped" clear of the frame
         ax.set_xticks(np.arange(len(batches)), [f"batch {b}" for b in batches], fontsize=SMALL_PT)
         ax.set_ylabel(label)
     # below the panels: inside either one it would cover a bar's label
@@ -106,9 +109,10 @@ Table = Tuple[List[str], List[tuple]]  # (header, rows), for markdown_table or t
 def encoding_benchmark_tables(result: dict) -> Dict[str, Table]:
     """The tables of ``benchmarks/encoding.py``'s JSON, by name, each narrow enough for a
     phone: ``speed`` (the layer against the six-product floor, fresh and after a small
-    call, as layer / floor), ``literal`` (the literal form's time and extra peak memory over the layer's) and
-    ``split`` (where the layer's time beyond the floor goes, and the share of the literal
-    softmax's weights that would be subnormal). Times in ms, memory in MiB."""
+    call, as layer / floor), ``literal`` (the literal form's extra peak memory, and its
+    memory and time over the layer's; blank where it was skipped) and ``split`` (where the
+    layer's time beyond the floor goes, and the share of the literal softmax's weights that
+    would be subnormal). Times in ms, memory in MiB."""
     speed, literal, split = [], [], []
     for ratio in result["ratios"]:
         b = ratio["batch"]
@@ -117,7 +121,7 @@ def encoding_benchmark_tables(result: dict) -> Dict[str, Table]:
         speed.append((b, f"{new['time_ms']:.1f}", f"{floor['time_ms']:.1f}",
                       f"{ratio['floor_ratio']:.2f}x", f"{ratio['floor_ratio_after_small']:.2f}x"))
         literal.append((b, f"{new['extra_peak_mib']:.0f}") + (
-            ("skipped",) * 3 if "skipped" in ref else
+            ("skipped", "", "") if "skipped" in ref else
             (f"{ref['extra_peak_mib']:.0f}", f"{ratio['memory_ratio']:.0f}x",
              f"{ratio['speedup']:.0f}x")))
         passes = new["passes_over_x_ms"]
@@ -128,8 +132,8 @@ def encoding_benchmark_tables(result: dict) -> Dict[str, Table]:
     return {
         "speed": (["batch", "layer ms", "floor ms", "ratio", "ratio after a small call"],
                   speed),
-        "literal": (["batch", "layer MiB", "literal MiB", "more memory", "slower"], literal),
-        "split": (["batch", "‖x‖² ms", "its gradient ms", "rest ms", "subnormal %"], split),
+        "literal": (["batch", "layer MiB", "literal MiB", "× memory", "× time"], literal),
+        "split": (["batch", "‖x‖²", "its gradient", "rest", "sub\u00adnormal %"], split),
     }
 
 

@@ -163,13 +163,16 @@ def plot_per_class_iou(classes: Sequence[str], stats: dict, labels: dict,
         mean, std = 100 * np.asarray(stats[name], dtype=float).reshape(len(classes), 2).T
         ax.bar(np.arange(len(classes)) + (i - (len(names) - 1) / 2) * width, mean, width,
                yerr=std, capsize=2, label=labels.get(name, name))
-    ax.set_xticks(range(len(classes)), classes, fontsize=SMALL_PT)
+    # two-word names ("day sky") on two lines, so that neighbouring labels never overlap
+    ax.set_xticks(range(len(classes)), [c.replace(" ", "\n") for c in classes],
+                  fontsize=SMALL_PT)
     for c in highlight:
         ax.get_xticklabels()[c].set_fontweight("bold")
     ax.set_ylabel("IoU (%)")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=SMALL_PT, loc="lower left", framealpha=0.9)
-    ax.set_title("per-class IoU (shaded: look-alike classes)", fontsize=FONT_PT)
+    title = "per-class IoU" + (" (shaded: decided by context)" if len(highlight) else "")
+    ax.set_title(title, fontsize=FONT_PT)
     ax.grid(axis="y", alpha=0.3)
     ax.figure.tight_layout()
     return ax.figure
