@@ -8,6 +8,7 @@ from typing import Mapping, Optional, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.ticker import MaxNLocator
 
 from ..data import colorize
 from .data import to_rgb
@@ -164,6 +165,7 @@ def plot_codeword_health(histories: Mapping[str, Sequence[Mapping]],
         if key == "largest_scale_share":
             ax.set_ylim(-0.05, 1.05)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.set_title(HEALTH_LABELS.get(key, key), fontsize=FONT_PT)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=SMALL_PT, loc="center left", bbox_to_anchor=(1.01, 0.5))

@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.ticker import MaxNLocator
 
 from ..data import colorize
 from .data import add_class_legend, legend_height, to_rgb
@@ -99,6 +100,7 @@ def plot_history(runs, keys: Sequence[str] = ("loss", "mIoU"), steps: bool = Fal
                 ax.plot(x, y, marker="" if steps else "o", ms=3, label=label or None)
     for ax, key in zip(axes[0], keys):
         ax.set_xlabel(xkey)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs, iterations: whole
         ax.set_title(f"val {key}" if key in ("pixAcc", "mIoU") else key, fontsize=FONT_PT)
         ax.grid(alpha=0.3)
     if len(named) > 1:
