@@ -329,10 +329,14 @@ def mean_std(values: Sequence[float]) -> tuple:
 
 def format_mean_std(values: Sequence[Optional[float]], digits: int = 1,
                     percent: bool = False) -> str:
-    """``"mean ± std"`` of ``values`` (e.g. a metric over seeds); ``percent``: the values are
-    fractions (scores), shown in percent."""
+    """``"mean ± std"`` of ``values`` (e.g. a metric over seeds), or the value alone where
+    only one counts (a standard deviation needs several: no "± 0.0"); ``percent``: the
+    values are fractions (scores), shown in percent."""
     scale = 100.0 if percent else 1.0
-    mean, std = mean_std([None if v is None else scale * v for v in values])
+    scaled = [None if v is None else scale * v for v in values]
+    mean, std = mean_std(scaled)
+    if sum(v is not None and not math.isnan(v) for v in scaled) < 2:
+        return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 

@@ -88,9 +88,7 @@ def _points(gain: float) -> str:
 
 def score(values: Sequence[float]) -> str:
     """Scores over seeds (fractions) in percent: ``"64.1 ± 0.1"``, or ``"64.1"`` for one
-    seed (a standard deviation needs several)."""
-    if len(values) == 1:
-        return f"{100 * values[0]:.1f}"
+    seed (:func:`~encnet_lite.ablation.format_mean_std`)."""
     return format_mean_std(values, percent=True)
 
 

@@ -54,6 +54,7 @@ def test_mean_std_and_format():
     assert ablation.mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
     assert ablation.mean_std([5.0]) == (5.0, 0.0)
     assert ablation.format_mean_std([1.0, 2.0, 3.0]) == "2.0 ± 1.0"
+    assert ablation.format_mean_std([0.641, None], percent=True) == "64.1"  # one seed: no ±
     # scores are fractions: shown in percent; a class without an IoU (None) is left out
     assert ablation.format_mean_std([0.5, None, 0.7], percent=True) == "60.0 ± 14.1"
     assert ablation.mean_std([None, float("nan"), 0.25]) == (0.25, 0.0)
